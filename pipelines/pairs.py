@@ -1,0 +1,42 @@
+"""Recipe: chosen/rejected pairs from votes, like liyucheng/zhihu_rlhf_3k but cleaned (see zhihu_rlhf.pairs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from zhihu_rlhf.export import write_dataset
+from zhihu_rlhf.pairs import PairOptions, select_pairs
+from zhihu_rlhf.pipelines.answers import answers_per_question
+from zhihu_rlhf.split import split_by_question
+
+
+def build_pairs_set(
+    answers: pl.DataFrame,
+    source_stats: dict,
+    options: PairOptions,
+    *,
+    out: Path,
+    test_fraction: float,
+    params: dict,
+    formats: list[str],
+    keep_author_ids: bool,
+) -> Path:
+    pairs, dropped_here, funnel = select_pairs(answers, options)
+    train, test = split_by_question(pairs, test_fraction)
+    stats = {
+        "rows_in": source_stats["rows_in"],
+        "rows_kept": 2 * pairs.height,  # answer rows: each pair uses two, none twice
+        "rows_dropped": {**source_stats["rows_dropped"], **dropped_here},
+        "created_at_missing": source_stats["created_at_missing"],
+        "pairs": pairs.height,
+        "splits": {"train": train.height, "test": test.height},
+        "dedupe": source_stats["dedupe"],
+        "answers_per_question": answers_per_question(answers),
+        "funnel": funnel,
+    }
+    return write_dataset(
+        out, "pairs", train.drop("question_group"), test.drop("question_group"), stats, params,
+        formats=formats, keep_author_ids=keep_author_ids,
+    )

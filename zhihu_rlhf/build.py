@@ -1,0 +1,193 @@
+"""`python -m zhihu_rlhf.build instruct|pairs|all`: Zhihu answers -> Hub-ready instruct and pairs folders.
+
+    python -m zhihu_rlhf.build all   --source sample             --out out/   # out/instruct + out/pairs
+    python -m zhihu_rlhf.build pairs --source wangrui6/Zhihu-KOL --out out/pairs
+
+The CLI only maps flags onto `BuildOptions`; `build()` is the library entry point tests call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from zhihu_rlhf import __version__
+from zhihu_rlhf.dedupe import DedupeOptions
+from zhihu_rlhf.errors import UserError, cli_main
+from zhihu_rlhf.export import FORMATS, check_formats
+from zhihu_rlhf.instruct import InstructOptions
+from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.pipelines.answers import prepare_answers
+from zhihu_rlhf.pipelines.instruct import build_instruct_set
+from zhihu_rlhf.pipelines.pairs import build_pairs_set
+from zhihu_rlhf.sources import DEFAULT_SOURCE
+
+What = Literal["instruct", "pairs", "all"]
+
+
+@dataclass
+class BuildOptions:
+    source: str = DEFAULT_SOURCE
+    """Hub dataset id, parquet file/folder/glob, MediaCrawler zhihu_contents*.jsonl|csv, or `sample`."""
+    out: Path = Path("out")
+    """Output folder (for `all`: the parent of instruct/ and pairs/)."""
+    test_fraction: float = 0.05
+    """Share of question groups in the test split (by a deterministic hash of the group id)."""
+    formats: list[str] = field(default_factory=lambda: ["trl"])
+    """Extra export formats written next to the canonical parquet."""
+    keep_author_ids: bool = False
+    """Author ids are personal data: dropped from the outputs unless asked for."""
+    dedupe: DedupeOptions = field(default_factory=DedupeOptions)
+    instruct: InstructOptions = field(default_factory=InstructOptions)
+    pairs: PairOptions = field(default_factory=PairOptions)
+
+
+def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
+    """Build the requested set(s); returns {"instruct": path, "pairs": path} for what was written."""
+    if not 0.0 <= options.test_fraction < 1.0:
+        raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
+    check_formats(options.formats)
+    started = time.perf_counter()
+    log(f"reading {options.source} ...")
+    answers, source_stats = prepare_answers(options.source, options.dedupe)
+    dropped = sum(source_stats["rows_dropped"].values())
+    log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
+        f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
+
+    params = _params(options)
+    common = dict(test_fraction=options.test_fraction, params=params, formats=options.formats,
+                  keep_author_ids=options.keep_author_ids)
+    written = {}
+    if what in ("instruct", "all"):
+        out = options.out / "instruct" if what == "all" else options.out
+        written["instruct"] = build_instruct_set(answers, source_stats, options.instruct, out=out, **common)
+        log(f"  instruct set -> {out} [{time.perf_counter() - started:.1f}s]")
+    if what in ("pairs", "all"):
+        out = options.out / "pairs" if what == "all" else options.out
+        written["pairs"] = build_pairs_set(answers, source_stats, options.pairs, out=out, **common)
+        log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
+    return written
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {n:,}" for reason, n in sorted(counts.items())) or "none"
+
+
+def _params(options: BuildOptions) -> dict:
+    """The recipe's parameters as written into stats/cards (JSON-able, stable key order)."""
+    params = dataclasses.asdict(options)
+    params["out"] = str(options.out)
+    params["tool_version"] = __version__
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: flags map one-to-one onto the dataclass fields above; defaults come from the dataclasses.
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m zhihu_rlhf.build",
+        description="Build the instruct set and/or chosen/rejected pairs from Zhihu answers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="what", required=True, metavar="{instruct,pairs,all}")
+    for what, help_text in (
+        ("instruct", "question -> best answer set (default ~26k rows)"),
+        ("pairs", "chosen/rejected pairs (default ~3k rows)"),
+        ("all", "both, into OUT/instruct and OUT/pairs"),
+    ):
+        sub = commands.add_parser(what, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _add_common(sub)
+        if what in ("instruct", "all"):
+            _add_instruct(sub, limit_flag="--limit" if what == "instruct" else "--instruct-limit")
+        if what in ("pairs", "all"):
+            _add_pairs(sub, limit_flag="--limit" if what == "pairs" else "--pairs-limit")
+    return parser
+
+
+def _add_common(sub: argparse.ArgumentParser) -> None:
+    defaults, dedupe, filters = BuildOptions(), DedupeOptions(), InstructOptions()
+    sub.add_argument("--source", default=defaults.source,
+                     help="Hub dataset id, parquet file/folder/glob, MediaCrawler zhihu_contents*.jsonl|csv, or 'sample'")
+    sub.add_argument("--out", type=Path, default=defaults.out, help="output folder")
+    sub.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
+                     help="share of question groups in the test split")
+    sub.add_argument("--format", dest="formats", default=",".join(defaults.formats),
+                     help=f"comma-separated export formats: {', '.join(FORMATS)} (canonical parquet is always written)")
+    sub.add_argument("--keep-author-ids", action="store_true", help="keep author ids (personal data) in the outputs")
+    sub.add_argument("--dedupe", default=dedupe.mode, choices=["near", "exact", "off"],
+                     help="near-duplicate merging of answers and questions")
+    sub.add_argument("--answer-threshold", type=float, default=dedupe.answer_threshold,
+                     help="rapidfuzz similarity (0-100) above which two answers are near-duplicates")
+    sub.add_argument("--question-threshold", type=float, default=dedupe.question_threshold,
+                     help="rapidfuzz similarity (0-100) above which two questions are the same question")
+    sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
+    sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
+
+
+def _add_instruct(sub: argparse.ArgumentParser, limit_flag: str) -> None:
+    defaults = InstructOptions()
+    sub.add_argument(limit_flag, dest="instruct_limit", type=int, default=defaults.limit,
+                     help="instruct rows to keep, best-upvoted questions first (0 = all)")
+    sub.add_argument("--min-upvotes", type=int, default=defaults.min_upvotes, help="least upvotes of an instruct answer")
+
+
+def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
+    defaults = PairOptions()
+    sub.add_argument(limit_flag, dest="pairs_limit", type=int, default=defaults.limit,
+                     help="pairs to keep, most confident first (0 = all)")
+    sub.add_argument("--max-days-apart", type=float, default=defaults.max_days_apart,
+                     help="chosen and rejected were created at most this many days apart")
+    sub.add_argument("--min-ratio", type=float, default=defaults.min_ratio,
+                     help="chosen has at least this many times the rejected's upvotes")
+    sub.add_argument("--min-chosen-upvotes", type=int, default=defaults.min_chosen_upvotes,
+                     help="least upvotes of a chosen answer")
+    sub.add_argument("--max-pairs-per-question", type=int, default=defaults.max_pairs_per_question,
+                     help="most pairs from one question group")
+    sub.add_argument("--chosen-not-earlier", action="store_true",
+                     help="Stanford SHP rule: chosen was written no earlier than rejected")
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    filters = {"min_answer_chars": args.min_answer_chars, "max_answer_chars": args.max_answer_chars}
+    options = BuildOptions(
+        source=args.source,
+        out=args.out,
+        test_fraction=args.test_fraction,
+        formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+        keep_author_ids=args.keep_author_ids,
+        dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold,
+                             question_threshold=args.question_threshold),
+    )
+    if args.what in ("instruct", "all"):
+        options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)
+    if args.what in ("pairs", "all"):
+        options.pairs = PairOptions(
+            limit=args.pairs_limit,
+            max_days_apart=args.max_days_apart,
+            min_ratio=args.min_ratio,
+            min_chosen_upvotes=args.min_chosen_upvotes,
+            max_pairs_per_question=args.max_pairs_per_question,
+            chosen_not_earlier=args.chosen_not_earlier,
+            **filters,
+        )
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    options = options_from_args(args)
+    written = build(args.what, options, log=lambda msg: print(msg, file=sys.stderr))
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
