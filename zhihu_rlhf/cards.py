@@ -1,0 +1,227 @@
+"""Data card (OUT/README.md) and its plots (OUT/plots/*.png) for one built set.
+
+The YAML front matter is made by huggingface_hub's DatasetCardData (license, language, task categories, size) plus
+datasets' own `configs` / `dataset_info` writers, the same ones `Dataset.push_to_hub` uses; the body is the Jinja
+template data_cards/dataset_card.md, rendered by DatasetCard.from_template.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from datasets import Features
+from datasets.info import DatasetInfo, DatasetInfosDict
+from datasets.splits import SplitDict, SplitInfo
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard, DatasetCardData
+from matplotlib.figure import Figure
+
+# Zhihu-KOL declares no license on the Hub (checked: its card has none), and the answers' copyright stays with their
+# Zhihu authors, so the honest Hub value is "unknown"; the card's licensing section says so.
+LICENSE = "unknown"
+# Written in the card's loading examples; publish replaces it with the real --repo-id.
+REPO_PLACEHOLDER = "<your-name>/<repo>"
+TEMPLATE = "dataset_card.md"
+# Columns the template describes; anything else the builder adds is listed by name.
+DOCUMENTED_COLUMNS = {
+    "question_id", "answer_id", "prompt", "completion", "upvotes", "created_at", "chosen", "rejected",
+    "chosen_answer_id", "rejected_answer_id", "chosen_upvotes", "rejected_upvotes", "chosen_created_at",
+    "rejected_created_at", "upvote_ratio", "confidence", "author_id", "chosen_author_id", "rejected_author_id",
+}
+
+# Hub size_categories values (the list datasets ships in datasets/utils/resources/size_categories.json).
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"))
+
+
+def size_category(rows: int) -> str:
+    for limit, name in _SIZE_CATEGORIES:
+        if rows < limit:
+            return name
+    return "10M<n<100M"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plot:
+    title: str
+    path: str  # relative to OUT
+    caption: str
+
+
+def _save(fig: Figure, folder: Path, name: str) -> str:
+    path = f"plots/{name}.png"
+    (folder / "plots").mkdir(exist_ok=True)
+    fig.tight_layout()
+    # No "Software" entry and no timestamp: the same data gives the same bytes.
+    fig.savefig(folder / path, dpi=100, metadata={"Software": None})
+    return path
+
+
+def _log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
+    low, high = max(values.min(), 1), max(values.max(), 2)
+    return np.geomspace(low, high * 1.001, count)
+
+
+def _length_plot(folder: Path, kind: str, frame: pl.DataFrame) -> Plot:
+    columns = ["prompt", "completion"] if kind == "instruct" else ["prompt", "chosen", "rejected"]
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    lengths = {c: frame[c].str.len_chars().to_numpy() for c in columns}
+    bins = _log_bins(np.concatenate(list(lengths.values())))
+    for column, values in lengths.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{column} (median {int(np.median(values))})")
+    ax.set_xscale("log")
+    ax.set_xlabel("length in characters (log scale)")
+    ax.set_ylabel("rows")
+    ax.set_title("Prompt and response lengths")
+    ax.legend()
+    return Plot("Prompt and response lengths", _save(fig, folder, "lengths"),
+                "Characters per field, all splits; Chinese text has roughly 1-1.5 characters per token.")
+
+
+def _ratio_plot(folder: Path, frame: pl.DataFrame) -> Plot:
+    ratios = frame["upvote_ratio"].drop_nulls().to_numpy()
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    finite = ratios[np.isfinite(ratios)]
+    ax.hist(finite, bins=_log_bins(finite), color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("chosen upvotes / rejected upvotes (log scale)")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"Upvote ratio of the pairs (median {np.median(finite):.1f}x)")
+    return Plot("Upvote ratio", _save(fig, folder, "upvote_ratio"),
+                "How far the chosen answer leads the rejected one in votes (rejected with 0 votes counted as 1).")
+
+
+def _time_gap_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
+    gap_days = (
+        frame.select(((pl.col("chosen_created_at") - pl.col("rejected_created_at")).dt.total_seconds() / 86400)
+                     .alias("gap"))["gap"].drop_nulls().to_numpy()
+    )
+    if gap_days.size == 0:
+        return None
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    ax.hist(gap_days, bins=40, color="tab:orange")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("chosen created minus rejected created (days); > 0: chosen is newer")
+    ax.set_ylabel("pairs")
+    ax.set_title("Time between the two answers of a pair")
+    return Plot("Time gap", _save(fig, folder, "time_gap"),
+                "Pairs with a positive gap are the safe ones: the chosen answer won despite less time to collect votes.")
+
+
+def _answers_per_question_plot(folder: Path, counts: dict) -> Plot:
+    pairs = sorted((int(answers), int(questions)) for answers, questions in counts.items())
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    ax.bar([a for a, _ in pairs], [q for _, q in pairs], width=0.8, color="tab:green")
+    ax.set_yscale("log")
+    if pairs and pairs[-1][0] > 50:
+        ax.set_xscale("log")
+    ax.set_xlabel("answers per question (source, after cleaning)")
+    ax.set_ylabel("questions (log scale)")
+    ax.set_title("Answers per question in the source")
+    return Plot("Answers per question", _save(fig, folder, "answers_per_question"),
+                "Only questions with two or more answers can give pairs.")
+
+
+def write_plots(folder: Path, kind: str, splits: dict[str, pl.DataFrame], stats: dict) -> list[Plot]:
+    """Write the set's plots as PNG under folder/plots and return them in card order."""
+    frame = pl.concat(list(splits.values()))
+    if frame.height == 0:
+        return []
+    plots: list[Plot | None] = [_length_plot(folder, kind, frame)]
+    if kind == "pairs":
+        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame)]
+    if stats.get("answers_per_question"):
+        plots.append(_answers_per_question_plot(folder, stats["answers_per_question"]))
+    return [plot for plot in plots if plot is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Card
+# ---------------------------------------------------------------------------------------------------------------
+
+def card_data(kind: str, configs: dict[str, dict[str, str]], folder: Path, rows: int, params: dict) -> DatasetCardData:
+    """Front matter: Hub metadata, one config per format (default = canonical parquet) and the parquet features."""
+    source = str(params.get("source", ""))
+    data = DatasetCardData(
+        language=["zh"],
+        license=LICENSE,
+        pretty_name=f"Zhihu RLHF {'instruct set' if kind == 'instruct' else 'preference pairs'}",
+        size_categories=[size_category(rows)],
+        task_categories=["text-generation", "question-answering"] if kind == "instruct"
+        else ["text-generation", "reinforcement-learning"],
+        tags=["zhihu", "chinese", "sft"] if kind == "instruct" else ["zhihu", "chinese", "rlhf", "dpo", "preference"],
+        source_datasets=[source] if "/" in source and not Path(source).exists() else None,
+    )
+    infos = DatasetInfosDict()
+    for name, files in configs.items():
+        if not all(path.endswith(".parquet") for path in files.values()):
+            continue  # JSON configs: datasets infers their features when loading
+        splits = SplitDict()
+        download_size = dataset_size = 0
+        features = None
+        for split, path in files.items():
+            table = pq.read_table(folder / path)
+            features = Features.from_arrow_schema(table.schema)
+            splits.add(SplitInfo(name=split, num_bytes=table.nbytes, num_examples=table.num_rows))
+            download_size += (folder / path).stat().st_size
+            dataset_size += table.nbytes
+        infos[name] = DatasetInfo(config_name=name, features=features, splits=splits,
+                                  download_size=download_size, dataset_size=dataset_size)
+    infos.to_dataset_card_data(data)
+    MetadataConfigs({
+        name: {"data_files": [{"split": split, "path": path} for split, path in files.items()],
+               **({"default": True} if name == "default" else {})}
+        for name, files in configs.items()
+    }).to_dataset_card_data(data)
+    return data
+
+
+def _template() -> str:
+    return resources.files("zhihu_rlhf.data_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
+
+
+def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: dict,
+                configs: dict[str, dict[str, str]], plots: list[Plot], folder: Path) -> str:
+    """The README.md text: front matter + the template filled with this set's counts, parameters and plots."""
+    rows = sum(frame.height for frame in splits.values())
+    params = build["params"]
+    data = card_data(kind, configs, folder, rows, params)
+    card = DatasetCard.from_template(
+        data,
+        template_str=_template(),
+        kind=kind,
+        rows=rows,
+        split_rows={split: frame.height for split, frame in splits.items()},
+        stats_source=params.get("source", "unknown source"),
+        extra_columns=[c for c in splits["train"].columns if c not in DOCUMENTED_COLUMNS],
+        stats=stats,
+        rows_dropped=sorted((stats.get("rows_dropped") or {}).items(), key=lambda item: -item[1]),
+        dedupe=[(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
+                for key, value in (stats.get("dedupe") or {}).items()],
+        funnel=stats.get("funnel") or [],
+        params=[(key, json.dumps(value, ensure_ascii=False, default=str)) for key, value in params.items()],
+        tool_version=params.get("tool_version", "unknown"),
+        params_hash=build["params_hash"],
+        formats=build["formats_written"],
+        configs=[name for name in configs if name != "default"],
+        skipped_formats=[name for name in build["formats"] if name not in build["formats_written"]],
+        keep_author_ids=build["keep_author_ids"],
+        plots=plots,
+        repo_id=REPO_PLACEHOLDER,
+        llamafactory_name=f"zhihu_rlhf_{kind}",
+    )
+    return str(card) + "\n"
