@@ -1,0 +1,141 @@
+"""The builder end to end: on the embedded sample and on synthetic data, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import polars as pl
+import pytest
+
+from zhihu_rlhf import synth
+from zhihu_rlhf.build import BuildOptions, build
+from zhihu_rlhf.pairs import PairOptions
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build("all", BuildOptions(source="sample", out=tmp_path_factory.mktemp("out")), log=lambda _: None)
+
+
+def _read(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return (pl.read_parquet(folder / "data" / "train-00000-of-00001.parquet"),
+            pl.read_parquet(folder / "data" / "test-00000-of-00001.parquet"))
+
+
+def test_sample_builds_both_sets_that_load_with_datasets(built: dict[str, Path]) -> None:
+    for name, columns in (
+        ("instruct", ["question_id", "answer_id", "prompt", "completion", "upvotes", "created_at"]),
+        ("pairs", ["question_id", "prompt", "chosen", "rejected", "chosen_answer_id", "rejected_answer_id",
+                   "chosen_upvotes", "rejected_upvotes", "chosen_created_at", "rejected_created_at", "upvote_ratio"]),
+    ):
+        folder = built[name]
+        loaded = datasets.load_dataset(str(folder))
+        assert set(loaded) == {"train", "test"}
+        assert loaded["train"].num_rows > 0 and loaded["test"].num_rows > 0
+        assert set(columns) <= set(loaded["train"].column_names)
+        assert not any("author" in c for c in loaded["train"].column_names), "author ids are dropped by default"
+
+
+@pytest.mark.parametrize("name", ["instruct", "pairs"])
+def test_stats_account_for_every_row(built: dict[str, Path], name: str) -> None:
+    stats = json.loads((built[name] / "stats.json").read_text())
+    assert stats["rows_in"] == stats["rows_kept"] + sum(stats["rows_dropped"].values())
+    train, test = _read(built[name])
+    assert stats["splits"] == {"train": train.height, "test": test.height}
+    # the embedded sample carries planted malformed rows; they are dropped and named
+    assert stats["rows_dropped"]["invalid_metadata_json"] > 0
+
+
+def test_pairs_obey_every_rule(built: dict[str, Path]) -> None:
+    pairs = pl.concat(_read(built["pairs"]))
+    rules = PairOptions()
+    assert pairs.height > 50
+    assert (pairs["chosen_upvotes"] >= rules.min_ratio * pairs["rejected_upvotes"]).all()
+    assert (pairs["chosen_upvotes"] >= rules.min_chosen_upvotes).all()
+    gap_days = (pairs["chosen_created_at"] - pairs["rejected_created_at"]).dt.total_seconds().abs() / 86400
+    assert (gap_days <= rules.max_days_apart).all()
+    used = pl.concat([pairs["chosen_answer_id"], pairs["rejected_answer_id"]])
+    assert used.n_unique() == used.len(), "a response appears in two pairs"
+    texts = pl.concat([pairs["chosen"], pairs["rejected"]])
+    assert texts.n_unique() == texts.len(), "the same text appears twice"
+    assert (pairs["chosen"] != pairs["rejected"]).all()
+    funnel = json.loads((built["pairs"] / "stats.json").read_text())["funnel"]
+    assert funnel[-1]["left"] == pairs.height
+
+
+def test_instruct_is_one_answer_per_question_and_no_question_in_both_splits(built: dict[str, Path]) -> None:
+    train, test = _read(built["instruct"])
+    rows = pl.concat([train, test])
+    assert rows["question_id"].n_unique() == rows.height
+    assert rows["completion"].n_unique() == rows.height
+    assert set(train["prompt"]).isdisjoint(test["prompt"])
+    pairs_train, pairs_test = _read(built["pairs"])
+    assert set(pairs_train["prompt"]).isdisjoint(pairs_test["prompt"])
+
+
+def test_same_input_gives_byte_identical_parquet(built: dict[str, Path], tmp_path: Path) -> None:
+    again = build("all", BuildOptions(source="sample", out=tmp_path), log=lambda _: None)
+    for name in ("instruct", "pairs"):
+        for split in ("train", "test"):
+            file = Path("data") / f"{split}-00000-of-00001.parquet"
+            assert (built[name] / file).read_bytes() == (again[name] / file).read_bytes()
+
+
+def test_synthetic_truth_chosen_mostly_better(tmp_path: Path) -> None:
+    data, truth = synth.write(30_000, tmp_path / "synth.parquet", seed=3)
+    out = build("pairs", BuildOptions(source=str(data), out=tmp_path / "pairs"), log=lambda _: None)["pairs"]
+    pairs = pl.concat(_read(out))
+    quality = pl.read_parquet(truth).select("answer_id", "quality")
+    scored = pairs.join(quality.rename({"answer_id": "chosen_answer_id", "quality": "qc"}), on="chosen_answer_id").join(
+        quality.rename({"answer_id": "rejected_answer_id", "quality": "qr"}), on="rejected_answer_id"
+    )
+    assert scored.height == pairs.height > 100
+    assert (scored["qc"] > scored["qr"]).mean() > 0.8
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zhihu_rlhf.build", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "missing.parquet"], "missing.parquet: no such file"),
+        (["--source", "notes.txt"], "unsupported file type"),
+        (["--source", "fake.parquet"], "not a readable parquet"),
+        (["--source", "sample", "--format", "bogus"], "bogus"),
+        (["--source", "sample", "--test-fraction", "1.5"], "--test-fraction"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "fake.parquet").write_text("not parquet at all")
+    result = _cli("pairs", *args, "--out", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_build_keeps_the_previous_output(tmp_path: Path) -> None:
+    good = _cli("pairs", "--source", "sample", "--out", "out", cwd=tmp_path)
+    assert good.returncode == 0, good.stderr
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*"))
+    bad = _cli("pairs", "--source", "nothing.parquet", "--out", "out", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name != "out"] == [], "no temporary folder left behind"
+
+
+def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
+    result = _cli("pairs", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag, default in (("--max-days-apart", "30.0"), ("--min-ratio", "2.0"), ("--limit", "3000"),
+                          ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near")):
+        assert flag in result.stdout
+        assert f"default: {default}" in result.stdout.replace("\n", " ").replace("  ", " ")
