@@ -191,10 +191,14 @@ def _tiny_tokenizer():
 
 
 def _tiny_config(tokenizer, kind: ModelKind):
-    """A 2-layer, 64-wide Qwen2: trains in seconds on a CPU, same code paths as the real models."""
-    from transformers import Qwen2Config
+    """A 2-layer, 64-wide Llama: trains in seconds on a CPU, same code paths as the real models.
 
-    return Qwen2Config(
+    Llama rather than Qwen2: AutoTokenizer honours the saved `tokenizer_class` (ByT5Tokenizer) for llama, while for
+    qwen2 it forces Qwen2Tokenizer, so a saved tiny run would not reload with its tokenizer.
+    """
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
