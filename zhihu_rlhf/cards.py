@@ -190,6 +190,17 @@ def card_data(kind: str, configs: dict[str, dict[str, str]], folder: Path, rows:
     return data
 
 
+def _flatten(params: dict, prefix: str = "") -> dict:
+    """{"pairs": {"min_ratio": 2}} -> {"pairs.min_ratio": 2}: one table row per option."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _template() -> str:
     return resources.files("zhihu_rlhf.data_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
 
@@ -213,7 +224,8 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         dedupe=[(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
                 for key, value in (stats.get("dedupe") or {}).items()],
         funnel=stats.get("funnel") or [],
-        params=[(key, json.dumps(value, ensure_ascii=False, default=str)) for key, value in params.items()],
+        params=[(key, json.dumps(value, ensure_ascii=False, default=str)) for key, value in _flatten(params).items()],
+        rules=params.get("pairs") if isinstance(params.get("pairs"), dict) else params,
         tool_version=params.get("tool_version", "unknown"),
         params_hash=build["params_hash"],
         formats=build["formats_written"],
