@@ -1,0 +1,241 @@
+"""Reward model: `python -m zhihu_rlhf.train rm --model M --data PAIRS --out OUT`.
+
+A one-output AutoModelForSequenceClassification reads a scalar reward at the last non-pad token of
+prompt + response (same prompt format as SFT, see common.render_prompt). Each micro-batch puts the chosen and the
+rejected responses of its pairs in ONE forward pass ([2B, T]: chosen rows first), then
+
+    loss = -log sigmoid(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected)^2
+
+The optional margin asks for a minimum gap; the centering term (Eisenstein et al., 2023) keeps rewards near zero,
+which PPO's value model and reward clipping like. Eval: pairwise accuracy and mean margin on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zhihu_rlhf.errors import UserError, cli_main
+from zhihu_rlhf.train.common import (
+    TEMPLATES,
+    ModelCardInfo,
+    Runtime,
+    TrainOptions,
+    encode_example,
+    epoch_permutation,
+    fit,
+    iter_chunks,
+    load_split,
+    load_tokenizer_and_model,
+    parse_options,
+    plot_metrics,
+    resolve_template,
+    save_final,
+    seed_everything,
+    setup_runtime,
+    shutdown_runtime,
+)
+
+
+@dataclass(kw_only=True)
+class RMOptions(TrainOptions):
+    """`python -m zhihu_rlhf.train rm` options. Defaults suit 0.5B-7B models on one 80 GB GPU."""
+
+    model: str = field(metadata={"help": "base model (usually the SFT output): Hub id, local folder, or 'tiny'"})
+    template: str = field(
+        default="auto", metadata={"help": "prompt format: auto (chat template if any), chat, plain", "choices": TEMPLATES}
+    )
+    max_len: int = field(default=1024, metadata={"help": "tokens per prompt + response, longer ones are cut"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch (2x sequences in the forward pass)"})
+    margin: float = field(default=0.0, metadata={"help": "required reward gap: -log sigmoid(r_c - r_r - margin)"})
+    center_coef: float = field(
+        default=0.0, metadata={"help": "reward-centering weight on (r_c + r_r)^2 (e.g. 0.01; 0 = off)"}
+    )
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate (AdamW)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_len < 8:
+            raise UserError(f"--max-len must be >= 8, got {self.max_len}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.center_coef < 0:
+            raise UserError(f"--center-coef must be >= 0, got {self.center_coef}")
+
+
+@dataclass
+class EncodedPair:
+    chosen: list[int]
+    rejected: list[int]
+
+
+def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: int) -> list[EncodedPair]:
+    return [
+        EncodedPair(
+            encode_example(tokenizer, r["prompt"], r["chosen"], template, max_len)[0],
+            encode_example(tokenizer, r["prompt"], r["rejected"], template, max_len)[0],
+        )
+        for r in rows
+    ]
+
+
+def collate_sequences(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """[N, longest] right-padded ids + attention_mask."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        attention_mask[row, : len(s)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def pair_rewards(
+    model: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the chosen and rejected sides, [B] each, from one forward pass over [2B, T]."""
+    batch = collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    rewards = model(**batch, use_cache=False).logits.squeeze(-1).float()  # [2B]
+    return rewards[: len(pairs)], rewards[len(pairs) :]
+
+
+def pairwise_loss(
+    r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: float = 0.0, center_coef: float = 0.0
+) -> torch.Tensor:
+    """Summed over pairs: -log sigmoid(r_c - r_r - margin) + center_coef * (r_c + r_r)^2."""
+    loss = -F.logsigmoid(r_chosen - r_rejected - margin)
+    if center_coef:
+        loss = loss + center_coef * (r_chosen + r_rejected) ** 2
+    return loss.sum()
+
+
+@torch.no_grad()
+def score(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    template: str = "auto",
+    max_len: int = 1024,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Rewards [N] for (prompt, response) pairs, formatted exactly as in training."""
+    device = next(model.parameters()).device
+    seqs = [encode_example(tokenizer, p, r, template, max_len)[0] for p, r in zip(prompts, responses, strict=True)]
+    out = []
+    for chunk in iter_chunks(seqs, batch_size):
+        batch = collate_sequences(list(chunk), tokenizer.pad_token_id, device)
+        out.append(model(**batch, use_cache=False).logits.squeeze(-1).float().cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def train(opts: RMOptions) -> dict[str, float]:
+    """Train the reward model; returns the final eval metrics ({"loss", "accuracy", "margin"}). Writes OUT (rank 0)."""
+    rt = setup_runtime(opts.device)
+    seed_everything(opts.seed)
+    try:
+        train_rows = load_split(opts.data, "train", "pairs")
+        test_rows = load_split(opts.data, "test", "pairs")
+        tokenizer, model = load_tokenizer_and_model(opts.model, "reward", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt)
+        template = resolve_template(tokenizer, opts.template)
+        train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
+        test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
+        if rt.is_main:
+            print(f"rm: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}")
+        model.to(rt.device)
+        results = _fit(opts, rt, model, tokenizer.pad_token_id, train_pairs, test_pairs)
+        if rt.is_main:
+            save_final(opts.out, model, tokenizer, _card(opts, template, results))
+            plot_metrics(opts.out, title=f"Reward model {opts.model}")
+        rt.barrier()
+        return results
+    finally:
+        shutdown_runtime(rt)
+
+
+def _fit(
+    opts: RMOptions, rt: Runtime, model: nn.Module, pad_id: int, train_pairs: list[EncodedPair], test_pairs: list[EncodedPair]
+) -> dict[str, float]:
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        order = epoch_permutation(len(train_pairs), opts.seed, epoch).tolist()
+        return [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+
+    def loss_fn(m: nn.Module, indices: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
+        r_c, r_r = pair_rewards(m, [train_pairs[i] for i in indices], pad_id, rt.device)
+        loss = pairwise_loss(r_c, r_r, opts.margin, opts.center_coef)
+        gap = (r_c - r_r).detach()
+        return loss, len(indices), {"accuracy": (gap > 0).sum().item(), "margin": gap.sum().item()}
+
+    test_chunks = list(iter_chunks(test_pairs, opts.batch_size))
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        loss_sum, correct, gap_sum, count = 0.0, 0.0, 0.0, 0
+        for chunk in test_chunks[rt.rank :: rt.world_size]:
+            r_c, r_r = pair_rewards(m, list(chunk), pad_id, rt.device)
+            loss_sum += pairwise_loss(r_c, r_r, opts.margin, opts.center_coef).item()
+            correct += (r_c > r_r).sum().item()
+            gap_sum += (r_c - r_r).sum().item()
+            count += len(chunk)
+        n = max(rt.all_reduce_sum(count), 1.0)
+        return {
+            "loss": rt.all_reduce_sum(loss_sum) / n,
+            "accuracy": rt.all_reduce_sum(correct) / n,
+            "margin": rt.all_reduce_sum(gap_sum) / n,
+        }
+
+    return fit(
+        opts,
+        rt,
+        model,
+        epoch_batches=epoch_batches,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        batch_tokens=lambda idx: sum(len(train_pairs[i].chosen) + len(train_pairs[i].rejected) for i in idx),
+        desc="rm",
+    )
+
+
+def _card(opts: RMOptions, template: str, results: dict[str, float]) -> ModelCardInfo:
+    fmt = (
+        "Inputs use the tokenizer's chat template (user turn = question, assistant turn = answer)."
+        if template == "chat"
+        else 'Input format: `"Human: {question}\\n\\nAssistant: {answer}"` followed by the eos token.'
+    )
+    usage = f"""
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from zhihu_rlhf.train.rm import score   # formats the text exactly as in training
+tok = AutoTokenizer.from_pretrained("{opts.out}")
+rm = AutoModelForSequenceClassification.from_pretrained("{opts.out}")
+print(score(rm, tok, ["问题……"], ["回答……"], template="{template}"))   # higher = more preferred
+"""
+    return ModelCardInfo(
+        task="rm",
+        base_model=opts.model,
+        data=opts.data,
+        options=opts.to_dict(),
+        results={f"eval_{k}": v for k, v in results.items()},
+        usage=usage,
+        extra=fmt
+        + " The scalar reward is read at the last non-pad token. Trained on chosen/rejected pairs with the pairwise"
+        " loss -log sigmoid(r_chosen - r_rejected); `eval_accuracy` is the share of held-out pairs ranked right.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_options(RMOptions, argv, "python -m zhihu_rlhf.train rm", __doc__.splitlines()[0])
+    train(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
