@@ -89,11 +89,13 @@ def _length_plot(folder: Path, kind: str, frame: pl.DataFrame) -> Plot:
                 "Characters per field, all splits; Chinese text has roughly 1-1.5 characters per token.")
 
 
-def _ratio_plot(folder: Path, frame: pl.DataFrame) -> Plot:
+def _ratio_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
     ratios = frame["upvote_ratio"].drop_nulls().to_numpy()
+    finite = ratios[np.isfinite(ratios)]
+    if finite.size == 0:
+        return None
     fig = Figure(figsize=(7, 3.6))
     ax = fig.add_subplot()
-    finite = ratios[np.isfinite(ratios)]
     ax.hist(finite, bins=_log_bins(finite), color="tab:blue")
     ax.set_xscale("log")
     ax.set_xlabel("chosen upvotes / rejected upvotes (log scale)")
