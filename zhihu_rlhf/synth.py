@@ -83,11 +83,13 @@ _NAME_CHARS = list(
 )
 _ORG_SUFFIX = ["大学", "科技", "集团", "公司", "研究所", "医院", "中学", "银行", "汽车", "游戏", "资本", "传媒", "实验室", "工作室"]
 _PRODUCTS = ["手机", "笔记本", "电动车", "耳机", "显卡", "平板", "相机", "手表", "新车", "大模型", "App", "游戏本", "路由器", "扫地机器人"]
-_EVENTS = [
-    "宣布退出{field}", "发布的新款{product}", "在{year}年的{show}上的表现", "裁员{num}%的决定", "获得{prize}",
-    "最新一季的{show}", "回应{field}争议", "转型做{field}", "起诉{org}", "在{city}开设新{place}", "涨价{num}%",
-    "与{org}合并", "登上热搜", "推出{product}订阅服务", "退出{city}市场", "的{year}年财报", "被收购",
+_EVENTS = [  # each carries its own random slot, so two titles rarely differ only in the entity
+    "宣布退出{field}并加入{org}", "发布的{product} {model}{num}", "在{year}年{show}上的表现", "在{year}年裁员{num}%的决定",
+    "获得{year}年{prize}", "与{name}合作的{show}", "回应与{org}的{field}争议", "{year}年转型做{field}", "起诉{org}侵权",
+    "在{city}开设第{num}家{place}", "把{product}涨价{num}%", "与{org}合并", "因{name}的发言登上热搜", "被{org}收购",
+    "推出每月{num}元的{product}订阅", "退出{city}市场并裁撤{place}", "的{year}年财报和{num}%的增速",
 ]
+_FOLLOW_UPS = ["有哪些影响", "意味着什么", "背后有什么原因", "你怎么看", "会带来什么变化", "是好是坏", "对普通人有什么影响"]
 _FIELDS = ["娱乐圈", "教育行业", "互联网", "房地产", "新能源", "短视频", "直播带货", "游戏行业", "医疗行业", "咨询业", "金融圈", "自媒体", "芯片行业", "餐饮业"]
 _SHOWS = ["春晚", "发布会", "综艺", "世界赛", "奥运会", "年会", "开发者大会", "电影节", "招聘会", "选秀"]
 _PRIZES = ["诺贝尔奖", "金马奖", "图灵奖", "茅盾文学奖", "最佳新人奖", "年度人物", "冠军", "国家科技进步奖"]
@@ -98,22 +100,21 @@ _ACTIVITIES = [
     "做自媒体", "考公", "留学", "减肥", "学钢琴", "摄影", "跑马拉松", "打游戏", "考驾照", "做饭", "创业", "相亲",
     "转行", "存钱", "学画画", "写小说", "租房", "养狗", "学日语", "做科研", "当老师", "开咖啡店", "学编程", "备考雅思",
 ]
-_EXPERIENCES = [
-    "在{city}{act}", "{age}岁开始{act}", "从{org}辞职去{act}", "一个人在{city}{act}", "和父母一起{act}",
-    "读了{num}年博士才开始{act}", "每天花{num}小时{act}", "在{org}实习", "月薪{money}在{city}生活", "被{org}录取",
+_EXPERIENCES = [  # each names an organisation or a person, plus numbers
+    "在{org}{act}{yrs}年", "{age}岁从{org}辞职去{city}{act}", "和{name}一起在{city}{act}{yrs}年", "读了{yrs}年博士后去{org}{act}",
+    "月薪{money}在{city}的{org}工作", "被{org}和{org2}同时录取", "在{city}的{org}实习{num}个月", "{age}岁在{org}当{en}经理{yrs}年",
 ]
 _TITLE_TEMPLATES = [
-    "如何评价{entity}{event}？", "如何看待{entity}{event}？", "为什么{entity}{event}？", "{exp}是一种怎样的体验？",
-    "{exp}是什么体验？", "{entity}怎么样？值得{act2}吗？", "{year}年了，{act}还有必要吗？", "怎样才能坚持{act}？",
-    "{entity}的{aspect}到底如何？", "有哪些适合{act}的{thing}推荐？", "为什么很多人在{city}{act}后悔了？",
-    "{exp}，后来怎么样了？", "如何评价{entity}的{aspect}？", "{act}和{act2}，应该怎么选？",
+    "如何评价{entity}{event}？", "如何看待{entity}{event}？", "为什么{entity}{event}？", "{entity}{event}，{follow}？",
+    "{exp}是一种怎样的体验？", "{exp}是什么体验？", "{exp}，后来怎么样了？", "{exp}，现在后悔吗？",
+    "{entity}的{aspect}到底如何？和{org}比怎么样？", "怎么看{entity}{event}？",
 ]
 _ASPECTS = ["企业文化", "薪资待遇", "技术实力", "发展前景", "产品质量", "管理水平", "口碑", "学术水平", "售后服务", "用户体验"]
-_THINGS = ["书", "App", "工具", "课程", "城市", "专业", "装备", "纪录片", "公众号", "网站"]
 _REASK_SWAPS = [
     ("如何评价", "如何看待"), ("如何看待", "怎么看待"), ("是一种怎样的体验", "是一种什么样的体验"), ("是什么体验", "是什么样的体验"),
-    ("为什么", "为何"), ("怎么样", "如何"), ("有哪些", "有什么"), ("怎样才能", "如何才能"), ("到底如何", "究竟怎么样"),
-    ("还有必要吗", "还有意义吗"), ("应该怎么选", "该如何选择"), ("后来怎么样了", "后来如何了"),
+    ("为什么", "为何"), ("怎么样", "如何"), ("有哪些", "有什么"), ("怎样才能", "如何才能"), ("到底如何", "究竟如何"),
+    ("后来怎么样了", "后来如何了"), ("现在后悔吗", "如今后悔吗"), ("你怎么看", "大家怎么看"), ("意味着什么", "说明了什么"),
+    ("有哪些影响", "有什么影响"), ("是好是坏", "是好事还是坏事"), ("比怎么样", "相比如何"),
 ]
 
 _SUBJECTS = [
@@ -256,11 +257,11 @@ class _Plan:
 
 
 def _name(rnd: random.Random) -> str:
-    return rnd.choice(_SURNAMES) + "".join(rnd.choices(_NAME_CHARS, k=rnd.randint(1, 2)))
+    return rnd.choice(_SURNAMES) + "".join(rnd.choices(_NAME_CHARS, k=2))
 
 
 def _org(rnd: random.Random) -> str:
-    return rnd.choice(_NAME_CHARS) + rnd.choice(_NAME_CHARS) + rnd.choice(_ORG_SUFFIX)
+    return "".join(rnd.choices(_NAME_CHARS, k=3)) + rnd.choice(_ORG_SUFFIX)
 
 
 def _money(rnd: random.Random) -> str:
@@ -288,7 +289,8 @@ _FILLERS: dict[str, Callable[[random.Random], str]] = {
     "age": lambda r: str(r.randint(16, 59)), "name": _name, "org": _org,
     "field": lambda r: r.choice(_FIELDS), "product": lambda r: r.choice(_PRODUCTS), "show": lambda r: r.choice(_SHOWS),
     "num": lambda r: str(r.randint(2, 59)), "prize": lambda r: r.choice(_PRIZES), "place": lambda r: r.choice(_PLACES),
-    "aspect": lambda r: r.choice(_ASPECTS), "thing": lambda r: r.choice(_THINGS),
+    "aspect": lambda r: r.choice(_ASPECTS), "follow": lambda r: r.choice(_FOLLOW_UPS), "org2": _org,
+    "model": lambda r: r.choice(["Pro", "Max", "X", "S", "Ultra", "mini"]),
 }
 
 
@@ -333,25 +335,24 @@ def _title(rnd: random.Random) -> str:
     elif kind < 0.8:
         entity = _org(rnd)
     else:
-        model = rnd.choice(["Pro", "Max", "X", "S", "Ultra", "mini"])
-        entity = _org(rnd)[:2] + rnd.choice(_PRODUCTS) + f" {model}{rnd.randint(1, 29)}"
+        entity = _org(rnd)[:3] + rnd.choice(_PRODUCTS)
     if rnd.random() < 0.03:  # a quoted name, written with HTML entities by the scraper
         entity = f"&quot;{entity}&quot;"
     return _title_of(rnd, entity=entity, event=_event(rnd), exp=_experience(rnd))
 
 
 def _reask_title(rnd: random.Random, title: str) -> str:
-    """The same question asked again: punctuation, spacing or a small wording change."""
-    style = rnd.randrange(4)
+    """The same question asked again: one punctuation, spacing or small wording change."""
+    style = rnd.choices(["punct", "space", "wording", "wording+punct"], [0.35, 0.25, 0.3, 0.1])[0]
     new = title
-    if style in (0, 3):
+    if style.startswith("wording"):
         swaps = [(a, b) for a, b in _REASK_SWAPS if a in new]
         if swaps:
             a, b = rnd.choice(swaps)
             new = new.replace(a, b, 1)
-    if style in (1, 3) or new == title:
-        new = new.replace("？", "?") if "？" in new else new + "?"
-    if style == 2:
+    if style.endswith("punct") or new == title and style != "space":
+        new = new.replace("？", "?", 1) if "？" in new else new + "?"
+    if style == "space":
         new = " " + new if rnd.random() < 0.5 else new + " "
     return new
 
