@@ -566,7 +566,8 @@ def _upvote_value(form: int, denoted: int, rnd: random.Random) -> int | str:
 
 
 def _id_value(form: int, value: int) -> int | float | str:
-    return (value, float(value), str(value))[form]
+    """An id as pandas-era exports wrote it: 59530469, 59530469.0 or "59530469"."""
+    return {"int": value, "float": float(value), "str": str(value)}[ID_FORMS[form]]
 
 
 def _crosspost(rnd: random.Random, text: str) -> str:
