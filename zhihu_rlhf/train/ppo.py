@@ -378,9 +378,9 @@ class PPOOptions(TrainOptions):
     value_lr: float = field(default=1e-5, metadata={"help": "value model peak learning rate"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "fraction of steps with linear warmup before cosine decay"})
     kl_coef: float = field(default=0.05, metadata={"help": "initial weight of the per-token KL penalty against the reference"})
-    target_kl: float | None = field(
+    target_kl: float = field(
         default=6.0,
-        metadata={"help": "adapt --kl-coef so KL(policy || reference) per response tracks this many nats (None = fixed)"},
+        metadata={"help": "adapt --kl-coef so KL(policy || reference) per response tracks this many nats (0 = fixed coef)"},
     )
     kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL: responses over which the coefficient may change by ~20%%"})
     gamma: float = field(default=1.0, metadata={"help": "discount over response tokens"})
@@ -407,10 +407,8 @@ class PPOOptions(TrainOptions):
             raise UserError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise UserError(f"--target-kl must be > 0, got {self.target_kl}")
-        if self.max_iterations < 0 or self.kl_coef < 0 or self.reward_clip < 0:
-            raise UserError("--max-iterations, --kl-coef and --reward-clip must be >= 0")
+        if min(self.max_iterations, self.kl_coef, self.target_kl, self.reward_clip) < 0:
+            raise UserError("--max-iterations, --kl-coef, --target-kl and --reward-clip must be >= 0")
 
     @property
     def minibatch_size(self) -> int:
@@ -524,8 +522,12 @@ def generate_rollout(
                 # The RM read where it was trained to: the last token of prompt + response (EOS included).
                 scores_all = reward(seq, mask)  # (b, P + T)
                 model_scores.append(scores_all[torch.arange(len(rows)), prompt_len + last[rows]])
+    # Models often pad their embedding matrix past the tokenizer (Qwen2.5: 151,936 rows for 151,665 tokens);
+    # an id sampled from that padding has no text.
+    n_tokens = len(tokenizer)
     texts = [
-        tokenizer.decode(responses[i, : int(response_mask[i].sum())], skip_special_tokens=True) for i in range(len(prompts))
+        tokenizer.decode([t for t in responses[i, : int(response_mask[i].sum())].tolist() if t < n_tokens], skip_special_tokens=True)
+        for i in range(len(prompts))
     ]
     if isinstance(reward, nn.Module):
         scores = torch.cat(model_scores)
@@ -762,7 +764,7 @@ def _ppo_loop(
     value_scheduler = make_scheduler(value_optimizer, opts, n_iterations * steps_per_iteration)
     optimizers, schedulers = _Both(optimizer, value_optimizer), _Both(scheduler, value_scheduler)
     trained = nn.ModuleDict({"policy": policy, "value": value_model})
-    kl_ctl = AdaptiveKLController(opts.kl_coef, opts.target_kl, opts.kl_horizon)
+    kl_ctl = AdaptiveKLController(opts.kl_coef, opts.target_kl or None, opts.kl_horizon)
     moments = RunningMoments()
 
     start, resume_step = 0, None
