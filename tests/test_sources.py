@@ -212,3 +212,21 @@ def test_unknown_hub_id_and_no_network_are_clear(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(HfApi, "list_repo_files", offline)
     with pytest.raises(UserError, match="no network"):
         load_answers("nobody/nothing")
+
+
+def test_every_synthetic_row_parses_to_its_true_values(tmp_path: Path) -> None:
+    from zhihu_rlhf import synth
+
+    data, truth_path = synth.write(6000, tmp_path / "s.parquet", seed=11)
+    answers, stats = load_answers(str(data))
+    truth = pl.read_parquet(truth_path)
+    valid = truth.filter(pl.col("malformed").is_null())
+    assert sorted(answers["answer_id"]) == sorted(valid["answer_id"])
+    joined = answers.join(valid, on="answer_id", suffix="_true")
+    for column in ("question_id", "upvotes", "created_at"):
+        same = (joined[column] == joined[f"{column}_true"]) | (joined[column].is_null() & joined[f"{column}_true"].is_null())
+        assert same.all(), f"{column} differs from the truth"
+    planted = truth["malformed"].drop_nulls().value_counts()
+    expected = {"invalid_json": "invalid_metadata_json", "null_question_id": "missing_question_id",
+                "null_answer_id": "missing_answer_id", "blank_response": "empty_answer"}
+    assert stats["rows_dropped"] == {expected[k]: n for k, n in zip(planted["malformed"], planted["count"], strict=True)}

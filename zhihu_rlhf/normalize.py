@@ -1,43 +1,58 @@
 """Text normalisation: make equal texts compare equal, without touching what the author wrote.
 
 Scraped Zhihu text carries invisible noise: zero-width spaces from the vote button, NBSP from the
-HTML, HTML entities that were never unescaped, ragged runs of spaces. We remove that noise and
-nothing else: Chinese punctuation, full-width characters and wording are left exactly as written.
+HTML, HTML entities that were never unescaped, tabs and ragged runs of spaces. We remove that noise
+and nothing else: Chinese punctuation, full-width characters and wording are left exactly as written.
+
+Speed matters (two gigabytes of answers): every step is a vectorised polars string operation; only
+the rare texts with numeric entities go through Python's `html.unescape`.
 """
 
 from __future__ import annotations
 
 import html
+import html.entities
 
 import polars as pl
 
-# U+200B..U+200D zero-width space/non-joiner/joiner, U+2060 word joiner, U+FEFF BOM.
-ZERO_WIDTH = r"[\u200b\u200c\u200d\u2060\ufeff]"
-NBSP = "\u00a0"
-# An entity is `&name;`, `&#123;` or `&#x1F600;`; only texts that contain one pay for html.unescape.
-HTML_ENTITY = r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});"
+ZERO_WIDTH = r"[\u200b\u200c\u200d\u2060\ufeff]"  # zero-width space/non-joiner/joiner, word joiner, BOM
+SPACE_LIKE = r"[\u00a0\t\f\v]"  # NBSP and tabs become plain spaces
+
+# Named HTML entities with their semicolon (`&amp;`, `&nbsp;`, ...), from the HTML5 table the stdlib ships.
+# One Aho-Corasick pass does them all; it is fast because every pattern starts with the rare `&`.
+ENTITIES = {f"&{name}": text for name, text in html.entities.html5.items() if name.endswith(";")}
+_ENTITY_NAMES, _ENTITY_TEXTS = list(ENTITIES), list(ENTITIES.values())
 
 
-def _unescape_html(texts: pl.Series) -> pl.Series:
-    """html.unescape on the few texts that contain an entity; the rest pass through untouched."""
-    has_entity = texts.str.contains(HTML_ENTITY).fill_null(False)
-    if not has_entity.any():
-        return texts
-    positions = has_entity.arg_true()
-    unescaped = pl.Series([html.unescape(t) for t in texts.gather(positions)], dtype=pl.String)
-    return texts.scatter(positions, unescaped)
+def _unescape(texts: pl.Series) -> pl.Series:
+    """Named entities for every text; html.unescape for the rare ones with numeric entities (`&#8203;`).
+
+    Each text is unescaped exactly once, so `&amp;lt;` stays `&lt;`, as html.unescape leaves it.
+    """
+    unescaped = texts.str.replace_many(_ENTITY_NAMES, _ENTITY_TEXTS)
+    has_numeric = texts.str.contains(r"&#[0-9xX]").fill_null(False)
+    if not has_numeric.any():
+        return unescaped
+    positions = has_numeric.arg_true()
+    return unescaped.scatter(positions, pl.Series([html.unescape(t) for t in texts.gather(positions)], dtype=pl.String))
+
+
+def normalize_series(texts: pl.Series) -> pl.Series:
+    """Clean a column of texts; texts that end up empty become null (so callers can count them)."""
+    cleaned = (
+        _unescape(texts)
+        .str.replace_all(ZERO_WIDTH, "")
+        .str.replace_all(SPACE_LIKE, " ")
+        .str.replace_all(r"\r\n?", "\n")
+        .str.replace_all(" {2,}", " ")
+        .str.replace_all(" \n ?|\n ", "\n")  # spaces around a line break
+        .str.replace_all(r"\n{3,}", "\n\n")  # at most one blank line
+        .str.strip_chars()
+    )
+    return pl.select(pl.when(cleaned.str.len_chars() > 0).then(cleaned)).to_series().alias(texts.name)
 
 
 def normalize_text(text: pl.Expr) -> pl.Expr:
-    """Clean one text column; returns null for texts that end up empty (so callers can count them)."""
-    cleaned = (
-        text.map_batches(_unescape_html, return_dtype=pl.String)
-        .str.replace_all(ZERO_WIDTH, "")
-        .str.replace_all(NBSP, " ", literal=True)
-        .str.replace_all(r"\r\n?", "\n")
-        .str.replace_all(r"[ \t\f\v]+", " ")
-        .str.replace_all(r" ?\n ?", "\n")
-        .str.replace_all(r"\n{3,}", "\n\n")
-        .str.strip_chars()
-    )
-    return pl.when(cleaned.str.len_chars() > 0).then(cleaned)
+    """`normalize_series` as an expression, for lazy pipelines."""
+    # Elementwise: the streaming engine may clean the column batch by batch, in parallel, in bounded memory.
+    return text.map_batches(normalize_series, return_dtype=pl.String, is_elementwise=True)

@@ -229,25 +229,32 @@ def to_canonical(raw: pl.LazyFrame, files: SourceFiles) -> pl.LazyFrame:
     )
 
 
+# METADATA keys, all read as text: the parsers above accept every spelling of each value.
+METADATA_FIELDS = pl.Struct(
+    {"question_id": pl.String, "answer_id": pl.String, "author_id": pl.String, "upvotes": pl.String,
+     "answer_creation_time": pl.String}
+)
+
+
 def _from_zhihu_kol(raw: pl.LazyFrame) -> pl.LazyFrame:
-    meta = pl.col("METADATA")
-
-    def field(key: str) -> pl.Expr:
-        return meta.str.json_path_match(f"$.{key}")
-
+    # json_path_match("$") is null exactly when the string is not valid JSON; json_decode would fail
+    # the whole batch on one truncated row, so only valid rows are decoded (one parse each).
+    metadata_ok = pl.col("METADATA").str.json_path_match("$").is_not_null()
+    meta = pl.when(metadata_ok).then(pl.col("METADATA")).str.json_decode(METADATA_FIELDS)
     return _with_drop_reason(
         raw.select(
-            question_id=parse_id(field("question_id")),
-            answer_id=parse_id(field("answer_id")),
+            "INSTRUCTION", "RESPONSE", metadata=meta, metadata_ok=metadata_ok
+        ).select(
+            question_id=parse_id(pl.col("metadata").struct.field("question_id")),
+            answer_id=parse_id(pl.col("metadata").struct.field("answer_id")),
             question=pl.col("INSTRUCTION").cast(pl.String),
             answer=pl.col("RESPONSE").cast(pl.String),
-            upvotes=parse_upvotes(field("upvotes")),
-            created_at=parse_time(field("answer_creation_time")),
-            author_id=field("author_id"),
+            upvotes=parse_upvotes(pl.col("metadata").struct.field("upvotes")),
+            created_at=parse_time(pl.col("metadata").struct.field("answer_creation_time")),
+            author_id=pl.col("metadata").struct.field("author_id"),
             source=pl.lit("zhihu-kol"),
-            # json_path_match("$") is null exactly when the string is not valid JSON.
-            metadata_ok=meta.str.json_path_match("$").is_not_null(),
-            upvotes_given=field("upvotes").is_not_null(),
+            metadata_ok="metadata_ok",
+            upvotes_given=pl.col("metadata").struct.field("upvotes").is_not_null(),
         )
     )
 
