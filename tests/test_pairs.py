@@ -143,7 +143,7 @@ def test_vectorised_matching_equals_sequential_greedy(seed: int) -> None:
         rows.append({"answer_id": answer_id, "question_id": question, "upvotes": int(rng.paretovariate(1.0) * 5),
                      "answer_cluster": rng.choice([answer_id] * 9 + [rng.randint(1, 399)])})
     table = answers(rows)
-    candidates = candidate_pairs(table).filter(pl.col("chosen_upvotes") > pl.col("rejected_upvotes"))
+    candidates = candidate_pairs(table.lazy()).collect().filter(pl.col("chosen_upvotes") > pl.col("rejected_upvotes"))
     candidates = candidates.filter(pl.col("chosen_cluster") != pl.col("rejected_cluster")).with_columns(
         confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes"))
     )
@@ -197,5 +197,5 @@ def test_split_is_by_question_group_and_stable() -> None:
 
 def test_candidate_pairs_cover_every_two_answers_once() -> None:
     rows = answers([{"upvotes": u} for u in (1, 2, 3, 4)])
-    got = {tuple(sorted(p)) for p in pair_ids(candidate_pairs(rows))}
+    got = {tuple(sorted(p)) for p in pair_ids(candidate_pairs(rows.lazy()).collect())}
     assert got == set(itertools.combinations(range(1, 5), 2))

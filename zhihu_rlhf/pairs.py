@@ -76,8 +76,11 @@ def confidence(chosen_upvotes: pl.Expr, rejected_upvotes: pl.Expr) -> pl.Expr:
     return (c / r).log() / (1 / c + 1 / r).sqrt()
 
 
-def candidate_pairs(answers: pl.DataFrame) -> pl.DataFrame:
-    """Every two answers of one question group, oriented so `chosen` has more upvotes (rule 1)."""
+def candidate_pairs(answers: pl.LazyFrame) -> pl.LazyFrame:
+    """Every two answers of one question group, oriented so `chosen` has more upvotes (rule 1).
+
+    Lazy: tens of millions of candidates are filtered as they are produced, never stored.
+    """
     slim = answers.select("question_group", "answer_id", "answer_cluster", "upvotes", "created_at")
     both = slim.join(slim, on="question_group", suffix="_b").filter(pl.col("answer_id") < pl.col("answer_id_b"))
     a_wins = pl.col("upvotes") >= pl.col("upvotes_b")
@@ -189,15 +192,27 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
     answers = answers.with_columns(drop_reason=length_drop_reason(opts))
     usable = answers.filter(pl.col("drop_reason").is_null())
 
-    candidates = candidate_pairs(usable).with_columns(
-        upvote_ratio=pl.col("chosen_upvotes") / pl.col("rejected_upvotes"),  # x/0 = inf: a lead over nothing
-        confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
+    rules = pair_rules(opts)
+    # For the funnel: the first rule each candidate fails (len(rules) = passes them all).
+    first_failed = pl.coalesce(*(pl.when(~keep).then(pl.lit(i)) for i, (_, _, keep) in enumerate(rules)), pl.lit(len(rules)))
+    candidates = candidate_pairs(usable.lazy())
+    failures, candidates = pl.collect_all(
+        [
+            candidates.group_by(first_failed.alias("rule")).len(),
+            candidates.filter(*(keep for _, _, keep in rules)).with_columns(
+                upvote_ratio=pl.col("chosen_upvotes") / pl.col("rejected_upvotes"),  # x/0 = inf: a lead over nothing
+                confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
+            ),
+        ],
+        engine="streaming",
     )
-    funnel = [{"rule": "same_question", "description": "two answers to one question group", "removed": 0, "left": candidates.height}]
-    for name, description, keep in pair_rules(opts):
-        before = candidates.height
-        candidates = candidates.filter(keep)
-        funnel.append({"rule": name, "description": description, "removed": before - candidates.height, "left": candidates.height})
+    failed_at = dict(zip(failures["rule"], failures["len"], strict=True))
+    left = sum(failed_at.values())
+    funnel = [{"rule": "same_question", "description": "two answers to one question group", "removed": 0, "left": left}]
+    for i, (name, description, _) in enumerate(rules):
+        removed = failed_at.get(i, 0)
+        left -= removed
+        funnel.append({"rule": name, "description": description, "removed": removed, "left": left})
 
     before = candidates.height
     chosen_once = select_one_use_per_response(candidates, opts.max_pairs_per_question)
