@@ -200,7 +200,8 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
         [
             candidates.group_by(first_failed.alias("rule")).len(),
             candidates.filter(*(keep for _, _, keep in rules)).with_columns(
-                upvote_ratio=pl.col("chosen_upvotes") / pl.col("rejected_upvotes"),  # x/0 = inf: a lead over nothing
+                # finite even over zero votes, so every export format can carry it
+                upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
                 confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
             ),
         ],
