@@ -40,7 +40,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Indel
 
@@ -52,6 +51,7 @@ DedupeMode = Literal["exact", "near", "off"]
 # (S*), separators/whitespace (Z*) and control characters (C*, which includes newlines).
 _DROP_PATTERN = r"[\p{P}\p{S}\p{Z}\p{C}]"
 _NUMBER_PATTERN = r"\d+"
+_CHUNK_ROWS = 50_000  # texts shingled at a time (bounds the memory of the numpy arrays)
 
 
 @dataclass
@@ -180,27 +180,27 @@ def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -
 
 def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.DataFrame:
     """answer_id -> answer_cluster."""
-    # Exact copies first: one representative text per distinct text (hash, then text, so a hash
-    # collision can never merge two different texts).
-    with_hash = answers.with_columns(text_hash=pl.col("answer").hash())
-    texts = with_hash.group_by("text_hash", "answer").agg(first_id=pl.col("answer_id").min()).sort("first_id")
-    if near and texts.height > 1:
-        text_list = texts["answer"]
-        a, b = _candidate_pairs(
-            _ends(text_list, opts.answer_window), opts.answer_shingle, opts.answer_sample, opts.max_bucket,
-            opts.min_overlap,
-        )
-        a, b = _verify(text_list, a, b, opts.answer_threshold)
-        root = _union(texts.height, a, b)
-        first_id = texts["first_id"].to_numpy()
-        cluster_of_text = np.full(texts.height, np.iinfo(np.int64).max)
-        np.minimum.at(cluster_of_text, root, first_id)
-        texts = texts.with_columns(answer_cluster=pl.Series(cluster_of_text[root], dtype=pl.Int64))
-    else:
-        texts = texts.with_columns(answer_cluster=pl.col("first_id"))
-    return with_hash.join(texts.select("text_hash", "answer", "answer_cluster"), on=["text_hash", "answer"]).select(
-        "answer_id", "answer_cluster"
+    # Exact copies first: identical texts share a 128-bit fingerprint (two independently seeded hashes,
+    # so a collision is not a practical concern); each distinct text is represented by its smallest id.
+    fingerprint = [pl.col("answer").hash(seed=0).alias("hash_0"), pl.col("answer").hash(seed=1).alias("hash_1")]
+    with_hash = answers.with_columns(fingerprint)
+    first = with_hash.group_by("hash_0", "hash_1").agg(first_id=pl.col("answer_id").min())
+    with_first = with_hash.join(first, on=["hash_0", "hash_1"]).select("answer_id", "answer", "first_id")
+    if not near:
+        return with_first.select("answer_id", answer_cluster=pl.col("first_id"))
+    texts = with_first.filter(pl.col("answer_id") == pl.col("first_id")).select("first_id", "answer").sort("first_id")
+    text_list = texts["answer"]
+    a, b = _candidate_pairs(
+        _ends(text_list, opts.answer_window), opts.answer_shingle, opts.answer_sample, opts.max_bucket,
+        opts.min_overlap,
     )
+    a, b = _verify(text_list, a, b, opts.answer_threshold)
+    root = _union(texts.height, a, b)
+    first_id = texts["first_id"].to_numpy()
+    cluster_of_text = np.full(texts.height, np.iinfo(np.int64).max)
+    np.minimum.at(cluster_of_text, root, first_id)
+    clusters = pl.DataFrame({"first_id": first_id, "answer_cluster": cluster_of_text[root]})
+    return with_first.join(clusters, on="first_id").select("answer_id", "answer_cluster")
 
 
 def _ends(texts: pl.Series, window: int) -> pl.Series:
@@ -217,48 +217,26 @@ def _ends(texts: pl.Series, window: int) -> pl.Series:
 
 @lru_cache(maxsize=1)
 def _fold_table() -> np.ndarray:
-    """Code point -> folded code point for the Basic Multilingual Plane (0 = dropped).
+    """Code point -> folded code point, for every code point (0 = dropped).
 
     Same folding as `_fold` (NFKC, lower case, drop punctuation/symbols/separators/controls), per
-    character, so that blocking runs on raw UTF-8 in numpy without a per-row Python loop.
+    character, so that blocking runs in numpy without a per-row Python loop. Only the Basic
+    Multilingual Plane is folded; rarer planes (emoji, historic scripts) are kept as they are.
     """
-    table = np.zeros(0x10000, dtype=np.uint32)
+    table = np.arange(0x110000, dtype=np.uint32)
     for code in range(0x10000):
         folded = unicodedata.normalize("NFKC", chr(code)).lower()
-        if len(folded) == 1 and unicodedata.category(folded)[0] not in "PSZC":
-            table[code] = ord(folded)
+        keep = len(folded) == 1 and unicodedata.category(folded)[0] not in "PSZC"
+        table[code] = ord(folded) if keep else 0
     return table
 
 
 def _folded_codes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """All texts' folded code points, concatenated, and the row each belongs to (both sorted by row)."""
-    arrow = texts.to_arrow()
-    if isinstance(arrow, pa.ChunkedArray):
-        arrow = arrow.combine_chunks()
-    arrow = arrow.cast(pa.large_string())
-    offsets = np.frombuffer(arrow.buffers()[1], dtype=np.int64)[arrow.offset : arrow.offset + len(arrow) + 1]
-    data = np.frombuffer(arrow.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-    offsets = offsets - offsets[0]
-    # Decode UTF-8: a character starts at every byte that is not a continuation byte (10xxxxxx).
-    starts = np.flatnonzero((data & 0xC0) != 0x80)
-    padded = np.concatenate([data, np.zeros(3, dtype=np.uint8)]).astype(np.uint32)
-    lead, b1, b2, b3 = (padded[starts + i] for i in range(4))
-    codes = np.where(
-        lead < 0x80,
-        lead,
-        np.where(
-            lead < 0xE0,
-            ((lead & 0x1F) << 6) | (b1 & 0x3F),
-            np.where(
-                lead < 0xF0,
-                ((lead & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F),
-                ((lead & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F),
-            ),
-        ),
-    )
-    rows = np.searchsorted(offsets, starts, side="right") - 1
-    in_bmp = codes < 0x10000
-    codes = np.where(in_bmp, _fold_table()[np.where(in_bmp, codes, 0)], codes)
+    strings = texts.to_list()
+    codes = np.frombuffer("".join(strings).encode("utf-32-le"), dtype=np.uint32)
+    rows = np.repeat(np.arange(len(strings)), texts.str.len_chars().to_numpy())
+    codes = _fold_table()[codes]
     kept = codes != 0
     return codes[kept], rows[kept]
 
@@ -270,31 +248,40 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def _candidate_pairs(
-    texts: pl.Series, shingle: int, sample: int, max_bucket: int, min_overlap: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs (a < b) of `texts` that share a kept shingle held by at most `max_bucket` rows and whose
-    kept shingles overlap (Jaccard) by at least `min_overlap`."""
+def _kept_shingles(texts: pl.Series, first_row: int, shingle: int, sample: int) -> pl.DataFrame:
+    """(row, key): the kept shingle hashes of each text; rows numbered from `first_row`."""
     codes, rows = _folded_codes(texts)
     n = len(codes) - shingle + 1
     if n <= 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return pl.DataFrame({"row": [], "key": []}, schema={"row": pl.Int64, "key": pl.UInt64})
     with np.errstate(over="ignore"):
         h = np.zeros(n, dtype=np.uint64)
         for j in range(shingle):  # polynomial hash of each k-character window
             h = h * np.uint64(1_000_003) + codes[j : j + n].astype(np.uint64)
         h = _mix(h)
-    starts = np.arange(n)
     valid = rows[:n] == rows[shingle - 1 :]  # the window lies inside one text
-    h, starts, shingle_rows = h[valid], starts[valid], rows[:n][valid]
-    # Each row's smallest shingle (rows are contiguous and sorted), plus the content-sampled ones.
-    row_start = np.r_[0, np.flatnonzero(np.diff(shingle_rows)) + 1]
-    smallest = np.zeros(len(h), dtype=bool)
-    if len(h):
-        order = np.lexsort((h, shingle_rows))
-        smallest[order[row_start]] = True
-    keep = smallest | (h % np.uint64(sample) == 0)
-    keys = pl.DataFrame({"row": shingle_rows[keep].astype(np.int64), "key": h[keep]}).unique()
+    h, shingle_rows = h[valid], rows[:n][valid]
+    sampled = h % np.uint64(sample) == 0
+    # Plus each text's smallest shingle (rows are contiguous and sorted), so short texts get one too.
+    row_starts = np.r_[0, np.flatnonzero(np.diff(shingle_rows)) + 1] if len(h) else np.empty(0, np.int64)
+    return pl.DataFrame(
+        {
+            "row": np.concatenate([shingle_rows[sampled], shingle_rows[row_starts]]).astype(np.int64) + first_row,
+            "key": np.concatenate([h[sampled], np.minimum.reduceat(h, row_starts) if len(h) else h]),
+        }
+    )
+
+
+def _candidate_pairs(
+    texts: pl.Series, shingle: int, sample: int, max_bucket: int, min_overlap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (a < b) of `texts` that share a kept shingle held by at most `max_bucket` rows and whose
+    kept shingles overlap (Jaccard) by at least `min_overlap`."""
+    chunks = [
+        _kept_shingles(texts.slice(start, _CHUNK_ROWS), start, shingle, sample)
+        for start in range(0, len(texts), _CHUNK_ROWS)
+    ]
+    keys = pl.concat(chunks).unique()
     keys_per_row = keys.group_by("row").agg(n=pl.len())
     buckets = keys.group_by("key").agg(size=pl.len()).filter(pl.col("size").is_between(2, max_bucket))
     members = keys.join(buckets.select("key"), on="key")
