@@ -68,7 +68,7 @@ class DedupeOptions:
     question_threshold: float = 85.0
     """Two titles are near-duplicates when fuzz.ratio on their folded forms is at least this (0-100) and
     their numbers agree. 85 accepts one swapped phrase in a 20-character title ("如何评价" -> "如何看待")."""
-    answer_window: int = 80
+    answer_window: int = 64
     """Characters taken from each end of an answer for blocking (the head sees prefixes, the tail suffixes)."""
     answer_shingle: int = 8
     """Shingle length, in folded characters, for answer blocking (long enough to be specific to a text)."""
@@ -79,8 +79,9 @@ class DedupeOptions:
     max_bucket: int = 32
     """A shingle shared by more texts than this is treated as boilerplate and not used for blocking."""
     min_overlap: float = 0.2
-    """Candidates must have at least this Jaccard overlap of kept shingles before rapidfuzz compares them
-    (near-copies share most of them; texts that merely share one sentence share few)."""
+    """Candidates must have at least this Jaccard overlap of their informative kept shingles (those in at
+    most max_bucket texts) before rapidfuzz compares them (near-copies share most of them; texts that
+    merely share one sentence share few)."""
     common_bigram_share: float = 0.001
     """Titles: a character bigram in at least this share of distinct titles (and at least 5) is stock
     wording ("如何", "评价", "为什"). Two titles merge only if, on at least one side, every character that
@@ -282,9 +283,11 @@ def _candidate_pairs(
         for start in range(0, len(texts), _CHUNK_ROWS)
     ]
     keys = pl.concat(chunks).unique()
-    keys_per_row = keys.group_by("row").agg(n=pl.len())
-    buckets = keys.group_by("key").agg(size=pl.len()).filter(pl.col("size").is_between(2, max_bucket))
-    members = keys.join(buckets.select("key"), on="key")
+    # Overlap is measured on informative shingles only (held by at most max_bucket texts).
+    sizes = keys.group_by("key").agg(size=pl.len()).filter(pl.col("size") <= max_bucket)
+    informative = keys.join(sizes, on="key")
+    keys_per_row = informative.group_by("row").agg(n=pl.len())
+    members = informative.filter(pl.col("size") >= 2).select("row", "key")
     pairs = (
         members.join(members, on="key", suffix="_b")
         .filter(pl.col("row") < pl.col("row_b"))
