@@ -100,11 +100,11 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     if opts.mode == "off":
         table = answers.with_columns(question_group=pl.col("question_id"), answer_cluster=pl.col("answer_id"))
     else:
+        # Both steps return one id per row, so the (large) text table is never joined or copied.
         near = opts.mode == "near"
-        question_group = _question_groups(answers.select("question_id", "question"), opts, near)
-        answer_cluster = _answer_clusters(answers.select("answer_id", "answer"), opts, near)
-        table = answers.join(question_group, on="question_id", how="left", maintain_order="left").join(
-            answer_cluster, on="answer_id", how="left", maintain_order="left"
+        table = answers.with_columns(
+            question_group=_question_groups(answers.select("question_id", "question"), opts, near),
+            answer_cluster=_answer_clusters(answers, opts, near),
         )
     return table, _stats(table, opts)
 
@@ -149,8 +149,8 @@ def _fold(text: pl.Expr) -> pl.Expr:
     return text.str.normalize("NFKC").str.to_lowercase().str.replace_all(_DROP_PATTERN, "")
 
 
-def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.DataFrame:
-    """question_id -> question_group."""
+def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.Series:
+    """The question_group of each row."""
     ids = questions.group_by("question_id").agg(pl.col("question").min())  # one title per id
     ids = ids.with_columns(key=_fold(pl.col("question")))
     # An id whose title folds to nothing (only punctuation) is compared as written.
@@ -160,7 +160,8 @@ def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -
     if near and keys.height > 1:
         key_list = keys["key"]
         a, b = _candidate_pairs(key_list, opts.question_shingle, 1, opts.max_bucket, opts.min_overlap)
-        a, b = _verify(key_list, a, b, opts.question_threshold)
+        accepted = _verify(key_list, a, b, opts.question_threshold)
+        a, b = a[accepted], b[accepted]
         numbers = key_list.str.extract_all(_NUMBER_PATTERN).list.join(",")
         same_numbers = (numbers.gather(a) == numbers.gather(b)).to_numpy()
         a, b = a[same_numbers], b[same_numbers]
@@ -172,36 +173,48 @@ def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -
         keys = keys.with_columns(question_group=pl.Series(group_of_key[root], dtype=pl.Int64))
     else:
         keys = keys.with_columns(question_group=pl.col("first_id"))
-    return ids.join(keys.select("key", "question_group"), on="key").select("question_id", "question_group")
+    group_of_id = ids.join(keys.select("key", "question_group"), on="key").select("question_id", "question_group")
+    return questions.select("question_id").join(group_of_id, on="question_id", how="left", maintain_order="left")[
+        "question_group"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Answers
 
 
-def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.DataFrame:
-    """answer_id -> answer_cluster."""
+def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.Series:
+    """The answer_cluster of each row.
+
+    Works on row numbers into the answer column: the texts themselves (gigabytes) are never copied;
+    blocking reads a short window of each, verification only the candidate pairs.
+    """
+    texts = answers["answer"]
     # Exact copies first: identical texts share a 128-bit fingerprint (two independently seeded hashes,
     # so a collision is not a practical concern); each distinct text is represented by its smallest id.
-    fingerprint = [pl.col("answer").hash(seed=0).alias("hash_0"), pl.col("answer").hash(seed=1).alias("hash_1")]
-    with_hash = answers.with_columns(fingerprint)
-    first = with_hash.group_by("hash_0", "hash_1").agg(first_id=pl.col("answer_id").min())
-    with_first = with_hash.join(first, on=["hash_0", "hash_1"]).select("answer_id", "answer", "first_id")
-    if not near:
-        return with_first.select("answer_id", answer_cluster=pl.col("first_id"))
-    texts = with_first.filter(pl.col("answer_id") == pl.col("first_id")).select("first_id", "answer").sort("first_id")
-    text_list = texts["answer"]
-    a, b = _candidate_pairs(
-        _ends(text_list, opts.answer_window), opts.answer_shingle, opts.answer_sample, opts.max_bucket,
-        opts.min_overlap,
+    rows = pl.DataFrame(
+        {"answer_id": answers["answer_id"], "hash_0": texts.hash(seed=0), "hash_1": texts.hash(seed=1)}
+    ).with_row_index("row")
+    distinct = (
+        rows.group_by("hash_0", "hash_1")
+        .agg(first_id=pl.col("answer_id").min(), first_row=pl.col("row").sort_by("answer_id").first())
+        .sort("first_id")
+        .with_row_index("text")
     )
-    a, b = _verify(text_list, a, b, opts.answer_threshold)
-    root = _union(texts.height, a, b)
-    first_id = texts["first_id"].to_numpy()
-    cluster_of_text = np.full(texts.height, np.iinfo(np.int64).max)
+    text_of_row = rows.join(distinct, on=["hash_0", "hash_1"], how="left", maintain_order="left")["text"].to_numpy()
+    first_id = distinct["first_id"].to_numpy()
+    if not near:
+        return pl.Series(first_id[text_of_row], dtype=pl.Int64)
+    first_row = distinct["first_row"].to_numpy()
+    a, b = _candidate_pairs(
+        _ends(texts, opts.answer_window).gather(first_row), opts.answer_shingle, opts.answer_sample,
+        opts.max_bucket, opts.min_overlap,
+    )
+    accepted = _verify(texts, first_row[a], first_row[b], opts.answer_threshold)
+    root = _union(len(first_id), a[accepted], b[accepted])
+    cluster_of_text = np.full(len(first_id), np.iinfo(np.int64).max)
     np.minimum.at(cluster_of_text, root, first_id)
-    clusters = pl.DataFrame({"first_id": first_id, "answer_cluster": cluster_of_text[root]})
-    return with_first.join(clusters, on="first_id").select("answer_id", "answer_cluster")
+    return pl.Series(cluster_of_text[root][text_of_row], dtype=pl.Int64)
 
 
 def _ends(texts: pl.Series, window: int) -> pl.Series:
@@ -305,21 +318,23 @@ def _candidate_pairs(
 # Verification and union-find
 
 
-def _verify(texts: pl.Series, a: np.ndarray, b: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate pairs whose fuzz.ratio is at least `threshold`."""
+def _verify(texts: pl.Series, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs of rows (a[i], b[i]) of `texts` have a fuzz.ratio of at least `threshold`."""
+    accepted = np.zeros(len(a), dtype=bool)
     if len(a) == 0:
-        return a, b
-    lengths = texts.str.len_chars().to_numpy().astype(np.float64)
+        return accepted
+    len_a = texts.gather(a).str.len_chars().to_numpy().astype(np.float64)
+    len_b = texts.gather(b).str.len_chars().to_numpy().astype(np.float64)
     # fuzz.ratio can reach at most 200 * shorter / (sum of lengths): skip pairs that cannot pass.
-    possible = 200.0 * np.minimum(lengths[a], lengths[b]) / np.maximum(lengths[a] + lengths[b], 1.0) >= threshold
-    a, b = a[possible], b[possible]
-    if len(a) == 0:
-        return a, b
+    possible = np.flatnonzero(200.0 * np.minimum(len_a, len_b) / np.maximum(len_a + len_b, 1.0) >= threshold)
+    if len(possible) == 0:
+        return accepted
     scores = process.cpdist(
-        texts.gather(a).to_list(), texts.gather(b).to_list(), scorer=fuzz.ratio, score_cutoff=threshold, workers=-1
+        texts.gather(a[possible]).to_list(), texts.gather(b[possible]).to_list(),
+        scorer=fuzz.ratio, score_cutoff=threshold, workers=-1,
     )
-    accepted = scores >= threshold
-    return a[accepted], b[accepted]
+    accepted[possible] = scores >= threshold
+    return accepted
 
 
 def _differ_in_stock_wording(keys: pl.Series, a: np.ndarray, b: np.ndarray, common_share: float) -> np.ndarray:
