@@ -25,6 +25,13 @@ from zhihu_rlhf.pairs import PairOptions, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
 
 
+def reused_responses(pairs: pl.DataFrame, truth: pl.DataFrame) -> int:
+    """Answers whose true near-duplicate cluster already appears elsewhere in the set (the "never twice" rule)."""
+    used = pl.concat([pairs["chosen_answer_id"], pairs["rejected_answer_id"]]).to_frame("answer_id")
+    clusters = used.join(truth.select("answer_id", "answer_cluster"), on="answer_id")["answer_cluster"]
+    return clusters.len() - clusters.n_unique()
+
+
 def accuracy(pairs: pl.DataFrame, quality: pl.DataFrame) -> float:
     joined = pairs.join(quality.rename({"answer_id": "chosen_answer_id", "quality": "q_chosen"}), on="chosen_answer_id").join(
         quality.rename({"answer_id": "rejected_answer_id", "quality": "q_rejected"}), on="rejected_answer_id"
@@ -70,7 +77,8 @@ def main() -> None:
             data, truth_path = args.data, args.data.with_name(args.data.name.removesuffix(".parquet") + ".truth.parquet")
         else:
             data, truth_path = synth.write(args.rows, Path(tmp) / "synth.parquet", args.seed)
-        quality = pl.read_parquet(truth_path, columns=["answer_id", "quality"]).drop_nulls()
+        truth = pl.read_parquet(truth_path, columns=["answer_id", "quality", "answer_cluster"]).drop_nulls()
+        quality = truth.select("answer_id", "quality")
 
         results = []
         for dedupe_mode in ("near", "off"):
@@ -80,11 +88,12 @@ def main() -> None:
             named = variants() if dedupe_mode == "near" else {"ours, dedupe off": (PairOptions(), True)}
             for name, (options, ranked) in named.items():
                 pairs = pick(answers, options, ranked, args.limit, args.seed)
-                results.append((name, pairs.height, accuracy(pairs, quality)))
+                results.append((name, pairs.height, accuracy(pairs, quality), reused_responses(pairs, truth)))
 
-    print(f"\n| variant ({args.limit} pairs max) | pairs | chosen truly better |\n|---|---:|---:|")
-    for name, n, acc in results:
-        print(f"| {name} | {n:,} | {acc:.1%} |")
+    print(f"\n| variant ({args.limit} pairs max) | pairs | chosen truly better | near-copies of a used response |")
+    print("|---|---:|---:|---:|")
+    for name, n, acc, reused in results:
+        print(f"| {name} | {n:,} | {acc:.1%} | {reused} |")
 
 
 if __name__ == "__main__":
