@@ -70,9 +70,10 @@ class DedupeOptions:
     their numbers agree. 85 accepts one swapped phrase in a 20-character title ("如何评价" -> "如何看待")."""
     answer_window: int = 64
     """Characters taken from each end of an answer for blocking (the head sees prefixes, the tail suffixes)."""
-    answer_shingle: int = 8
-    """Shingle length, in folded characters, for answer blocking (long enough to be specific to a text)."""
-    answer_sample: int = 4
+    answer_shingle: int = 24
+    """Shingle length, in folded characters, for answer blocking: long enough to span sentences, so that a
+    shingle is specific to one text (and its copies), not to a stock sentence that many answers use."""
+    answer_sample: int = 8
     """Keep answer shingles whose hash is 0 modulo this (about 1 in `answer_sample`), chosen by content."""
     question_shingle: int = 3
     """Shingle length for title blocking (titles are short; every shingle is kept)."""
@@ -159,11 +160,13 @@ def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -
     ids = ids.join(keys, on="key")
     if near and keys.height > 1:
         key_list = keys["key"]
-        a, b = _candidate_pairs(key_list, opts.question_shingle, 1, opts.max_bucket, opts.min_overlap)
-        accepted = _verify(key_list, a, b, opts.question_threshold)
+        rows, key_hashes = _shingle_keys(key_list, opts.question_shingle, 1)
+        a, b = _candidate_pairs(rows, key_hashes, keys.height, opts.max_bucket, opts.min_overlap)
+        accepted = _verify(key_list, key_list.str.len_chars().to_numpy(), a, b, opts.question_threshold)
         a, b = a[accepted], b[accepted]
-        numbers = key_list.str.extract_all(_NUMBER_PATTERN).list.join(",")
-        same_numbers = (numbers.gather(a) == numbers.gather(b)).to_numpy()
+        numbers_a = key_list.gather(a).str.extract_all(_NUMBER_PATTERN).list.join(",")
+        numbers_b = key_list.gather(b).str.extract_all(_NUMBER_PATTERN).list.join(",")
+        same_numbers = (numbers_a == numbers_b).to_numpy()
         a, b = a[same_numbers], b[same_numbers]
         wording_only = _differ_in_stock_wording(key_list, a, b, opts.common_bigram_share)
         root = _union(keys.height, a[wording_only], b[wording_only])
@@ -187,42 +190,44 @@ def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> 
     """The answer_cluster of each row.
 
     Works on row numbers into the answer column: the texts themselves (gigabytes) are never copied;
-    blocking reads a short window of each, verification only the candidate pairs.
+    blocking reads a short window at each end, verification only the texts of candidate pairs.
     """
     texts = answers["answer"]
-    # Exact copies first: identical texts share a 128-bit fingerprint (two independently seeded hashes,
-    # so a collision is not a practical concern); each distinct text is represented by its smallest id.
-    rows = pl.DataFrame(
-        {"answer_id": answers["answer_id"], "hash_0": texts.hash(seed=0), "hash_1": texts.hash(seed=1)}
-    ).with_row_index("row")
+    chars = texts.str.len_chars()
+    # Exact copies first: identical texts share a 64-bit hash and a length (a false merge would need a
+    # 64-bit collision between two texts of equal length); each distinct text is represented by its
+    # smallest id.
+    rows = pl.DataFrame({"answer_id": answers["answer_id"], "hash": texts.hash(seed=0), "chars": chars})
     distinct = (
-        rows.group_by("hash_0", "hash_1")
+        rows.with_row_index("row")
+        .group_by("hash", "chars")
         .agg(first_id=pl.col("answer_id").min(), first_row=pl.col("row").sort_by("answer_id").first())
         .sort("first_id")
         .with_row_index("text")
     )
-    text_of_row = rows.join(distinct, on=["hash_0", "hash_1"], how="left", maintain_order="left")["text"].to_numpy()
+    text_of_row = rows.join(distinct, on=["hash", "chars"], how="left", maintain_order="left")["text"].to_numpy()
     first_id = distinct["first_id"].to_numpy()
     if not near:
         return pl.Series(first_id[text_of_row], dtype=pl.Int64)
     first_row = distinct["first_row"].to_numpy()
+    # Head and tail windows; the tail starts after the head, so a short text's shingles are not counted twice.
+    window = opts.answer_window
+    ends = answers.lazy().select(
+        head=pl.col("answer").str.slice(0, window),
+        tail=pl.col("answer").str.slice(pl.max_horizontal(pl.col("answer").str.len_chars() - window, pl.lit(window))),
+    ).collect()[first_row]
+    n_texts = len(first_row)
+    head_rows, head_keys = _shingle_keys(ends["head"], opts.answer_shingle, opts.answer_sample)
+    tail_rows, tail_keys = _shingle_keys(ends["tail"], opts.answer_shingle, opts.answer_sample)
     a, b = _candidate_pairs(
-        _ends(texts, opts.answer_window).gather(first_row), opts.answer_shingle, opts.answer_sample,
+        np.concatenate([head_rows, tail_rows]), np.concatenate([head_keys, tail_keys]), n_texts,
         opts.max_bucket, opts.min_overlap,
     )
-    accepted = _verify(texts, first_row[a], first_row[b], opts.answer_threshold)
-    root = _union(len(first_id), a[accepted], b[accepted])
-    cluster_of_text = np.full(len(first_id), np.iinfo(np.int64).max)
+    accepted = _verify(texts, chars.to_numpy(), first_row[a], first_row[b], opts.answer_threshold)
+    root = _union(n_texts, a[accepted], b[accepted])
+    cluster_of_text = np.full(n_texts, np.iinfo(np.int64).max)
     np.minimum.at(cluster_of_text, root, first_id)
     return pl.Series(cluster_of_text[root][text_of_row], dtype=pl.Int64)
-
-
-def _ends(texts: pl.Series, window: int) -> pl.Series:
-    """The first and last `window` characters of each text (the whole text when it is short)."""
-    long = texts.str.len_chars() > 2 * window
-    return pl.select(
-        pl.when(long).then(texts.str.slice(0, window) + "\n" + texts.str.slice(-window)).otherwise(texts)
-    ).to_series()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,91 +251,132 @@ def _fold_table() -> np.ndarray:
 
 
 def _folded_codes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """All texts' folded code points, concatenated, and the row each belongs to (both sorted by row)."""
-    strings = texts.to_list()
-    codes = np.frombuffer("".join(strings).encode("utf-32-le"), dtype=np.uint32)
-    rows = np.repeat(np.arange(len(strings)), texts.str.len_chars().to_numpy())
-    codes = _fold_table()[codes]
-    kept = codes != 0
-    return codes[kept], rows[kept]
+    """All texts' folded code points, concatenated, and where each text ends in that array."""
+    # One joined string, encoded once: no per-row Python objects.
+    raw = np.frombuffer(texts.str.join("").item().encode("utf-32-le"), dtype=np.uint32)
+    folded = _fold_table()[raw]
+    kept = folded != 0
+    kept_before = np.concatenate([[0], np.cumsum(kept)])
+    return folded[kept], kept_before[np.cumsum(texts.str.len_chars().to_numpy())]
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads a polynomial hash over all 64 bits."""
-    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so every power of it is too: no bits are lost when multiplying
 
 
-def _kept_shingles(texts: pl.Series, first_row: int, shingle: int, sample: int) -> pl.DataFrame:
-    """(row, key): the kept shingle hashes of each text; rows numbered from `first_row`."""
-    codes, rows = _folded_codes(texts)
-    n = len(codes) - shingle + 1
-    if n <= 0:
-        return pl.DataFrame({"row": [], "key": []}, schema={"row": pl.Int64, "key": pl.UInt64})
+def _window_hashes(codes: np.ndarray, k: int) -> np.ndarray:
+    """Polynomial hash (mod 2^64) of every k-code window of `codes`: entry i covers codes[i : i + k].
+
+    Built by doubling (spans 1, 2, 4, ... combined by the binary digits of k), so the cost is a few
+    array passes instead of k.
+    """
+    levels = {1: codes.astype(np.uint64)}
+    span = 1
+    while 2 * span <= k:
+        level = levels[span]
+        levels[2 * span] = level[:-span] * _BASE**span + level[span:]
+        span *= 2
+    h, covered = None, 0
+    for span in sorted(levels, reverse=True):
+        if covered + span <= k:
+            piece = levels[span][covered:]
+            h = piece if h is None else h[: len(piece)] * _BASE**span + piece
+            covered += span
+    # A polynomial hash is linear (shingles differing in their last character differ by 1), so mix it
+    # before its bits are used for sampling and for the packed sort key.
+    h = h ^ (h >> np.uint64(29))
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+def _shingle_keys(texts: pl.Series, shingle: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, key): the kept shingle hashes of each text (row = position in `texts`).
+
+    A shingle is kept when its hash falls in the first 1/`sample` of the hash range (chosen by content,
+    so a prefix that shifts the text keeps the same ones), plus each text's smallest shingle hash so that
+    short texts get one too. Texts are processed in chunks to bound the memory of the arrays.
+    """
+    rows, keys = [], []
     with np.errstate(over="ignore"):
-        h = np.zeros(n, dtype=np.uint64)
-        for j in range(shingle):  # polynomial hash of each k-character window
-            h = h * np.uint64(1_000_003) + codes[j : j + n].astype(np.uint64)
-        h = _mix(h)
-    valid = rows[:n] == rows[shingle - 1 :]  # the window lies inside one text
-    h, shingle_rows = h[valid], rows[:n][valid]
-    sampled = h % np.uint64(sample) == 0
-    # Plus each text's smallest shingle (rows are contiguous and sorted), so short texts get one too.
-    row_starts = np.r_[0, np.flatnonzero(np.diff(shingle_rows)) + 1] if len(h) else np.empty(0, np.int64)
-    return pl.DataFrame(
-        {
-            "row": np.concatenate([shingle_rows[sampled], shingle_rows[row_starts]]).astype(np.int64) + first_row,
-            "key": np.concatenate([h[sampled], np.minimum.reduceat(h, row_starts) if len(h) else h]),
-        }
-    )
+        for start in range(0, len(texts), _CHUNK_ROWS):
+            codes, ends = _folded_codes(texts.slice(start, _CHUNK_ROWS))
+            if len(codes) < shingle:
+                continue
+            h = _window_hashes(codes, shingle)
+            starts = np.concatenate([[0], ends[:-1]])
+            # Shingles that run past the end of their text into the next one are not shingles.
+            last = ends - shingle  # last valid start of each text (< its start: text too short)
+            sampled = np.flatnonzero(h < np.uint64(2**64 // sample)) if sample > 1 else np.arange(len(h))
+            row_of = np.searchsorted(ends, sampled, side="right")
+            valid = sampled <= last[row_of]
+            rows.append(row_of[valid] + start)
+            keys.append(h[sampled[valid]])
+            # A text with no sampled shingle gets its smallest one (a sampled text's smallest is sampled too).
+            bare = np.flatnonzero(last >= starts)
+            bare = bare[np.isin(bare, row_of[valid], invert=True)]
+            if len(bare):
+                bounds = np.column_stack([starts[bare], last[bare] + 1]).ravel()
+                rows.append(bare + start)
+                keys.append(np.minimum.reduceat(np.append(h, h[:1]), bounds)[::2])
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(keys)
 
 
 def _candidate_pairs(
-    texts: pl.Series, shingle: int, sample: int, max_bucket: int, min_overlap: float
+    rows: np.ndarray, keys: np.ndarray, n_rows: int, max_bucket: int, min_overlap: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row pairs (a < b) of `texts` that share a kept shingle held by at most `max_bucket` rows and whose
-    kept shingles overlap (Jaccard) by at least `min_overlap`."""
-    chunks = [
-        _kept_shingles(texts.slice(start, _CHUNK_ROWS), start, shingle, sample)
-        for start in range(0, len(texts), _CHUNK_ROWS)
-    ]
-    keys = pl.concat(chunks).unique()
-    # Overlap is measured on informative shingles only (held by at most max_bucket texts).
-    sizes = keys.group_by("key").agg(size=pl.len()).filter(pl.col("size") <= max_bucket)
-    informative = keys.join(sizes, on="key")
-    keys_per_row = informative.group_by("row").agg(n=pl.len())
-    members = informative.filter(pl.col("size") >= 2).select("row", "key")
-    pairs = (
-        members.join(members, on="key", suffix="_b")
-        .filter(pl.col("row") < pl.col("row_b"))
-        .group_by("row", "row_b")
-        .agg(shared=pl.len())
-        .join(keys_per_row, on="row")
-        .join(keys_per_row, left_on="row_b", right_on="row", suffix="_b")
-        .filter(pl.col("shared") >= min_overlap * (pl.col("n") + pl.col("n_b") - pl.col("shared")))
-        .sort("row", "row_b")
-    )
-    return pairs["row"].to_numpy(), pairs["row_b"].to_numpy()
+    """Row pairs (a < b) that share a key held by at most `max_bucket` rows and whose informative keys
+    (those held by at most max_bucket rows) overlap (Jaccard) by at least `min_overlap`."""
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    # Pack (key, row) into one uint64 (the key's top bits, then the row) and sort once: equal keys end
+    # up adjacent with their rows ascending, and duplicate (row, key) entries become adjacent too.
+    row_bits = max(int(n_rows - 1).bit_length(), 1)
+    packed = (keys >> np.uint64(row_bits) << np.uint64(row_bits)) | rows.astype(np.uint64)
+    packed = pl.Series(packed).unique().sort().to_numpy()
+    key = packed >> np.uint64(row_bits)
+    member = (packed & np.uint64(2**row_bits - 1)).astype(np.int64)
+    bucket_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    bucket_size = np.diff(np.concatenate([bucket_start, [len(key)]]))
+    informative = np.repeat(bucket_size <= max_bucket, bucket_size)
+    keys_per_row = np.bincount(member[informative], minlength=n_rows)
+    # Every pair inside each bucket of 2..max_bucket rows, one bucket size at a time (vectorised).
+    pair_codes = []
+    for size in range(2, max_bucket + 1):
+        first = bucket_start[bucket_size == size]
+        if len(first) == 0:
+            continue
+        i, j = np.triu_indices(size, 1)
+        pair_codes.append((member[first[:, None] + i] * n_rows + member[first[:, None] + j]).ravel())
+    if not pair_codes:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    counts = pl.Series(np.concatenate(pair_codes)).value_counts(name="shared")
+    code, shared = counts[:, 0].to_numpy(), counts["shared"].to_numpy()
+    a, b = code // n_rows, code % n_rows
+    union = keys_per_row[a] + keys_per_row[b] - shared
+    overlapping = shared >= min_overlap * union
+    return a[overlapping], b[overlapping]
 
 
 # ---------------------------------------------------------------------------------------------
 # Verification and union-find
 
 
-def _verify(texts: pl.Series, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Which pairs of rows (a[i], b[i]) of `texts` have a fuzz.ratio of at least `threshold`."""
+def _verify(texts: pl.Series, chars: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs of rows (a[i], b[i]) of `texts` (lengths in characters: `chars`) have a fuzz.ratio of at
+    least `threshold`."""
     accepted = np.zeros(len(a), dtype=bool)
-    if len(a) == 0:
-        return accepted
-    len_a = texts.gather(a).str.len_chars().to_numpy().astype(np.float64)
-    len_b = texts.gather(b).str.len_chars().to_numpy().astype(np.float64)
+    len_a, len_b = chars[a].astype(np.float64), chars[b].astype(np.float64)
     # fuzz.ratio can reach at most 200 * shorter / (sum of lengths): skip pairs that cannot pass.
     possible = np.flatnonzero(200.0 * np.minimum(len_a, len_b) / np.maximum(len_a + len_b, 1.0) >= threshold)
     if len(possible) == 0:
         return accepted
+    # Each text involved is fetched once; the pair lists hold references to the same Python strings.
+    involved, position = np.unique(np.concatenate([a[possible], b[possible]]), return_inverse=True)
+    strings = texts.gather(involved).to_list()
     scores = process.cpdist(
-        texts.gather(a[possible]).to_list(), texts.gather(b[possible]).to_list(),
+        [strings[i] for i in position[: len(possible)]], [strings[i] for i in position[len(possible) :]],
         scorer=fuzz.ratio, score_cutoff=threshold, workers=-1,
     )
     accepted[possible] = scores >= threshold
@@ -344,17 +390,20 @@ def _differ_in_stock_wording(keys: pl.Series, a: np.ndarray, b: np.ndarray, comm
     """
     if len(a) == 0:
         return np.zeros(0, dtype=bool)
-    codes, rows = _folded_codes(keys)
-    same_row = rows[:-1] == rows[1:]
-    bigrams = (codes[:-1].astype(np.uint64) << np.uint64(32)) | codes[1:].astype(np.uint64)
-    per_title = pl.DataFrame({"row": rows[:-1][same_row], "bigram": bigrams[same_row]}).unique()
-    counts = per_title.group_by("bigram").len()
+    # Distinct (title, bigram) pairs packed into one integer: bigram = two 21-bit code points.
+    codes, ends = _folded_codes(keys)
+    starts = np.flatnonzero(np.isin(np.arange(len(codes) - 1), ends - 1, invert=True))  # i, i+1 in one title
+    title = np.searchsorted(ends, starts, side="right").astype(np.uint64)
+    bigrams = (codes[starts].astype(np.uint64) << np.uint64(21)) | codes[starts + 1].astype(np.uint64)
+    title_bits = np.uint64(max(len(keys) - 1, 1).bit_length())
+    per_title = pl.Series((bigrams << title_bits) | title).unique().to_numpy()
+    counts = pl.Series(per_title >> title_bits).value_counts(name="titles")
     min_titles = max(5.0, common_share * len(keys))
-    common = set(counts.filter(pl.col("len") >= min_titles)["bigram"].to_list())
+    common = set(counts.filter(pl.col("titles") >= min_titles)[:, 0].to_list())
 
     def stock(text: str, position: int) -> bool:
         around = (text[max(position - 1, 0) : position + 1], text[position : position + 2])
-        return any(len(g) == 2 and ((ord(g[0]) << 32) | ord(g[1])) in common for g in around)
+        return any(len(g) == 2 and ((ord(g[0]) << 21) | ord(g[1])) in common for g in around)
 
     texts_a, texts_b = keys.gather(a).to_list(), keys.gather(b).to_list()
     result = np.zeros(len(a), dtype=bool)
