@@ -210,17 +210,15 @@ def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> 
     if not near:
         return pl.Series(first_id[text_of_row], dtype=pl.Int64)
     first_row = distinct["first_row"].to_numpy()
-    # Head and tail windows; the tail starts after the head, so a short text's shingles are not counted twice.
-    window = opts.answer_window
-    ends = answers.lazy().select(
-        head=pl.col("answer").str.slice(0, window),
-        tail=pl.col("answer").str.slice(pl.max_horizontal(pl.col("answer").str.len_chars() - window, pl.lit(window))),
-    ).collect()[first_row]
     n_texts = len(first_row)
-    head_rows, head_keys = _shingle_keys(ends["head"], opts.answer_shingle, opts.answer_sample)
-    tail_rows, tail_keys = _shingle_keys(ends["tail"], opts.answer_shingle, opts.answer_sample)
+    # Head and tail windows of every row (short strings; cheaper than gathering the distinct texts first);
+    # a row's shingles count for its distinct text. When the two windows overlap (a short text), the
+    # repeated shingles are dropped as duplicates in _candidate_pairs.
+    window = opts.answer_window
+    head_rows, head_keys = _shingle_keys(texts.str.slice(0, window), opts.answer_shingle, opts.answer_sample)
+    tail_rows, tail_keys = _shingle_keys(texts.str.slice(-window), opts.answer_shingle, opts.answer_sample)
     a, b = _candidate_pairs(
-        np.concatenate([head_rows, tail_rows]), np.concatenate([head_keys, tail_keys]), n_texts,
+        text_of_row[np.concatenate([head_rows, tail_rows])], np.concatenate([head_keys, tail_keys]), n_texts,
         opts.max_bucket, opts.min_overlap,
     )
     accepted = _verify(texts, chars.to_numpy(), first_row[a], first_row[b], opts.answer_threshold)
@@ -256,7 +254,7 @@ def _folded_codes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     raw = np.frombuffer(texts.str.join("").item().encode("utf-32-le"), dtype=np.uint32)
     folded = _fold_table()[raw]
     kept = folded != 0
-    kept_before = np.concatenate([[0], np.cumsum(kept)])
+    kept_before = np.concatenate([[0], np.cumsum(kept, dtype=np.int64)])
     return folded[kept], kept_before[np.cumsum(texts.str.len_chars().to_numpy())]
 
 
