@@ -258,64 +258,72 @@ def _folded_codes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     return folded[kept], kept_before[np.cumsum(texts.str.len_chars().to_numpy())]
 
 
+_ANCHOR = 8  # leading characters of a shingle whose hash decides whether it is kept
 _BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so every power of it is too: no bits are lost when multiplying
 
 
-def _window_hashes(codes: np.ndarray, k: int) -> np.ndarray:
-    """Polynomial hash (mod 2^64) of every k-code window of `codes`: entry i covers codes[i : i + k].
-
-    Built by doubling (spans 1, 2, 4, ... combined by the binary digits of k), so the cost is a few
-    array passes instead of k.
-    """
+def _span_hashes(codes: np.ndarray, longest: int) -> dict[int, np.ndarray]:
+    """Polynomial hashes (mod 2^64) of every window of 1, 2, 4, ... up to `longest` codes:
+    levels[span][i] covers codes[i : i + span]. Built by doubling, a few array passes in all."""
     levels = {1: codes.astype(np.uint64)}
     span = 1
-    while 2 * span <= k:
+    while 2 * span <= longest:
         level = levels[span]
         levels[2 * span] = level[:-span] * _BASE**span + level[span:]
         span *= 2
-    h, covered = None, 0
+    return levels
+
+
+def _shingle_hashes(levels: dict[int, np.ndarray], positions: np.ndarray, shingle: int) -> np.ndarray:
+    """Hash of the `shingle`-code window at each of `positions`, chained from the span hashes."""
+    h, covered = np.zeros(len(positions), dtype=np.uint64), 0
     for span in sorted(levels, reverse=True):
-        if covered + span <= k:
-            piece = levels[span][covered:]
-            h = piece if h is None else h[: len(piece)] * _BASE**span + piece
+        while covered + span <= shingle:
+            h = h * _BASE**span + levels[span][positions + covered]
             covered += span
     # A polynomial hash is linear (shingles differing in their last character differ by 1), so mix it
-    # before its bits are used for sampling and for the packed sort key.
-    h = h ^ (h >> np.uint64(29))
+    # before its bits are cut for the packed sort key in _candidate_pairs.
+    h ^= h >> np.uint64(29)
     h *= np.uint64(0xBF58476D1CE4E5B9)
-    h ^= h >> np.uint64(32)
-    return h
+    return h ^ (h >> np.uint64(32))
 
 
 def _shingle_keys(texts: pl.Series, shingle: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
     """(row, key): the kept shingle hashes of each text (row = position in `texts`).
 
-    A shingle is kept when its hash falls in the first 1/`sample` of the hash range (chosen by content,
-    so a prefix that shifts the text keeps the same ones), plus each text's smallest shingle hash so that
-    short texts get one too. Texts are processed in chunks to bound the memory of the arrays.
+    A shingle is kept when the hash of its first `_ANCHOR` characters falls in the first 1/`sample` of
+    the hash range: chosen by content, so a prefix that shifts the text keeps the same ones, and only the
+    kept shingles are hashed in full. A text with no kept shingle gets its smallest shingle hash instead,
+    so that short texts get one too. Texts are processed in chunks to bound the memory of the arrays.
     """
     rows, keys = [], []
+    anchor = min(_ANCHOR, 1 << (shingle.bit_length() - 1))
     with np.errstate(over="ignore"):
         for start in range(0, len(texts), _CHUNK_ROWS):
             codes, ends = _folded_codes(texts.slice(start, _CHUNK_ROWS))
             if len(codes) < shingle:
                 continue
-            h = _window_hashes(codes, shingle)
+            levels = _span_hashes(codes, anchor)
             starts = np.concatenate([[0], ends[:-1]])
             # Shingles that run past the end of their text into the next one are not shingles.
             last = ends - shingle  # last valid start of each text (< its start: text too short)
-            sampled = np.flatnonzero(h < np.uint64(2**64 // sample)) if sample > 1 else np.arange(len(h))
+            if sample > 1:
+                sampled = np.flatnonzero(levels[anchor] * np.uint64(0x94D049BB133111EB) < np.uint64(2**64 // sample))
+            else:
+                sampled = np.arange(len(codes) - shingle + 1)
             row_of = np.searchsorted(ends, sampled, side="right")
             valid = sampled <= last[row_of]
             rows.append(row_of[valid] + start)
-            keys.append(h[sampled[valid]])
-            # A text with no sampled shingle gets its smallest one (a sampled text's smallest is sampled too).
+            keys.append(_shingle_hashes(levels, sampled[valid], shingle))
             bare = np.flatnonzero(last >= starts)
             bare = bare[np.isin(bare, row_of[valid], invert=True)]
             if len(bare):
-                bounds = np.column_stack([starts[bare], last[bare] + 1]).ravel()
+                # Every shingle position of the bare texts, then the smallest hash of each.
+                counts = last[bare] - starts[bare] + 1
+                offsets = np.cumsum(counts) - counts
+                positions = np.arange(counts.sum()) - np.repeat(offsets - starts[bare], counts)
                 rows.append(bare + start)
-                keys.append(np.minimum.reduceat(np.append(h, h[:1]), bounds)[::2])
+                keys.append(np.minimum.reduceat(_shingle_hashes(levels, positions, shingle), offsets))
     if not rows:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
     return np.concatenate(rows).astype(np.int64), np.concatenate(keys)
