@@ -11,16 +11,19 @@ and a KOL cross-posts one answer to several questions with small edits ("谢邀�
 Both are connected components of a "near-duplicate" graph, so the ids do not depend on row order.
 
 How a million answers are compared without comparing all pairs (mode "near"):
-1. Exact: identical answer texts (and identical folded titles) are merged first, by hash.
-2. Blocking: each distinct text is reduced to a few content-anchored character shingles. The text is
-   folded (NFKC, lower case, punctuation/symbols/whitespace dropped, so "？" and "?" agree) and cut into
-   overlapping k-character shingles; a shingle is kept when its hash is 0 modulo `*_sample` (the choice
-   depends on the content only, so a prefix that shifts the text keeps the same shingles), plus each
-   text's smallest-hash shingle so that short texts get one too. Answers use a window of
-   `answer_window` characters from each end: a cross-post prefix only touches the head and a suffix the
-   tail, and a long answer's near-copy shares both. Two texts become a candidate pair when they share a
-   kept shingle that at most `max_bucket` texts contain; shingles in more texts (boilerplate such as
-   "谢邀人在美国刚下飞机", stock phrases, famous quotes) say nothing about a pair and are ignored.
+1. Exact: identical answer texts (same 64-bit hash and length) and identical folded titles are merged first.
+2. Blocking: each text is reduced to a few content-anchored character shingles. The text is folded
+   (NFKC, lower case, punctuation/symbols/whitespace dropped, so "？" and "?" agree) and cut into
+   overlapping k-character shingles (answers: 24, long enough to span sentences, so a shingle belongs to
+   one text and its copies rather than to a stock sentence; titles: 3). A shingle is kept when the hash
+   of its first 8 characters is in the lowest 1/`*_sample` of the range (the choice depends on content
+   only, so a prefix that shifts the text keeps the same shingles); a text with none kept gets its
+   smallest shingle. Answers use `answer_window` characters from each end: a cross-post prefix only
+   touches the head and a suffix the tail, and a near-copy shares both. All (text, shingle) keys are
+   packed into integers and sorted once (numpy/polars, in chunks, no Python objects per row); texts that
+   share a key held by at most `max_bucket` texts are candidates (keys in more texts are boilerplate
+   such as "谢邀人在美国刚下飞机", stock phrases, famous quotes, and say nothing about a pair), kept when
+   their informative keys overlap (Jaccard) by at least `min_overlap`.
 3. Verification with rapidfuzz: `fuzz.ratio` (normalised Indel similarity, 0-100, = 100 * (1 -
    (insertions + deletions) / (len_a + len_b))) on each candidate pair, `process.cpdist(workers=-1)`.
    Answers are compared as written (whole normalised text, so two answers that share a long quote but
@@ -68,13 +71,14 @@ class DedupeOptions:
     question_threshold: float = 85.0
     """Two titles are near-duplicates when fuzz.ratio on their folded forms is at least this (0-100) and
     their numbers agree. 85 accepts one swapped phrase in a 20-character title ("如何评价" -> "如何看待")."""
-    answer_window: int = 64
-    """Characters taken from each end of an answer for blocking (the head sees prefixes, the tail suffixes)."""
+    answer_window: int = 80
+    """Characters taken from each end of an answer for blocking (the head sees prefixes, the tail suffixes);
+    long enough that a near-copy with an 18-character greeting still shares most of its head."""
     answer_shingle: int = 24
     """Shingle length, in folded characters, for answer blocking: long enough to span sentences, so that a
     shingle is specific to one text (and its copies), not to a stock sentence that many answers use."""
     answer_sample: int = 8
-    """Keep answer shingles whose hash is 0 modulo this (about 1 in `answer_sample`), chosen by content."""
+    """Keep about 1 in `answer_sample` answer shingles, chosen by content (see the module docstring)."""
     question_shingle: int = 3
     """Shingle length for title blocking (titles are short; every shingle is kept)."""
     max_bucket: int = 32
