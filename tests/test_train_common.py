@@ -64,7 +64,7 @@ def test_load_split_errors_name_the_file_and_column(tmp_path):
 
 def test_parse_options_maps_flags_defaults_and_help(capsys):
     opts = common.parse_options(
-        SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", "--lr", "1e-4", "--grad-ckpt"], "sft", ""
+        SFTOptions, ["--model", "Qwen/Qwen2.5-0.5B", "--data", "d", "--out", "o", "--lr", "1e-4", "--grad-ckpt"], "sft", ""
     )
     assert opts.lr == 1e-4 and opts.grad_ckpt is True and opts.out == Path("o") and opts.batch_tokens == 16384
     with pytest.raises(SystemExit):
@@ -78,6 +78,16 @@ def test_parse_options_maps_flags_defaults_and_help(capsys):
     assert exit_info.value.code == 2
     with pytest.raises(UserError, match="--batch-tokens .* must be >= --max-len"):
         common.parse_options(SFTOptions, ["--model", "m", "--data", "d", "--out", "o", "--max-len", "4096", "--batch-tokens", "1024"], "sft", "")
+
+
+def test_tiny_model_takes_demo_defaults_only_for_unset_options():
+    argv = ["--model", "tiny", "--data", "d", "--out", "o", "--max-len=512"]
+    opts = common.parse_options(SFTOptions, argv, "sft", "")
+    assert opts.max_len == 512  # given on the command line: kept
+    assert opts.batch_tokens == SFTOptions.TINY_DEMO["batch_tokens"] != 16384
+    assert opts.epochs == SFTOptions.TINY_DEMO["epochs"]
+    real = common.parse_options(SFTOptions, ["--model", "m", "--data", "d", "--out", "o"], "sft", "")
+    assert (real.batch_tokens, real.max_len, real.epochs) == (16384, 2048, 3.0)
 
 
 def test_dispatcher_rejects_unknown_command_in_one_line(capsys):

@@ -59,6 +59,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import types
@@ -67,7 +68,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -453,6 +454,10 @@ class TrainOptions:
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in OUT/checkpoints"})
     eval_steps: int = field(default=0, metadata={"help": "also evaluate every N steps (0 = only at epoch ends)"})
 
+    # The `tiny` model is for offline demos and tests on a CPU: options left unset take these values instead of
+    # the defaults above (which suit 0.5B-7B models on a GPU), so a demo run takes seconds, not an hour.
+    TINY_DEMO: ClassVar[dict[str, Any]] = {}
+
     def validate(self) -> None:
         """Raise UserError on values that cannot work. Subclasses extend this."""
         positive = {"epochs": self.epochs, "lr": self.lr, "grad_accum": self.grad_accum}
@@ -493,7 +498,17 @@ def parse_options(cls: type[OptionsT], argv: Sequence[str] | None, prog: str, de
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             parser.add_argument(flag, type=value_type, **kwargs)
-    opts = cls(**vars(parser.parse_args(argv)))
+    if cls.TINY_DEMO:
+        parser.epilog = "with the tiny demo model, unset options default to: " + ", ".join(
+            f"--{name.replace('_', '-')} {value}" for name, value in cls.TINY_DEMO.items()
+        )
+    values = vars(parser.parse_args(argv))
+    if TINY_MODEL in (values.get("model"), values.get("policy")):
+        given = {arg.split("=", 1)[0] for arg in (sys.argv[1:] if argv is None else argv) if arg.startswith("--")}
+        for name, value in cls.TINY_DEMO.items():
+            if "--" + name.replace("_", "-") not in given:
+                values[name] = value
+    opts = cls(**values)
     opts.validate()
     return opts
 

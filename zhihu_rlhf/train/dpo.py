@@ -9,6 +9,8 @@ frozen starting model and are computed once, before training.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +42,8 @@ from zhihu_rlhf.train.common import (
 @dataclass(kw_only=True)
 class DPOOptions(TrainOptions):
     """`python -m zhihu_rlhf.train dpo` options. Defaults follow common DPO practice for 0.5B-7B SFT models."""
+
+    TINY_DEMO: ClassVar[dict[str, Any]] = {"max_len": 256, "grad_accum": 1, "lr": 1e-4}
 
     model: str = field(metadata={"help": "the SFT model to start from (also the frozen reference): folder, Hub id or 'tiny'"})
     template: str = field(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -347,6 +347,10 @@ class TokenScorer(nn.Module):
 @dataclass(kw_only=True)
 class PPOOptions(TrainOptions):
     """`python -m zhihu_rlhf.train ppo` options. Defaults follow InstructGPT / DeepSpeed-Chat practice for 0.5B-7B models."""
+
+    TINY_DEMO: ClassVar[dict[str, Any]] = {
+        "max_new_tokens": 32, "rollout_batch_size": 16, "ppo_epochs": 2, "max_iterations": 8, "lr": 1e-4,
+    }
 
     policy: str = field(metadata={"help": "the SFT model to start from (also the frozen reference): folder, Hub id or 'tiny'"})
     reward: str | None = field(

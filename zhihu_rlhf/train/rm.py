@@ -12,6 +12,8 @@ which PPO's value model and reward clipping like. Eval: pairwise accuracy and me
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +45,8 @@ from zhihu_rlhf.train.common import (
 @dataclass(kw_only=True)
 class RMOptions(TrainOptions):
     """`python -m zhihu_rlhf.train rm` options. Defaults suit 0.5B-7B models on one 80 GB GPU."""
+
+    TINY_DEMO: ClassVar[dict[str, Any]] = {"max_len": 256, "lr": 1e-4}
 
     model: str = field(metadata={"help": "base model (usually the SFT output): Hub id, local folder, or 'tiny'"})
     template: str = field(

@@ -11,6 +11,8 @@ position ids restarting at 0 for each example so attention never crosses example
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ IGNORE = -100  # label of tokens the loss skips (prompt, padding)
 @dataclass(kw_only=True)
 class SFTOptions(TrainOptions):
     """`python -m zhihu_rlhf.train sft` options. Defaults suit 0.5B-7B models on one 80 GB GPU."""
+
+    TINY_DEMO: ClassVar[dict[str, Any]] = {"epochs": 1.0, "max_len": 256, "batch_tokens": 2048, "lr": 1e-3}
 
     model: str = field(metadata={"help": "causal LM: Hub id, local folder, or 'tiny' (random, offline)"})
     template: str = field(
