@@ -127,7 +127,8 @@ def _answers_per_question_plot(folder: Path, counts: dict) -> Plot:
     pairs = sorted((int(answers), int(questions)) for answers, questions in counts.items())
     fig = Figure(figsize=(7, 3.6))
     ax = fig.add_subplot()
-    ax.bar([a for a, _ in pairs], [q for _, q in pairs], width=0.8, color="tab:green")
+    # Dots on log-log axes: the tail runs to hundreds of answers, and a bar per count would be slow to draw.
+    ax.plot([a for a, _ in pairs], [q for _, q in pairs], "o", markersize=4, color="tab:green")
     ax.set_yscale("log")
     if pairs and pairs[-1][0] > 50:
         ax.set_xscale("log")

@@ -189,8 +189,11 @@ def select_one_use_per_response(candidates: pl.DataFrame, max_pairs_per_question
 
 def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
-    answers = answers.with_columns(drop_reason=length_drop_reason(opts))
-    usable = answers.filter(pl.col("drop_reason").is_null())
+    # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
+    slim = answers.select(
+        "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", drop_reason=length_drop_reason(opts)
+    )
+    usable = slim.filter(pl.col("drop_reason").is_null())
 
     rules = pair_rules(opts)
     # For the funnel: the first rule each candidate fails (len(rules) = passes them all).
@@ -228,11 +231,11 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
     kept = chosen_once.head(opts.limit) if opts.limit else chosen_once
     funnel.append({"rule": "limit", "description": "the most confident pairs", "removed": chosen_once.height - kept.height, "left": kept.height})
 
-    pairs = _attach_texts(kept, usable)
+    pairs = _attach_texts(kept, answers)
 
     in_pair = pl.col("answer_id").is_in(pl.concat([kept["chosen_answer_id"], kept["rejected_answer_id"]]).implode())
     usable_in_question = pl.col("drop_reason").is_null().sum().over("question_group")
-    reasons = answers.select(
+    reasons = slim.select(
         pl.coalesce(
             "drop_reason",
             pl.when(usable_in_question == 1).then(pl.lit("only_answer_to_its_question")),
