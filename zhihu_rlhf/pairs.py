@@ -199,16 +199,16 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
     # For the funnel: the first rule each candidate fails (len(rules) = passes them all).
     first_failed = pl.coalesce(*(pl.when(~keep).then(pl.lit(i)) for i, (_, _, keep) in enumerate(rules)), pl.lit(len(rules)))
     candidates = candidate_pairs(usable.lazy())
-    failures, candidates = pl.collect_all(
-        [
-            candidates.group_by(first_failed.alias("rule")).len(),
-            candidates.filter(*(keep for _, _, keep in rules)).with_columns(
-                # finite even over zero votes, so every export format can carry it
-                upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
-                confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
-            ),
-        ],
-        engine="streaming",
+    # Two streaming passes over the candidates: sharing one pass would cache all of them in memory.
+    failures = candidates.group_by(first_failed.alias("rule")).len().collect(engine="streaming")
+    candidates = (
+        candidates.filter(*(keep for _, _, keep in rules))
+        .with_columns(
+            # finite even over zero votes, so every export format can carry it
+            upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
+            confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
+        )
+        .collect(engine="streaming")
     )
     failed_at = dict(zip(failures["rule"], failures["len"], strict=True))
     left = sum(failed_at.values())
