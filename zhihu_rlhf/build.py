@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m zhihu_rlhf.build",
         description="Build the instruct set and/or chosen/rejected pairs from Zhihu answers.",
+        epilog="Each command's options, with their defaults: python -m zhihu_rlhf.build {instruct,pairs,all} --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     commands = parser.add_subparsers(dest="what", required=True, metavar="{instruct,pairs,all}")
