@@ -41,12 +41,15 @@ def prf(frame: pl.DataFrame, predicted: str, true: str) -> dict:
 
 
 def peer_clusters(answers: pl.DataFrame, threshold: float, num_perm: int) -> pl.DataFrame:
-    texts = answers["answer"].to_list()
-    shingles = [{t[i : i + 3].encode() for i in range(max(1, len(t) - 2))} for t in texts]
-    hashes = MinHash.bulk(shingles, num_perm=num_perm)
+    texts = answers["answer"]
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for i, h in enumerate(hashes):
-        lsh.insert(i, h)
+    hashes = []
+    for start in range(0, len(texts), 10_000):  # shingle sets in chunks: all at once would need tens of GB at 1M rows
+        chunk = texts.slice(start, 10_000).to_list()
+        shingles = [{t[i : i + 3].encode() for i in range(max(1, len(t) - 2))} for t in chunk]
+        for i, h in enumerate(MinHash.bulk(shingles, num_perm=num_perm), start=start):
+            lsh.insert(i, h)
+            hashes.append(h)
     a, b = [], []
     for i, h in enumerate(hashes):
         for j in lsh.query(h):
@@ -63,7 +66,7 @@ def peer_clusters(answers: pl.DataFrame, threshold: float, num_perm: int) -> pl.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("bench_data/zhihu_kol_full.parquet"))
-    parser.add_argument("--peer-rows", type=int, default=50_000, help="rows for the datasketch comparison")
+    parser.add_argument("--peer-rows", type=int, default=50_000, help="rows for the datasketch comparison (0 = all)")
     parser.add_argument("--peer-threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
     args = parser.parse_args()
@@ -85,7 +88,7 @@ def main() -> None:
     print("  questions", prf(joined.unique("question_id"), "question_group", "true_group"))
     print(f"  peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
-    sub = answers.head(args.peer_rows)
+    sub = answers.head(args.peer_rows) if args.peer_rows else answers
     started = time.perf_counter()
     ours_sub, _ = dedupe(sub, opts)
     ours_time = time.perf_counter() - started
