@@ -227,3 +227,23 @@ def test_model_card_names_base_model_data_and_hyper_parameters(tmp_path):
     assert "| `lr` | `2e-05` |" in text and "| eval_loss | 1.234 |" in text
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
     assert not list(tmp_path.glob(".final-*"))
+
+
+def test_hub_dataset_id_loads_through_datasets_and_errors_are_one_line(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(dataset_id, split):
+        calls.append((dataset_id, split))
+        if dataset_id == "someone/missing":
+            raise FileNotFoundError("Dataset 'someone/missing' doesn't exist on the Hub")
+        return datasets.Dataset.from_dict({"prompt": ["问？"], "chosen": ["好"], "rejected": ["差"], "extra": [1]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert common.load_split("liyucheng/zhihu_rlhf_3k", "train", "pairs") == [{"prompt": "问？", "chosen": "好", "rejected": "差"}]
+    assert calls == [("liyucheng/zhihu_rlhf_3k", "train")]
+    with pytest.raises(UserError, match="cannot load Hub dataset 'someone/missing' split 'train'"):
+        common.load_split("someone/missing", "train", "pairs")
+    with pytest.raises(UserError, match="missing column 'completion'"):
+        common.load_split("liyucheng/zhihu_rlhf_3k", "train", "instruct")
