@@ -259,41 +259,40 @@ def _from_zhihu_kol(raw: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _from_zhihu_kol_legacy(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
-    def optional(name: str) -> pl.Expr:
-        return pl.col(name) if name in columns else pl.lit(None, pl.String)
+def _optional(name: str, columns: list[str]) -> pl.Expr:
+    """A column that some exports leave out: null where it is missing."""
+    return pl.col(name) if name in columns else pl.lit(None, pl.String)
 
+
+def _from_zhihu_kol_legacy(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
     return _with_drop_reason(
         raw.select(
             question_id=parse_id(pl.col("问题ID")),
             answer_id=parse_id(pl.col("回答ID")),
             question=pl.col("问题内容").cast(pl.String),
             answer=pl.col("回答内容").cast(pl.String),
-            upvotes=parse_upvotes(optional("回答点赞数")),
-            created_at=parse_time(optional("回答时间")),
-            author_id=optional("作者ID").cast(pl.String),
+            upvotes=parse_upvotes(_optional("回答点赞数", columns)),
+            created_at=parse_time(_optional("回答时间", columns)),
+            author_id=_optional("作者ID", columns).cast(pl.String),
             source=pl.lit("zhihu-kol"),
             metadata_ok=pl.lit(True),
-            upvotes_given=optional("回答点赞数").is_not_null(),
+            upvotes_given=_optional("回答点赞数", columns).is_not_null(),
         )
     )
 
 
 def _from_mediacrawler(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
-    def optional(name: str) -> pl.Expr:
-        return pl.col(name) if name in columns else pl.lit(None, pl.String)
-
     canonical = raw.select(
         question_id=parse_id(pl.col("question_id")),
         answer_id=parse_id(pl.col("content_id")),
         question=pl.col("title").cast(pl.String),
         answer=pl.col("content_text").cast(pl.String),
-        upvotes=parse_upvotes(optional("voteup_count")),
-        created_at=parse_time(optional("created_time")),
-        author_id=optional("user_id").cast(pl.String),
+        upvotes=parse_upvotes(_optional("voteup_count", columns)),
+        created_at=parse_time(_optional("created_time", columns)),
+        author_id=_optional("user_id", columns).cast(pl.String),
         source=pl.lit("mediacrawler"),
         metadata_ok=pl.lit(True),
-        upvotes_given=optional("voteup_count").is_not_null(),
+        upvotes_given=_optional("voteup_count", columns).is_not_null(),
         is_answer=pl.col("content_type").cast(pl.String) == "answer",
     )
     return _with_drop_reason(canonical)
