@@ -34,15 +34,12 @@ import pyarrow.parquet as pq
 
 from zhihu_rlhf import cards
 from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.instruct import INSTRUCT_COLUMNS
+from zhihu_rlhf.pairs import PAIRS_COLUMNS
 
 Kind = Literal["instruct", "pairs"]
 SPLITS = ("train", "test")
 
-INSTRUCT_COLUMNS = ("question_id", "answer_id", "prompt", "completion", "upvotes", "created_at")
-PAIRS_COLUMNS = (
-    "question_id", "prompt", "chosen", "rejected", "chosen_answer_id", "rejected_answer_id",
-    "chosen_upvotes", "rejected_upvotes", "chosen_created_at", "rejected_created_at", "upvote_ratio",
-)
 # Personal data: dropped from every file unless keep_author_ids.
 AUTHOR_COLUMNS = ("author_id", "chosen_author_id", "rejected_author_id")
 

@@ -35,7 +35,7 @@ import polars as pl
 
 from zhihu_rlhf.instruct import AnswerFilters, length_drop_reason
 
-PAIR_COLUMNS = [
+PAIRS_COLUMNS = [
     "question_id",
     "prompt",
     "chosen",
@@ -255,5 +255,5 @@ def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
     return (
         kept.join(chosen, on="chosen_answer_id", how="left", maintain_order="left")
         .join(rejected, on="rejected_answer_id", how="left", maintain_order="left")
-        .select(*PAIR_COLUMNS, "chosen_author_id", "rejected_author_id", "question_group")
+        .select(*PAIRS_COLUMNS, "chosen_author_id", "rejected_author_id", "question_group")
     )
