@@ -140,3 +140,12 @@ def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
                           ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near")):
         assert flag in text
         assert f"default: {default}" in text.split(flag, 2)[-1].split(" --", 1)[0]
+
+
+def test_recipe_params_do_not_depend_on_the_output_folder(built: dict[str, Path], tmp_path: Path) -> None:
+    elsewhere = build("pairs", BuildOptions(source="sample", out=tmp_path / "somewhere" / "else"), log=lambda _: None)["pairs"]
+    for name in ("params.json", "README.md", "stats.json"):
+        assert (elsewhere / name).read_bytes() == (built["pairs"] / name).read_bytes(), name
+    params = json.loads((built["pairs"] / "params.json").read_text())["params"]
+    assert "pairs" in params and "instruct" not in params and "out" not in params
+    assert "instruct" in json.loads((built["instruct"] / "params.json").read_text())["params"]

@@ -59,17 +59,19 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
 
-    params = _params(options)
-    common = dict(test_fraction=options.test_fraction, params=params, formats=options.formats,
-                  keep_author_ids=options.keep_author_ids)
+    common = dict(test_fraction=options.test_fraction, formats=options.formats, keep_author_ids=options.keep_author_ids)
     written = {}
     if what in ("instruct", "all"):
         out = options.out / "instruct" if what == "all" else options.out
-        written["instruct"] = build_instruct_set(answers, source_stats, options.instruct, out=out, **common)
+        written["instruct"] = build_instruct_set(
+            answers, source_stats, options.instruct, out=out, params=_params(options, "instruct"), **common
+        )
         log(f"  instruct set -> {out} [{time.perf_counter() - started:.1f}s]")
     if what in ("pairs", "all"):
         out = options.out / "pairs" if what == "all" else options.out
-        written["pairs"] = build_pairs_set(answers, source_stats, options.pairs, out=out, **common)
+        written["pairs"] = build_pairs_set(
+            answers, source_stats, options.pairs, out=out, params=_params(options, "pairs"), **common
+        )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
     return written
 
@@ -78,10 +80,15 @@ def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason}: {n:,}" for reason, n in sorted(counts.items())) or "none"
 
 
-def _params(options: BuildOptions) -> dict:
-    """The recipe's parameters as written into stats/cards (JSON-able, stable key order)."""
+def _params(options: BuildOptions, kind: Literal["instruct", "pairs"]) -> dict:
+    """The recipe of one set as written into params.json and its card (JSON-able, stable key order).
+
+    Only what shapes this set: not the output folder, not the other set's options, so the same data built
+    elsewhere has the same parameters hash (and re-publishing it is a no-op).
+    """
     params = dataclasses.asdict(options)
-    params["out"] = str(options.out)
+    del params["out"]
+    del params["pairs" if kind == "instruct" else "instruct"]
     params["tool_version"] = __version__
     return params
 
