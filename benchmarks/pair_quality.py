@@ -90,7 +90,7 @@ def main() -> None:
                 pairs = pick(answers, options, ranked, args.limit, args.seed)
                 results.append((name, pairs.height, accuracy(pairs, quality), reused_responses(pairs, truth)))
 
-    print(f"\n| variant ({args.limit} pairs max) | pairs | chosen truly better | near-copies of a used response |")
+    print(f"\n| variant ({f'{args.limit} pairs max' if args.limit else 'every pair the rules allow'}) | pairs | chosen truly better | near-copies of a used response |")
     print("|---|---:|---:|---:|")
     for name, n, acc, reused in results:
         print(f"| {name} | {n:,} | {acc:.1%} | {reused} |")
