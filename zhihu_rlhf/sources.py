@@ -255,6 +255,7 @@ def _from_zhihu_kol(raw: pl.LazyFrame) -> pl.LazyFrame:
             source=pl.lit("zhihu-kol"),
             metadata_ok="metadata_ok",
             upvotes_given=pl.col("metadata").struct.field("upvotes").is_not_null(),
+            is_answer=pl.lit(True),  # Zhihu-KOL holds answers only
         )
     )
 
@@ -277,25 +278,27 @@ def _from_zhihu_kol_legacy(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFram
             source=pl.lit("zhihu-kol"),
             metadata_ok=pl.lit(True),
             upvotes_given=_optional("回答点赞数", columns).is_not_null(),
+            is_answer=pl.lit(True),
         )
     )
 
 
 def _from_mediacrawler(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
-    canonical = raw.select(
-        question_id=parse_id(pl.col("question_id")),
-        answer_id=parse_id(pl.col("content_id")),
-        question=pl.col("title").cast(pl.String),
-        answer=pl.col("content_text").cast(pl.String),
-        upvotes=parse_upvotes(_optional("voteup_count", columns)),
-        created_at=parse_time(_optional("created_time", columns)),
-        author_id=_optional("user_id", columns).cast(pl.String),
-        source=pl.lit("mediacrawler"),
-        metadata_ok=pl.lit(True),
-        upvotes_given=_optional("voteup_count", columns).is_not_null(),
-        is_answer=pl.col("content_type").cast(pl.String) == "answer",
+    return _with_drop_reason(
+        raw.select(
+            question_id=parse_id(pl.col("question_id")),
+            answer_id=parse_id(pl.col("content_id")),
+            question=pl.col("title").cast(pl.String),
+            answer=pl.col("content_text").cast(pl.String),
+            upvotes=parse_upvotes(_optional("voteup_count", columns)),
+            created_at=parse_time(_optional("created_time", columns)),
+            author_id=_optional("user_id", columns).cast(pl.String),
+            source=pl.lit("mediacrawler"),
+            metadata_ok=pl.lit(True),
+            upvotes_given=_optional("voteup_count", columns).is_not_null(),
+            is_answer=pl.col("content_type").cast(pl.String) == "answer",  # articles and videos have no question
+        )
     )
-    return _with_drop_reason(canonical)
 
 
 def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -305,9 +308,8 @@ def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
         answer=normalize_text(pl.col("answer")),
         author_id=pl.col("author_id").cast(pl.String),
     )
-    is_answer = pl.col("is_answer") if "is_answer" in frame.collect_schema().names() else pl.lit(True)
     reason = (
-        pl.when(~is_answer.fill_null(False))
+        pl.when(~pl.col("is_answer").fill_null(False))
         .then(pl.lit("not_an_answer"))
         .when(~pl.col("metadata_ok"))
         .then(pl.lit("invalid_metadata_json"))
