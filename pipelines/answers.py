@@ -12,6 +12,7 @@ def prepare_answers(source: str, dedupe_options: DedupeOptions) -> tuple[pl.Data
     """Canonical answer table with `question_group` and `answer_cluster`; stats of both steps."""
     answers, stats = load_answers(source)
     answers, stats["dedupe"] = dedupe(answers, dedupe_options)
+    stats["answers_per_question"] = answers_per_question(answers)
     return answers, stats
 
 
@@ -19,3 +20,17 @@ def answers_per_question(answers: pl.DataFrame) -> dict[str, int]:
     """{answers in a question group: number of such groups}, for the card's histogram."""
     sizes = answers.group_by("question_group").len().group_by("len").len(name="questions").sort("len")
     return {str(n): q for n, q in zip(sizes["len"], sizes["questions"], strict=True)}
+
+
+def set_stats(source_stats: dict, rows_kept: int, dropped_here: dict[str, int], train: pl.DataFrame,
+              test: pl.DataFrame) -> dict:
+    """The stats.json fields every set has: each source row is kept or dropped for a named reason."""
+    return {
+        "rows_in": source_stats["rows_in"],
+        "rows_kept": rows_kept,
+        "rows_dropped": {**source_stats["rows_dropped"], **dropped_here},
+        "created_at_missing": source_stats["created_at_missing"],
+        "splits": {"train": train.height, "test": test.height},
+        "dedupe": source_stats["dedupe"],
+        "answers_per_question": source_stats["answers_per_question"],
+    }

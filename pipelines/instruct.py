@@ -8,7 +8,7 @@ import polars as pl
 
 from zhihu_rlhf.export import write_dataset
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
-from zhihu_rlhf.pipelines.answers import answers_per_question
+from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
 
 
@@ -25,15 +25,7 @@ def build_instruct_set(
 ) -> Path:
     rows, dropped_here = select_instruct(answers, options)
     train, test = split_by_question(rows, test_fraction)
-    stats = {
-        "rows_in": source_stats["rows_in"],
-        "rows_kept": rows.height,
-        "rows_dropped": {**source_stats["rows_dropped"], **dropped_here},
-        "created_at_missing": source_stats["created_at_missing"],
-        "splits": {"train": train.height, "test": test.height},
-        "dedupe": source_stats["dedupe"],
-        "answers_per_question": answers_per_question(answers),
-    }
+    stats = set_stats(source_stats, rows.height, dropped_here, train, test)
     return write_dataset(
         out, "instruct", train.drop("question_group"), test.drop("question_group"), stats, params,
         formats=formats, keep_author_ids=keep_author_ids,

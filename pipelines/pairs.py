@@ -8,7 +8,7 @@ import polars as pl
 
 from zhihu_rlhf.export import write_dataset
 from zhihu_rlhf.pairs import PairOptions, select_pairs
-from zhihu_rlhf.pipelines.answers import answers_per_question
+from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
 
 
@@ -25,17 +25,8 @@ def build_pairs_set(
 ) -> Path:
     pairs, dropped_here, funnel = select_pairs(answers, options)
     train, test = split_by_question(pairs, test_fraction)
-    stats = {
-        "rows_in": source_stats["rows_in"],
-        "rows_kept": 2 * pairs.height,  # answer rows: each pair uses two, none twice
-        "rows_dropped": {**source_stats["rows_dropped"], **dropped_here},
-        "created_at_missing": source_stats["created_at_missing"],
-        "pairs": pairs.height,
-        "splits": {"train": train.height, "test": test.height},
-        "dedupe": source_stats["dedupe"],
-        "answers_per_question": answers_per_question(answers),
-        "funnel": funnel,
-    }
+    # rows_kept counts answer rows: each pair uses two, none twice
+    stats = set_stats(source_stats, 2 * pairs.height, dropped_here, train, test) | {"pairs": pairs.height, "funnel": funnel}
     return write_dataset(
         out, "pairs", train.drop("question_group"), test.drop("question_group"), stats, params,
         formats=formats, keep_author_ids=keep_author_ids,
