@@ -194,7 +194,7 @@ def main() -> int:
                 print("trl not installed: peer skipped (pip install trl)", file=sys.stderr)
             else:
                 runs["trl_sfttrainer"] = run_trl(args, model_dir, tokenizer, rows[: args.examples], work)
-        for name, run in runs.items():
+        for run in runs.values():
             tok_s = run["tokens"] / run["seconds"]
             flops_per_token = 6.0 * n_params + 6.0 * config.num_hidden_layers * config.hidden_size * avg_sq
             run["tokens_per_s"] = tok_s

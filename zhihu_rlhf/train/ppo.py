@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,7 +57,6 @@ from zhihu_rlhf.train.common import (
     seed_everything,
     setup_runtime,
     shutdown_runtime,
-    unwrap,
     wrap_ddp,
 )
 

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
