@@ -36,7 +36,9 @@ Mode "exact" stops after step 1; mode "off" gives every question and answer its 
 
 from __future__ import annotations
 
+import os
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -54,7 +56,7 @@ DedupeMode = Literal["exact", "near", "off"]
 # (S*), separators/whitespace (Z*) and control characters (C*, which includes newlines).
 _DROP_PATTERN = r"[\p{P}\p{S}\p{Z}\p{C}]"
 _NUMBER_PATTERN = r"\d+"
-_CHUNK_ROWS = 50_000  # texts shingled at a time (bounds the memory of the numpy arrays)
+_CHUNK_ROWS = 10_000  # texts shingled at a time (bounds the memory of the numpy arrays)
 
 
 @dataclass
@@ -298,38 +300,46 @@ def _shingle_keys(texts: pl.Series, shingle: int, sample: int) -> tuple[np.ndarr
     A shingle is kept when the hash of its first `_ANCHOR` characters falls in the first 1/`sample` of
     the hash range: chosen by content, so a prefix that shifts the text keeps the same ones, and only the
     kept shingles are hashed in full. A text with no kept shingle gets its smallest shingle hash instead,
-    so that short texts get one too. Texts are processed in chunks to bound the memory of the arrays.
+    so that short texts get one too. Texts are processed in chunks to bound the memory of the arrays;
+    numpy releases the GIL inside its array loops, so a thread per core works on the chunks at once.
     """
-    rows, keys = [], []
+    starts = range(0, len(texts), _CHUNK_ROWS)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        chunks = list(pool.map(lambda start: _chunk_shingle_keys(texts.slice(start, _CHUNK_ROWS), start, shingle, sample), starts))
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return np.concatenate([rows for rows, _ in chunks]), np.concatenate([keys for _, keys in chunks])
+
+
+def _chunk_shingle_keys(texts: pl.Series, first_row: int, shingle: int, sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_shingle_keys` of one chunk of texts; rows are numbered from `first_row`."""
+    rows, keys = [np.zeros(0, np.int64)], [np.zeros(0, np.uint64)]
     anchor = min(_ANCHOR, 1 << (shingle.bit_length() - 1))
     with np.errstate(over="ignore"):
-        for start in range(0, len(texts), _CHUNK_ROWS):
-            codes, ends = _folded_codes(texts.slice(start, _CHUNK_ROWS))
-            if len(codes) < shingle:
-                continue
-            levels = _span_hashes(codes, anchor)
-            starts = np.concatenate([[0], ends[:-1]])
-            # Shingles that run past the end of their text into the next one are not shingles.
-            last = ends - shingle  # last valid start of each text (< its start: text too short)
-            if sample > 1:
-                sampled = np.flatnonzero(levels[anchor] * np.uint64(0x94D049BB133111EB) < np.uint64(2**64 // sample))
-            else:
-                sampled = np.arange(len(codes) - shingle + 1)
-            row_of = np.searchsorted(ends, sampled, side="right")
-            valid = sampled <= last[row_of]
-            rows.append(row_of[valid] + start)
-            keys.append(_shingle_hashes(levels, sampled[valid], shingle))
-            bare = np.flatnonzero(last >= starts)
-            bare = bare[np.isin(bare, row_of[valid], invert=True)]
-            if len(bare):
-                # Every shingle position of the bare texts, then the smallest hash of each.
-                counts = last[bare] - starts[bare] + 1
-                offsets = np.cumsum(counts) - counts
-                positions = np.arange(counts.sum()) - np.repeat(offsets - starts[bare], counts)
-                rows.append(bare + start)
-                keys.append(np.minimum.reduceat(_shingle_hashes(levels, positions, shingle), offsets))
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+        codes, ends = _folded_codes(texts)
+        if len(codes) < shingle:
+            return rows[0], keys[0]
+        levels = _span_hashes(codes, anchor)
+        starts = np.concatenate([[0], ends[:-1]])
+        # Shingles that run past the end of their text into the next one are not shingles.
+        last = ends - shingle  # last valid start of each text (< its start: text too short)
+        if sample > 1:
+            sampled = np.flatnonzero(levels[anchor] * np.uint64(0x94D049BB133111EB) < np.uint64(2**64 // sample))
+        else:
+            sampled = np.arange(len(codes) - shingle + 1)
+        row_of = np.searchsorted(ends, sampled, side="right")
+        valid = sampled <= last[row_of]
+        rows.append(row_of[valid] + first_row)
+        keys.append(_shingle_hashes(levels, sampled[valid], shingle))
+        bare = np.flatnonzero(last >= starts)
+        bare = bare[np.isin(bare, row_of[valid], invert=True)]
+        if len(bare):
+            # Every shingle position of the bare texts, then the smallest hash of each.
+            counts = last[bare] - starts[bare] + 1
+            offsets = np.cumsum(counts) - counts
+            positions = np.arange(counts.sum()) - np.repeat(offsets - starts[bare], counts)
+            rows.append(bare + first_row)
+            keys.append(np.minimum.reduceat(_shingle_hashes(levels, positions, shingle), offsets))
     return np.concatenate(rows).astype(np.int64), np.concatenate(keys)
 
 
@@ -361,8 +371,10 @@ def _candidate_pairs(
         pair_codes.append((member[first[:, None] + i] * n_rows + member[first[:, None] + j]).ravel())
     if not pair_codes:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    counts = pl.Series(np.concatenate(pair_codes)).value_counts(name="shared")
-    code, shared = counts[:, 0].to_numpy(), counts["shared"].to_numpy()
+    # How many keys each pair shares: the run lengths of the sorted codes (polars sorts on every core).
+    codes = pl.Series(np.concatenate(pair_codes)).sort().to_numpy()
+    run_start = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    code, shared = codes[run_start], np.diff(np.append(run_start, len(codes)))
     a, b = code // n_rows, code % n_rows
     union = keys_per_row[a] + keys_per_row[b] - shared
     overlapping = shared >= min_overlap * union
