@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from zhihu_rlhf.instruct import AnswerFilters, length_drop_reason
@@ -145,46 +146,41 @@ def select_one_use_per_response(candidates: pl.DataFrame, max_pairs_per_question
     dominant"). Those pairs are exactly the ones sequential greedy accepts next, so the result is
     identical, in a handful of vectorised rounds. The per-question cap is applied in rank order.
     """
-    remaining = candidates.sort(
-        ["confidence", "chosen_answer_id", "rejected_answer_id"], descending=[True, False, False]
-    ).with_row_index("rank")
-    used_per_question = pl.DataFrame(schema={"question_group": pl.Int64, "used": pl.UInt32})
-    selected = []
-    while remaining.height:
-        endpoints = pl.concat(
-            [
-                remaining.select("rank", cluster="chosen_cluster"),
-                remaining.select("rank", cluster="rejected_cluster"),
-            ]
-        )
-        best_rank = endpoints.group_by("cluster").agg(best=pl.col("rank").min())
-        dominant = (
-            remaining.join(best_rank, left_on="chosen_cluster", right_on="cluster")
-            .join(best_rank, left_on="rejected_cluster", right_on="cluster", suffix="_rejected")
-            .filter((pl.col("rank") == pl.col("best")) & (pl.col("rank") == pl.col("best_rejected")))
-            .drop("best", "best_rejected")
-            .sort("rank")
-            .join(used_per_question, on="question_group", how="left", maintain_order="left")
-            .with_columns(slot=pl.col("used").fill_null(0) + pl.int_range(pl.len()).over("question_group"))
-        )
-        accepted = dominant.filter(pl.col("slot") < max_pairs_per_question).drop("used", "slot")
-        selected.append(accepted)
-
-        used_per_question = (
-            pl.concat([used_per_question, accepted.group_by("question_group").agg(used=pl.len().cast(pl.UInt32))])
-            .group_by("question_group")
-            .agg(pl.col("used").sum())
-        )
-        full_questions = used_per_question.filter(pl.col("used") >= max_pairs_per_question)["question_group"]
-        used_clusters = pl.concat([accepted["chosen_cluster"], accepted["rejected_cluster"]])
-        remaining = remaining.filter(
-            ~pl.col("chosen_cluster").is_in(used_clusters.implode())
-            & ~pl.col("rejected_cluster").is_in(used_clusters.implode())
-            & ~pl.col("question_group").is_in(full_questions.implode())
-            # dominant pairs over the cap are settled too (their question is now full)
-            & ~pl.col("rank").is_in(dominant["rank"].implode())
-        )
-    return pl.concat(selected).sort("rank").drop("rank")
+    ranked = candidates.sort(["confidence", "chosen_answer_id", "rejected_answer_id"], descending=[True, False, False])
+    # Dense integer codes, so each round is a few numpy passes over the pairs still in play.
+    clusters = pl.concat([ranked["chosen_cluster"], ranked["rejected_cluster"]]).rank("dense").to_numpy() - 1
+    chosen, rejected = clusters[: ranked.height], clusters[ranked.height :]
+    question = ranked["question_group"].rank("dense").to_numpy() - 1
+    cluster_used = np.zeros(len(clusters), dtype=bool)
+    pairs_in_question = np.zeros(ranked.height, dtype=np.int64)
+    selected = np.zeros(ranked.height, dtype=bool)
+    rank = np.arange(ranked.height)
+    in_play = rank
+    while len(in_play):
+        # The best (smallest) rank in play of each response; a pair is dominant when it is the best of both.
+        best = np.full(len(clusters), ranked.height)
+        np.minimum.at(best, chosen[in_play], in_play)
+        np.minimum.at(best, rejected[in_play], in_play)
+        dominant = in_play[(best[chosen[in_play]] == in_play) & (best[rejected[in_play]] == in_play)]
+        # Dominant pairs of one question are accepted in rank order while the question has room.
+        by_question = dominant[np.argsort(question[dominant], kind="stable")]
+        questions_of = question[by_question]
+        first_of_question = np.flatnonzero(np.concatenate([[True], questions_of[1:] != questions_of[:-1]]))
+        place = np.arange(len(by_question)) - np.repeat(first_of_question, np.diff(np.append(first_of_question, len(by_question))))
+        accepted = by_question[pairs_in_question[questions_of] + place < max_pairs_per_question]
+        selected[accepted] = True
+        np.add.at(pairs_in_question, question[accepted], 1)
+        cluster_used[chosen[accepted]] = cluster_used[rejected[accepted]] = True
+        # Dominant pairs over the cap are settled too (their question is now full).
+        settled = np.zeros(ranked.height, dtype=bool)
+        settled[dominant] = True
+        in_play = in_play[
+            ~settled[in_play]
+            & ~cluster_used[chosen[in_play]]
+            & ~cluster_used[rejected[in_play]]
+            & (pairs_in_question[question[in_play]] < max_pairs_per_question)
+        ]
+    return ranked.filter(pl.Series(selected))
 
 
 def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
