@@ -107,12 +107,13 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     if opts.mode == "off":
         table = answers.with_columns(question_group=pl.col("question_id"), answer_cluster=pl.col("answer_id"))
     else:
-        # Both steps return one id per row, so the (large) text table is never joined or copied.
+        # Both steps return one id per row, so the (large) text table is never joined or copied. They are
+        # independent and partly single-threaded (numpy, Python), so they run side by side.
         near = opts.mode == "near"
-        table = answers.with_columns(
-            question_group=_question_groups(answers.select("question_id", "question"), opts, near),
-            answer_cluster=_answer_clusters(answers, opts, near),
-        )
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            groups = pool.submit(_question_groups, answers.select("question_id", "question"), opts, near)
+            clusters = pool.submit(_answer_clusters, answers, opts, near)
+            table = answers.with_columns(question_group=groups.result(), answer_cluster=clusters.result())
     return table, _stats(table, opts)
 
 
