@@ -304,9 +304,11 @@ def _shingle_keys(texts: pl.Series, shingle: int, sample: int) -> tuple[np.ndarr
     so that short texts get one too. Texts are processed in chunks to bound the memory of the arrays;
     numpy releases the GIL inside its array loops, so a thread per core works on the chunks at once.
     """
-    starts = range(0, len(texts), _CHUNK_ROWS)
+    def chunk_keys(start: int) -> tuple[np.ndarray, np.ndarray]:
+        return _chunk_shingle_keys(texts.slice(start, _CHUNK_ROWS), start, shingle, sample)
+
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        chunks = list(pool.map(lambda start: _chunk_shingle_keys(texts.slice(start, _CHUNK_ROWS), start, shingle, sample), starts))
+        chunks = list(pool.map(chunk_keys, range(0, len(texts), _CHUNK_ROWS)))
     if not chunks:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
     return np.concatenate([rows for rows, _ in chunks]), np.concatenate([keys for _, keys in chunks])

@@ -154,20 +154,20 @@ def select_one_use_per_response(candidates: pl.DataFrame, max_pairs_per_question
     cluster_used = np.zeros(len(clusters), dtype=bool)
     pairs_in_question = np.zeros(ranked.height, dtype=np.int64)
     selected = np.zeros(ranked.height, dtype=bool)
-    rank = np.arange(ranked.height)
-    in_play = rank
+    in_play = np.arange(ranked.height)  # positions in rank order: smaller is more confident
     while len(in_play):
         # The best (smallest) rank in play of each response; a pair is dominant when it is the best of both.
         best = np.full(len(clusters), ranked.height)
         np.minimum.at(best, chosen[in_play], in_play)
         np.minimum.at(best, rejected[in_play], in_play)
         dominant = in_play[(best[chosen[in_play]] == in_play) & (best[rejected[in_play]] == in_play)]
-        # Dominant pairs of one question are accepted in rank order while the question has room.
+        # Dominant pairs of one question are accepted in rank order while the question has room;
+        # `place` numbers the dominant pairs of each question 0, 1, 2, ... in rank order.
         by_question = dominant[np.argsort(question[dominant], kind="stable")]
-        questions_of = question[by_question]
-        first_of_question = np.flatnonzero(np.concatenate([[True], questions_of[1:] != questions_of[:-1]]))
-        place = np.arange(len(by_question)) - np.repeat(first_of_question, np.diff(np.append(first_of_question, len(by_question))))
-        accepted = by_question[pairs_in_question[questions_of] + place < max_pairs_per_question]
+        their_question = question[by_question]
+        starts = np.flatnonzero(np.diff(their_question, prepend=-1))
+        place = np.arange(len(by_question)) - np.repeat(starts, np.diff(starts, append=len(by_question)))
+        accepted = by_question[pairs_in_question[their_question] + place < max_pairs_per_question]
         selected[accepted] = True
         np.add.at(pairs_in_question, question[accepted], 1)
         cluster_used[chosen[accepted]] = cluster_used[rejected[accepted]] = True
