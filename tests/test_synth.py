@@ -183,12 +183,12 @@ def test_shared_quote_pairs_share_a_long_quote_but_are_not_duplicates(generated:
     quotes = [re.search(r"所说：“(.+)”\n\n", t, re.S) for t in texts]
     assert all(q is not None for q in quotes)
     by_quote: dict[str, list[str]] = {}
-    for text, quote in zip(texts, quotes):
+    for text, quote in zip(texts, quotes, strict=True):
         assert quote is not None
         by_quote.setdefault(quote.group(1), []).append(text)
     pairs = [v for q, v in by_quote.items() if len(v) == 2]
     assert len(pairs) == quoted.height // 2
-    for (a, b), quote in zip(pairs, [q for q, v in by_quote.items() if len(v) == 2]):
+    for (a, b), quote in zip(pairs, [q for q, v in by_quote.items() if len(v) == 2], strict=True):
         assert len(quote) >= 150
         assert fuzz.ratio(a, b) < 60
 

@@ -44,9 +44,9 @@ def planted_pairs(n: int, seed: int) -> list[tuple[str, str, str]]:
 def test_pairwise_loss_matches_formula():
     r_c = torch.tensor([2.0, -1.0, 0.5])
     r_r = torch.tensor([1.0, 0.0, 0.5])
-    expected = sum(-math.log(1 / (1 + math.exp(-(c - r - 0.3)))) for c, r in zip(r_c.tolist(), r_r.tolist()))
+    expected = sum(-math.log(1 / (1 + math.exp(-(c - r - 0.3)))) for c, r in zip(r_c.tolist(), r_r.tolist(), strict=True))
     assert pairwise_loss(r_c, r_r, margin=0.3).item() == pytest.approx(expected, rel=1e-6)
-    centered = expected + 0.1 * sum((c + r) ** 2 for c, r in zip(r_c.tolist(), r_r.tolist()))
+    centered = expected + 0.1 * sum((c + r) ** 2 for c, r in zip(r_c.tolist(), r_r.tolist(), strict=True))
     assert pairwise_loss(r_c, r_r, margin=0.3, center_coef=0.1).item() == pytest.approx(centered, rel=1e-6)
 
 

@@ -432,7 +432,7 @@ def _differ_in_stock_wording(keys: pl.Series, a: np.ndarray, b: np.ndarray, comm
 
     texts_a, texts_b = keys.gather(a).to_list(), keys.gather(b).to_list()
     result = np.zeros(len(a), dtype=bool)
-    for i, (x, y) in enumerate(zip(texts_a, texts_b)):
+    for i, (x, y) in enumerate(zip(texts_a, texts_b, strict=True)):
         ops = Indel.editops(x, y)
         removed = [stock(x, op.src_pos) for op in ops if op.tag == "delete"]
         added = [stock(y, op.dest_pos) for op in ops if op.tag == "insert"]

@@ -405,7 +405,7 @@ def _plan(rows: int, seed: int, mean_answer_chars: int) -> _Plan:
     again = np.where(question_id[a] < question_id[b], b, a)
     question_group[again] = question_id[original]
     reasked[again] = True
-    for o, r in zip(original.tolist(), again.tolist()):
+    for o, r in zip(original.tolist(), again.tolist(), strict=True):
         titles[r] = _reask_title(rnd, titles[o])
 
     # Rows grouped by question, questions in random order.
