@@ -93,7 +93,7 @@ def _llamafactory(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> 
         rows = frame.select(instruction="prompt", input=pl.lit(""), chosen="chosen", rejected="rejected")
     name = LLAMAFACTORY_NAME.format(kind=kind) + ("" if split == "train" else f"_{split}")
     path = f"formats/llamafactory/{name}.json"
-    write_bytes(folder / path, _json_array(rows))
+    write_bytes(folder / path, rows.write_json().encode())  # a JSON array of row objects, as LLaMA-Factory reads
 
     info_path = folder / "formats/llamafactory/dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
@@ -179,10 +179,6 @@ def write_parquet(frame: pl.DataFrame, path: Path) -> None:
 def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def _json_array(frame: pl.DataFrame) -> bytes:
-    return json.dumps(frame.to_dicts(), ensure_ascii=False, indent=1).encode()
 
 
 def params_hash(kind: str, params: dict, formats: Sequence[str], keep_author_ids: bool) -> str:
