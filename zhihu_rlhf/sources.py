@@ -219,9 +219,10 @@ def to_canonical(raw: pl.LazyFrame, files: SourceFiles) -> pl.LazyFrame:
     if all(c in columns for c in ZHIHU_KOL_COLUMNS):
         return _from_zhihu_kol(raw)
     if all(c in columns for c in ZHIHU_KOL_LEGACY_COLUMNS):
-        return _from_zhihu_kol_legacy(raw, columns)
+        return _from_flat(raw, columns, ZHIHU_KOL_LEGACY, is_answer=pl.lit(True))
     if all(c in columns for c in MEDIACRAWLER_COLUMNS):
-        return _from_mediacrawler(raw, columns)
+        # MediaCrawler also exports articles and videos, which answer no question.
+        return _from_flat(raw, columns, MEDIACRAWLER, is_answer=pl.col("content_type").cast(pl.String) == "answer")
     shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
     raise UserError(
         f"{files.label}: unknown table layout; expected Zhihu-KOL columns {', '.join(ZHIHU_KOL_COLUMNS)} "
@@ -265,38 +266,44 @@ def _optional(name: str, columns: list[str]) -> pl.Expr:
     return pl.col(name) if name in columns else pl.lit(None, pl.String)
 
 
-def _from_zhihu_kol_legacy(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
-    return _with_drop_reason(
-        raw.select(
-            question_id=parse_id(pl.col("问题ID")),
-            answer_id=parse_id(pl.col("回答ID")),
-            question=pl.col("问题内容").cast(pl.String),
-            answer=pl.col("回答内容").cast(pl.String),
-            upvotes=parse_upvotes(_optional("回答点赞数", columns)),
-            created_at=parse_time(_optional("回答时间", columns)),
-            author_id=_optional("作者ID", columns).cast(pl.String),
-            source=pl.lit("zhihu-kol"),
-            metadata_ok=pl.lit(True),
-            upvotes_given=_optional("回答点赞数", columns).is_not_null(),
-            is_answer=pl.lit(True),
-        )
-    )
+@dataclass(frozen=True)
+class FlatLayout:
+    """A layout with one column per canonical field (no JSON): which column holds what.
+
+    upvotes, created_at and author_id may be missing from an export; they are null then.
+    """
+
+    source: str
+    question_id: str
+    answer_id: str
+    question: str
+    answer: str
+    upvotes: str
+    created_at: str
+    author_id: str
 
 
-def _from_mediacrawler(raw: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
+ZHIHU_KOL_LEGACY = FlatLayout("zhihu-kol", "问题ID", "回答ID", "问题内容", "回答内容", "回答点赞数", "回答时间", "作者ID")
+MEDIACRAWLER = FlatLayout(
+    "mediacrawler", "question_id", "content_id", "title", "content_text", "voteup_count", "created_time", "user_id"
+)
+
+
+def _from_flat(raw: pl.LazyFrame, columns: list[str], layout: FlatLayout, is_answer: pl.Expr) -> pl.LazyFrame:
+    upvotes = _optional(layout.upvotes, columns)
     return _with_drop_reason(
         raw.select(
-            question_id=parse_id(pl.col("question_id")),
-            answer_id=parse_id(pl.col("content_id")),
-            question=pl.col("title").cast(pl.String),
-            answer=pl.col("content_text").cast(pl.String),
-            upvotes=parse_upvotes(_optional("voteup_count", columns)),
-            created_at=parse_time(_optional("created_time", columns)),
-            author_id=_optional("user_id", columns).cast(pl.String),
-            source=pl.lit("mediacrawler"),
+            question_id=parse_id(pl.col(layout.question_id)),
+            answer_id=parse_id(pl.col(layout.answer_id)),
+            question=pl.col(layout.question).cast(pl.String),
+            answer=pl.col(layout.answer).cast(pl.String),
+            upvotes=parse_upvotes(upvotes),
+            created_at=parse_time(_optional(layout.created_at, columns)),
+            author_id=_optional(layout.author_id, columns).cast(pl.String),
+            source=pl.lit(layout.source),
             metadata_ok=pl.lit(True),
-            upvotes_given=_optional("voteup_count", columns).is_not_null(),
-            is_answer=pl.col("content_type").cast(pl.String) == "answer",  # articles and videos have no question
+            upvotes_given=upvotes.is_not_null(),
+            is_answer=is_answer,
         )
     )
 
