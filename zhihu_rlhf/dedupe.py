@@ -360,8 +360,7 @@ def _candidate_pairs(
     packed = pl.Series(packed).unique().sort().to_numpy()
     key = packed >> np.uint64(row_bits)
     member = (packed & np.uint64(2**row_bits - 1)).astype(np.int64)
-    bucket_start = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-    bucket_size = np.diff(np.concatenate([bucket_start, [len(key)]]))
+    bucket_start, bucket_size = _runs(key)
     informative = np.repeat(bucket_size <= max_bucket, bucket_size)
     keys_per_row = np.bincount(member[informative], minlength=n_rows)
     # Every pair inside each bucket of 2..max_bucket rows, one bucket size at a time (vectorised).
@@ -376,12 +375,18 @@ def _candidate_pairs(
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # How many keys each pair shares: the run lengths of the sorted codes (polars sorts on every core).
     codes = pl.Series(np.concatenate(pair_codes)).sort().to_numpy()
-    run_start = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
-    code, shared = codes[run_start], np.diff(np.append(run_start, len(codes)))
+    run_start, shared = _runs(codes)
+    code = codes[run_start]
     a, b = code // n_rows, code % n_rows
     union = keys_per_row[a] + keys_per_row[b] - shared
     overlapping = shared >= min_overlap * union
     return a[overlapping], b[overlapping]
+
+
+def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal values starts in a sorted array, and how long it is."""
+    start = np.flatnonzero(np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]]))
+    return start, np.diff(np.append(start, len(sorted_values)))
 
 
 # ---------------------------------------------------------------------------------------------
