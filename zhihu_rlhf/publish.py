@@ -22,14 +22,15 @@ from pathlib import Path
 import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import (
-    HFValidationError,
     HfHubHTTPError,
+    HFValidationError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.utils.sha import git_hash
+from tqdm import tqdm
 
 from zhihu_rlhf.cards import REPO_PLACEHOLDER
 from zhihu_rlhf.errors import UserError, cli_main
@@ -88,14 +89,6 @@ def commit_message(folder: Path) -> tuple[str, str]:
     title = (f"zhihu-rlhf {params.get('tool_version', '?')}: {build['kind']} recipe from {params.get('source', '?')}, "
              f"params {build['params_hash']}")
     return title, "Build parameters:\n\n```json\n" + json.dumps(build, indent=2, ensure_ascii=False) + "\n```\n"
-
-
-def _human_size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def _target(options: PublishOptions) -> str:
@@ -157,10 +150,10 @@ def publish(options: PublishOptions, api: HfApi | None = None, log: Callable[[st
 
     if options.dry_run:
         total = sum(len(f.content) for f in files)
-        log(f"dry run: {len(files)} files ({_human_size(total)}) would go to {_target(options)} in one commit")
+        log(f"dry run: {len(files)} files ({tqdm.format_sizeof(total, 'B')}) would go to {_target(options)} in one commit")
         log(f'  commit message: "{title}"')
         for f in files:
-            log(f"  {options.folder / f.path_in_repo} -> {f.path_in_repo} ({_human_size(len(f.content))})")
+            log(f"  {options.folder / f.path_in_repo} -> {f.path_in_repo} ({tqdm.format_sizeof(len(f.content), 'B')})")
         log(f"  the repo is created ({'private' if options.private else 'public'}) if missing; files identical on "
             f"the Hub are skipped; remote files under {', '.join(MANAGED_FOLDERS)} not listed here are deleted")
         return None
