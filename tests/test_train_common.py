@@ -155,6 +155,17 @@ def test_prompt_format_plain_and_chat():
     assert common.render_completion(tokenizer, "问题", "回答", "auto") == "回答<|end|>"
 
 
+def test_pad_ids_pads_either_side_and_masks_by_length_not_by_pad_value():
+    # pad id 1 is also a real token here (pad = eos in most causal LMs): the mask must still count it.
+    ids, mask = common.pad_ids([[5, 1], [7], [8, 9, 1]], 1)
+    assert ids.dtype == mask.dtype == torch.long
+    assert ids.tolist() == [[5, 1, 1], [7, 1, 1], [8, 9, 1]]
+    assert mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
+    ids, mask = common.pad_ids([[5, 1], [7], [8, 9, 1]], -100, side="left")
+    assert ids.tolist() == [[-100, 5, 1], [-100, -100, 7], [8, 9, 1]]
+    assert mask.tolist() == [[0, 1, 1], [0, 0, 1], [1, 1, 1]]
+
+
 # ---------------------------------------------------------------- data order
 
 
@@ -170,6 +181,13 @@ def test_epoch_permutation_is_a_pure_function_of_seed_and_epoch():
     assert (common.epoch_permutation(50, seed=3, epoch=0) == first).all()
     assert sorted(first.tolist()) == list(range(50))
     assert not (common.epoch_permutation(50, seed=3, epoch=1) == first).all()
+
+
+def test_shuffled_batches_cut_the_epoch_order_into_fixed_sizes():
+    batches = common.shuffled_batches(10, 4, seed=3, epoch=1)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sum(batches, []) == common.epoch_permutation(10, seed=3, epoch=1).tolist()
+    assert common.shuffled_batches(10, 4, seed=3, epoch=2) != batches
 
 
 # ---------------------------------------------------------------- metrics and checkpoints

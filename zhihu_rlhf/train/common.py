@@ -23,6 +23,7 @@ Models
 Data
     INSTRUCT_COLUMNS, PAIRS_COLUMNS
     load_split(data, split, kind) -> list[dict[str, str]]      folder we built | Hub dataset id | "sample"
+    pad_ids(seqs, value, side="right") -> (ids, attention_mask)  [N, longest] torch.long, on the CPU
 
 Prompts (one format for every stage, so RM scores and PPO generations see what SFT trained on)
     PLAIN_TEMPLATE, TEMPLATES
@@ -38,6 +39,7 @@ Options and CLI
 The shared loop (SFT, RM and DPO plug a loss into it; PPO drives its own loop with the same pieces)
     fit(opts, rt, model, *, epoch_batches, loss_fn, evaluate, batch_tokens, out) -> dict
     epoch_permutation(n, seed, epoch) -> np.ndarray             deterministic data order per epoch
+    shuffled_batches(n, batch_size, seed, epoch) -> list[list[int]]   that order cut into fixed-size batches
     step_plan(n_batches, grad_accum, world_size) -> list[list[int]]
     make_optimizer(model, opts) / make_scheduler(optimizer, opts, total_steps)
 
@@ -362,6 +364,22 @@ def _sample_folder(kind: str) -> Path:
     return _sample_root() / kind
 
 
+def pad_ids(
+    seqs: Sequence[Sequence[int]], value: int, side: Literal["right", "left"] = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> [N, longest] ids filled with `value` on `side`, and the attention mask (1 on real tokens).
+
+    Both torch.long on the CPU (callers move them). The mask comes from the lengths, never from `value`: the pad
+    id is often the eos id, which also appears as a real token. Left padding right-aligns the rows, so generated
+    tokens all start at the same column (PPO prompts).
+    """
+    ids = [torch.tensor(s, dtype=torch.long) for s in seqs]
+    ones = [torch.ones(len(s), dtype=torch.long) for s in seqs]
+    padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=value, padding_side=side)
+    mask = torch.nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_value=0, padding_side=side)
+    return padded, mask
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt format
 
@@ -646,6 +664,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, total_s
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of n examples in an epoch: a pure function of (seed, epoch), so a resumed run sees the same."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """An epoch's micro-batches of example indices: epoch_permutation cut into batch_size pieces (last may be short)."""
+    order = epoch_permutation(n, seed, epoch).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def step_plan(n_batches: int, grad_accum: int, world_size: int) -> list[list[int]]:

@@ -24,17 +24,18 @@ from zhihu_rlhf.train.common import (
     Runtime,
     TrainOptions,
     encode_example,
-    epoch_permutation,
     fit,
     iter_chunks,
     load_split,
     load_tokenizer_and_model,
+    pad_ids,
     parse_options,
     plot_metrics,
     resolve_template,
     save_final,
     seed_everything,
     setup_runtime,
+    shuffled_batches,
     shutdown_runtime,
 )
 
@@ -125,14 +126,10 @@ def sequence_logps(
     Only positions that predict a response token go through the LM head (logits_to_keep as a boolean mask),
     so the [tokens, vocab] logits of prompts and padding are never built.
     """
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    targets_mask = torch.zeros((len(examples), width), dtype=torch.bool)  # [N, L]: token is a response token
-    for row, (ids, prompt_len) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        targets_mask[row, prompt_len : len(ids)] = True
+    input_ids, attention_mask = pad_ids([ids for ids, _ in examples], pad_id)  # [N, L]
+    prompt_lens = torch.tensor([prompt_len for _, prompt_len in examples])  # [N]
+    # [N, L]: token is a response token (past its prompt and not padding)
+    targets_mask = attention_mask.bool() & (torch.arange(input_ids.shape[1]) >= prompt_lens[:, None])
     input_ids, attention_mask, targets_mask = input_ids.to(device), attention_mask.to(device), targets_mask.to(device)
     keep = F.pad(targets_mask[:, 1:], (0, 1), value=False)  # [N, L]: positions whose next token is a response token
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
@@ -229,8 +226,7 @@ def _fit(
     test_pairs: list[EncodedPair], ref_train: tuple[torch.Tensor, torch.Tensor], ref_test: tuple[torch.Tensor, torch.Tensor],
 ) -> dict[str, float]:
     def epoch_batches(epoch: int) -> list[list[int]]:
-        order = epoch_permutation(len(train_pairs), opts.seed, epoch).tolist()
-        return [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+        return shuffled_batches(len(train_pairs), opts.batch_size, opts.seed, epoch)
 
     def loss_fn(m: nn.Module, indices: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
         loss_sum, sums = _pair_metrics(m, train_pairs, indices, ref_train, opts, pad_id, rt.device)

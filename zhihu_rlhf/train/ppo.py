@@ -48,6 +48,7 @@ from zhihu_rlhf.train.common import (
     make_optimizer,
     make_scheduler,
     MetricsLogger,
+    pad_ids,
     parse_options,
     plot_metrics,
     render_prompt,
@@ -457,12 +458,7 @@ class Rollout:
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts right-aligned (B, P) so every response starts at column P; with its attention mask."""
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[row, width - len(ids) :] = 1
+    input_ids, attention_mask = pad_ids(prompt_ids, pad_id, side="left")
     return input_ids.to(device), attention_mask.to(device)
 
 

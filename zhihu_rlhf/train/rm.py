@@ -27,17 +27,18 @@ from zhihu_rlhf.train.common import (
     Runtime,
     TrainOptions,
     encode_example,
-    epoch_permutation,
     fit,
     iter_chunks,
     load_split,
     load_tokenizer_and_model,
+    pad_ids,
     parse_options,
     plot_metrics,
     resolve_template,
     save_final,
     seed_everything,
     setup_runtime,
+    shuffled_batches,
     shutdown_runtime,
 )
 
@@ -89,12 +90,7 @@ def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: 
 
 def collate_sequences(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """[N, longest] right-padded ids + attention_mask."""
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        input_ids[row, : len(s)] = torch.tensor(s)
-        attention_mask[row, : len(s)] = 1
+    input_ids, attention_mask = pad_ids(seqs, pad_id)
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
@@ -170,8 +166,7 @@ def _fit(
     opts: RMOptions, rt: Runtime, model: nn.Module, pad_id: int, train_pairs: list[EncodedPair], test_pairs: list[EncodedPair]
 ) -> dict[str, float]:
     def epoch_batches(epoch: int) -> list[list[int]]:
-        order = epoch_permutation(len(train_pairs), opts.seed, epoch).tolist()
-        return [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
+        return shuffled_batches(len(train_pairs), opts.batch_size, opts.seed, epoch)
 
     def loss_fn(m: nn.Module, indices: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
         r_c, r_r = pair_rewards(m, [train_pairs[i] for i in indices], pad_id, rt.device)

@@ -31,6 +31,7 @@ from zhihu_rlhf.train.common import (
     fit,
     load_split,
     load_tokenizer_and_model,
+    pad_ids,
     parse_options,
     plot_metrics,
     resolve_template,
@@ -129,16 +130,9 @@ def collate_packed(examples: list[Example], device: torch.device) -> dict[str, t
 
 
 def collate_padded(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """[batch, longest] right-padded, with attention_mask."""
-    width = max(len(ex.input_ids) for ex in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        input_ids[row, :n] = torch.tensor(ex.input_ids)
-        labels[row, :n] = torch.tensor(labels_for(ex))
-        attention_mask[row, :n] = 1
+    """[batch, longest] right-padded, with attention_mask; labels are IGNORE on padding."""
+    input_ids, attention_mask = pad_ids([ex.input_ids for ex in examples], pad_id)
+    labels, _ = pad_ids([labels_for(ex) for ex in examples], IGNORE)  # same lengths, so the same mask
     return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention_mask.to(device)}
 
 
