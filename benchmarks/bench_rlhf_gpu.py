@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.train import common, ppo, rm, sft
+from zhihu_rlhf.train import options, ppo, report, rm, sft
 
 CHARS = "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动方期它头经长儿回位分爱老因很给名法间斯知世什两次使身者被高已亲其进此话常与活正感"
 
@@ -122,11 +122,11 @@ def main() -> int:
         ppo_argv += ["--max-new-tokens", "8", "--rollout-batch-size", "16", "--micro-batch-size", "8"]
 
     seconds = {
-        "sft": timed("sft (3 epochs)", sft.train, common.parse_options(sft.SFTOptions, sft_argv, "sft", "")),
-        "rm": timed("rm (1 epoch)", rm.train, common.parse_options(rm.RMOptions, rm_argv, "rm", "")),
-        "ppo": timed("ppo (1 epoch)", ppo.train, common.parse_options(ppo.PPOOptions, ppo_argv, "ppo", "")),
+        "sft": timed("sft (3 epochs)", sft.train, options.parse_options(sft.SFTOptions, sft_argv, "sft", "")),
+        "rm": timed("rm (1 epoch)", rm.train, options.parse_options(rm.RMOptions, rm_argv, "rm", "")),
+        "ppo": timed("ppo (1 epoch)", ppo.train, options.parse_options(ppo.PPOOptions, ppo_argv, "ppo", "")),
     }
-    records = [r for r in common.read_metrics(work / "ppo") if r["split"] == "train"]
+    records = [r for r in report.read_metrics(work / "ppo") if r["split"] == "train"]
     # Per-iteration tokens/s -> totals: time = tokens / rate per iteration, summed.
     rollout_s = sum(r["response_length"] * args.rollout_batch_size / r["rollout_tokens_per_s"] for r in records)
     results = {

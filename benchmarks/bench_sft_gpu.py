@@ -32,7 +32,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from zhihu_rlhf.train import common, sft
+from zhihu_rlhf.train import options, prompts, report, sft
 
 CHARS = "的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会家可下而过天去能对小多然于心学么之都好看起发当没成只如事把还用第样道想作种开美总从无情己面最女但现前些所同日手又行意动方期它头经长儿回位分爱老因很给名法间斯知世什两次使身者被高已亲其进此话常与活正感"
 
@@ -82,8 +82,8 @@ def run_ours(args, model_dir: Path, data_dir: Path, work: Path) -> dict:
         "--batch-tokens", str(args.batch_tokens), "--max-len", str(args.max_len), "--grad-accum", "1",
         "--lr", "2e-5", "--save-steps", "0", "--attn-impl", args.attn_impl, "--device", args.device,
     ]
-    sft.train(common.parse_options(sft.SFTOptions, argv, "sft", ""))
-    records = [r for r in common.read_metrics(out) if r["split"] == "train"]
+    sft.train(options.parse_options(sft.SFTOptions, argv, "sft", ""))
+    records = [r for r in report.read_metrics(out) if r["split"] == "train"]
     # `tokens` is cumulative; each step's own count over its tokens_per_s is its wall time.
     step_tokens = [r["tokens"] - prev for r, prev in zip(records, [0] + [r["tokens"] for r in records[:-1]], strict=True)]
     kept = list(zip(records, step_tokens, strict=True))[args.skip_steps :]
@@ -101,7 +101,7 @@ def run_trl(args, model_dir: Path, tokenizer, train_rows: list[dict], work: Path
 
     ids, masks = [], []
     for row in train_rows:
-        input_ids, prompt_len = common.encode_example(tokenizer, row["prompt"], row["completion"], "plain", args.max_len)
+        input_ids, prompt_len = prompts.encode_example(tokenizer, row["prompt"], row["completion"], "plain", args.max_len)
         ids.append(input_ids)
         masks.append([0] * prompt_len + [1] * (len(input_ids) - prompt_len))
     dataset = datasets.Dataset.from_dict({"input_ids": ids, "completion_mask": masks})
@@ -179,7 +179,7 @@ def main() -> int:
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         del model
-        lengths = [len(common.encode_example(tokenizer, r["prompt"], r["completion"], "plain", args.max_len)[0]) for r in rows[: args.examples]]
+        lengths = [len(prompts.encode_example(tokenizer, r["prompt"], r["completion"], "plain", args.max_len)[0]) for r in rows[: args.examples]]
         avg_sq = sum(n * n for n in lengths) / sum(lengths)  # attention cost per token ~ length
 
         device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

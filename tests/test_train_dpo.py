@@ -11,7 +11,10 @@ import polars as pl
 import pytest
 import torch
 
-from zhihu_rlhf.train.common import load_split, load_tokenizer_and_model, read_metrics, seed_everything
+from zhihu_rlhf.train.data import load_split
+from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.report import read_metrics
+from zhihu_rlhf.train.runtime import seed_everything
 from zhihu_rlhf.train.dpo import DPOOptions, dpo_loss, encode_pairs, pair_logps, train
 
 

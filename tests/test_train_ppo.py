@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
-from zhihu_rlhf.train.common import read_metrics
+from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.ppo import (
     AdaptiveKLController,
     PPOOptions,

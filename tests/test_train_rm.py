@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from zhihu_rlhf.errors import cli_main
-from zhihu_rlhf.train import common, rm
+from zhihu_rlhf.train import models, report, rm
+from zhihu_rlhf.train.prompts import encode_example
 from zhihu_rlhf.train.rm import EncodedPair, RMOptions, pair_rewards, pairwise_loss
 
 
@@ -52,10 +53,10 @@ def test_pairwise_loss_matches_formula():
 
 def test_chosen_and_rejected_share_one_forward_pass_and_padding_does_not_change_rewards():
     torch.manual_seed(0)
-    tokenizer, model = common.load_tokenizer_and_model("tiny", "reward")
+    tokenizer, model = models.load_tokenizer_and_model("tiny", "reward")
     model.eval()
     pairs = [
-        EncodedPair(common.encode_example(tokenizer, p, c, "plain", 128)[0], common.encode_example(tokenizer, p, r, "plain", 128)[0])
+        EncodedPair(encode_example(tokenizer, p, c, "plain", 128)[0], encode_example(tokenizer, p, r, "plain", 128)[0])
         for p, c, r in planted_pairs(3, seed=1)
     ]
     calls = []
@@ -82,7 +83,7 @@ def trained_rm(tmp_path_factory) -> tuple[RMOptions, dict, list[tuple[str, str, 
 
 def test_rm_learns_the_planted_preference(trained_rm):
     opts, results, _ = trained_rm
-    evals = [r for r in common.read_metrics(opts.out) if r["split"] == "eval"]
+    evals = [r for r in report.read_metrics(opts.out) if r["split"] == "eval"]
     assert len(evals) == 2  # one evaluation per epoch
     assert results["accuracy"] >= 0.9
     assert results["margin"] > 0

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zhihu_rlhf.errors import cli_main
-from zhihu_rlhf.train import common, sft
+from zhihu_rlhf.train import loop, models, prompts, report, sft
 from zhihu_rlhf.train.sft import (
     IGNORE,
     Example,
@@ -67,8 +67,8 @@ def byt5_ids(text: str) -> list[int]:
 
 def test_completion_only_masking_by_hand():
     torch.manual_seed(0)
-    tokenizer, model = common.load_tokenizer_and_model("tiny", "causal-lm")
-    ids, prompt_len = common.encode_example(tokenizer, "天空为什么是蓝的？", "因为散射。", "plain", 256)
+    tokenizer, model = models.load_tokenizer_and_model("tiny", "causal-lm")
+    ids, prompt_len = prompts.encode_example(tokenizer, "天空为什么是蓝的？", "因为散射。", "plain", 256)
 
     prompt_ids = byt5_ids("Human: 天空为什么是蓝的？\n\nAssistant: ")
     completion_ids = byt5_ids("因为散射。") + [1]  # + eos
@@ -88,8 +88,8 @@ def test_completion_only_masking_by_hand():
 
 
 def test_truncation_keeps_prompt_end_and_completion_start():
-    tokenizer = common.load_tokenizer("tiny")
-    ids, prompt_len = common.encode_example(tokenizer, "甲" * 40, "乙" * 40, "plain", 64)
+    tokenizer = models.load_tokenizer("tiny")
+    ids, prompt_len = prompts.encode_example(tokenizer, "甲" * 40, "乙" * 40, "plain", 64)
     assert len(ids) == 64 and prompt_len == 32
     assert ids[prompt_len - len(byt5_ids("Assistant: ")) : prompt_len] == byt5_ids("Assistant: ")
     assert ids[prompt_len : prompt_len + 3] == byt5_ids("乙")
@@ -97,9 +97,9 @@ def test_truncation_keeps_prompt_end_and_completion_start():
 
 def test_packed_and_padded_batches_give_the_same_loss():
     torch.manual_seed(0)
-    tokenizer, model = common.load_tokenizer_and_model("tiny", "causal-lm")
+    tokenizer, model = models.load_tokenizer_and_model("tiny", "causal-lm")
     rows = [("短", "好。"), ("一个长一点的问题，关于知乎？", "一个更长的回答" * 3), ("问", "答" * 7), ("为什么", "因为")]
-    examples = [Example(*common.encode_example(tokenizer, p, c, "plain", 256)) for p, c in rows]
+    examples = [Example(*prompts.encode_example(tokenizer, p, c, "plain", 256)) for p, c in rows]
     cpu = torch.device("cpu")
     with torch.no_grad():
         packed_sum, packed_n = completion_loss(model, collate_packed(examples, cpu))
@@ -131,8 +131,8 @@ def finished_run(instruct_dir, tmp_path_factory) -> tuple[SFTOptions, dict]:
 
 def test_loss_falls_well_below_its_start(finished_run):
     opts, results = finished_run
-    train = [r for r in common.read_metrics(opts.out) if r["split"] == "train"]
-    evals = [r for r in common.read_metrics(opts.out) if r["split"] == "eval"]
+    train = [r for r in report.read_metrics(opts.out) if r["split"] == "train"]
+    evals = [r for r in report.read_metrics(opts.out) if r["split"] == "eval"]
     assert [r["step"] for r in train] == list(range(1, len(train) + 1))
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
     assert evals[-1]["loss"] < 0.6 * evals[0]["loss"] + 0.4 * train[0]["loss"]  # held-out loss falls too
@@ -143,16 +143,16 @@ def test_run_writes_hf_model_card_and_curves(finished_run):
     opts, _ = finished_run
     out = opts.out
     assert (out / "curves.png").stat().st_size > 1000
-    assert not (out / common.CHECKPOINT_DIR).exists()  # removed after a finished run
+    assert not (out / loop.CHECKPOINT_DIR).exists()  # removed after a finished run
     card = (out / "README.md").read_text()
     assert "Base model:** `tiny`" in card and str(opts.data) in card and "| `lr` | `0.003` |" in card
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
-    ids, prompt_len = common.encode_example(tokenizer, "问题3：3的两倍是多少？", "答：6。因为3加3等于6。", "plain", 128)
+    ids, prompt_len = prompts.encode_example(tokenizer, "问题3：3的两倍是多少？", "答：6。因为3加3等于6。", "plain", 128)
     example = Example(ids, prompt_len)
     with torch.no_grad():
         loss, n = completion_loss(model, collate_packed([example], torch.device("cpu")))
-    train = [r for r in common.read_metrics(out) if r["split"] == "train"]
+    train = [r for r in report.read_metrics(out) if r["split"] == "train"]
     assert loss.item() / n < train[0]["loss"]  # the reloaded weights are the trained ones
 
 
@@ -163,24 +163,24 @@ class Killed(Exception):
 def test_kill_and_resume_reproduces_the_uninterrupted_run(instruct_dir, tmp_path, monkeypatch):
     kw = dict(save_steps=4, epochs=3, batch_tokens=200)
     full = sft.train(small_opts(instruct_dir, tmp_path / "full", **kw))
-    full_train = [r for r in common.read_metrics(tmp_path / "full") if r["split"] == "train"]
+    full_train = [r for r in report.read_metrics(tmp_path / "full") if r["split"] == "train"]
 
     # Crash at step 7, after the checkpoint at step 4 and after the epoch boundary checkpoint state.
-    original_log = common.MetricsLogger.log
+    original_log = report.MetricsLogger.log
 
     def log_then_die(self, step, split, **metrics):
         original_log(self, step, split, **metrics)
         if step == 7 and split == "train":
             raise Killed()
 
-    monkeypatch.setattr(common.MetricsLogger, "log", log_then_die)
+    monkeypatch.setattr(report.MetricsLogger, "log", log_then_die)
     with pytest.raises(Killed):
         sft.train(small_opts(instruct_dir, tmp_path / "resumed", **kw))
-    monkeypatch.setattr(common.MetricsLogger, "log", original_log)
-    assert common.latest_checkpoint(tmp_path / "resumed").name == "step-00000004"
+    monkeypatch.setattr(report.MetricsLogger, "log", original_log)
+    assert loop.latest_checkpoint(tmp_path / "resumed").name == "step-00000004"
 
     resumed = sft.train(small_opts(instruct_dir, tmp_path / "resumed", resume=True, **kw))
-    resumed_train = [r for r in common.read_metrics(tmp_path / "resumed") if r["split"] == "train"]
+    resumed_train = [r for r in report.read_metrics(tmp_path / "resumed") if r["split"] == "train"]
     assert [r["step"] for r in resumed_train] == [r["step"] for r in full_train]  # one curve, no fork
     assert resumed_train[-1]["loss"] == pytest.approx(full_train[-1]["loss"], abs=1e-5)
     assert resumed["loss"] == pytest.approx(full["loss"], abs=1e-5)
@@ -233,8 +233,8 @@ def test_torchrun_two_processes_match_one_process_with_accumulation(instruct_dir
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = [r for r in common.read_metrics(tmp_path / "one") if r["split"] == "train"]
-    two = [r for r in common.read_metrics(tmp_path / "two") if r["split"] == "train"]
+    one = [r for r in report.read_metrics(tmp_path / "one") if r["split"] == "train"]
+    two = [r for r in report.read_metrics(tmp_path / "two") if r["split"] == "train"]
     # 16 examples of ~90 tokens packed 2 per row -> 8 micro-batches -> 4 steps of 2 micro-batches in both runs.
     assert len(one) == len(two) == 4
     for a, b in zip(one, two, strict=True):

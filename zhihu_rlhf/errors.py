@@ -10,6 +10,12 @@ class UserError(Exception):
     """Bad input or arguments: the message says what is wrong and where (file, row, field)."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (or its type), to quote inside a one-line UserError."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a CLI entry point; a UserError becomes `error: ...` on stderr and exit code 2, no traceback."""
     try:

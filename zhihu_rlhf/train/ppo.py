@@ -33,33 +33,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.common import (
+from zhihu_rlhf.train.data import epoch_permutation, iter_chunks, load_split, pad_ids
+from zhihu_rlhf.train.loop import (
     CHECKPOINT_DIR,
-    TEMPLATES,
-    ModelCardInfo,
-    Runtime,
-    TrainOptions,
-    epoch_permutation,
-    iter_chunks,
     latest_checkpoint,
     load_checkpoint,
-    load_split,
-    load_tokenizer_and_model,
     make_optimizer,
     make_scheduler,
-    MetricsLogger,
-    pad_ids,
-    parse_options,
-    plot_metrics,
-    render_prompt,
-    resolve_template,
     save_checkpoint,
-    save_final,
-    seed_everything,
-    setup_runtime,
-    shutdown_runtime,
-    wrap_ddp,
 )
+from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.options import TrainOptions, parse_options
+from zhihu_rlhf.train.prompts import TEMPLATES, render_prompt, resolve_template
+from zhihu_rlhf.train.report import MetricsLogger, ModelCardInfo, plot_metrics, save_final
+from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
 
 # A programmatic reward: (prompts, responses) -> one score per response (rule-based rewards: format, length, ...).
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]

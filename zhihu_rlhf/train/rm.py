@@ -1,7 +1,7 @@
 """Reward model: `python -m zhihu_rlhf.train rm --model M --data PAIRS --out OUT`.
 
 A one-output AutoModelForSequenceClassification reads a scalar reward at the last non-pad token of
-prompt + response (same prompt format as SFT, see common.render_prompt). Each micro-batch puts the chosen and the
+prompt + response (same prompt format as SFT, see prompts.render_prompt). Each micro-batch puts the chosen and the
 rejected responses of its pairs in ONE forward pass ([2B, T]: chosen rows first), then
 
     loss = -log sigmoid(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected)^2
@@ -21,26 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.common import (
-    TEMPLATES,
-    ModelCardInfo,
-    Runtime,
-    TrainOptions,
-    encode_example,
-    fit,
-    iter_chunks,
-    load_split,
-    load_tokenizer_and_model,
-    pad_ids,
-    parse_options,
-    plot_metrics,
-    resolve_template,
-    save_final,
-    seed_everything,
-    setup_runtime,
-    shuffled_batches,
-    shutdown_runtime,
-)
+from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
+from zhihu_rlhf.train.loop import fit
+from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.options import TrainOptions, parse_options
+from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
+from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
+from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 
 
 @dataclass(kw_only=True)

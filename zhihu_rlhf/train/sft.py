@@ -1,11 +1,11 @@
 """Supervised fine-tuning: `python -m zhihu_rlhf.train sft --model M --data D --out OUT`.
 
 Each instruct row (prompt, completion) becomes prompt tokens + completion tokens in the prompt format of
-common.render_prompt (the tokenizer's chat template, else "Human: {prompt}\\n\\nAssistant: " + completion + eos).
+prompts.render_prompt (the tokenizer's chat template, else "Human: {prompt}\\n\\nAssistant: " + completion + eos).
 The loss is the mean cross-entropy over completion tokens only.
 
 Batching: by default examples are packed padding-free, one row of at most --batch-tokens tokens per micro-batch,
-position ids restarting at 0 for each example so attention never crosses examples (see common's docstring).
+position ids restarting at 0 for each example so attention never crosses examples (see models.py's docstring).
 --batch-size N instead pads N examples per micro-batch (useful to compare, or for attention kernels without packing).
 """
 
@@ -21,25 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.common import (
-    TEMPLATES,
-    ModelCardInfo,
-    Runtime,
-    TrainOptions,
-    encode_example,
-    epoch_permutation,
-    fit,
-    load_split,
-    load_tokenizer_and_model,
-    pad_ids,
-    parse_options,
-    plot_metrics,
-    resolve_template,
-    save_final,
-    seed_everything,
-    setup_runtime,
-    shutdown_runtime,
-)
+from zhihu_rlhf.train.data import epoch_permutation, load_split, pad_ids
+from zhihu_rlhf.train.loop import fit
+from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.options import TrainOptions, parse_options
+from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
+from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
+from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 
 IGNORE = -100  # label of tokens the loss skips (prompt, padding)
 

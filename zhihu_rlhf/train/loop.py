@@ -1,0 +1,268 @@
+"""The shared training loop: accumulation, the loss contract, optimizer, schedule, checkpoints.
+
+SFT, RM and DPO plug a loss into `fit`; PPO drives its own loop with the same optimizer, schedule and checkpoints.
+
+The loss contract. Every loss_fn returns a SUM, and fit divides the gradients by the step's global count:
+
+    loss, count, extras = loss_fn(model, batch)        one micro-batch, on one rank
+      loss    0-dim float tensor, the unnormalised sum of per-unit losses:
+                SFT       cross-entropy summed over the N completion tokens of a [1, T] packed or [B, T] padded
+                          batch; count = N tokens
+                RM / DPO  pairwise loss summed over the B pairs (one forward over [2B, T]: chosen rows, then
+                          rejected rows; rewards or log-probs [B] per side); count = B pairs
+      count   how many units `loss` sums over (tokens or pairs)
+      extras  {metric: sum over the same units}, e.g. RM {"accuracy": pairs ranked right, "margin": sum of gaps}
+
+    For one optimizer step, C = sum of `count` over the step's micro-batches on all ranks. Each micro-batch's
+    `loss` is backpropagated as returned; before optimizer.step() every gradient is multiplied by world_size / C
+    (DDP has already averaged over ranks). The update therefore follows the gradient of
+
+        sum over the step's micro-batches and ranks of loss  /  C        (a mean per token or per pair)
+
+    whatever the packing, padding, accumulation or number of ranks. What is backpropagated is the sum; what is
+    logged (train `loss` and each extra, all-reduced and divided by C) is that mean.
+
+    fit(opts, rt, model, *, epoch_batches, loss_fn, evaluate, batch_tokens, out) -> last eval metrics
+    make_optimizer(model, opts) / make_scheduler(optimizer, opts, total_steps)
+    step_plan(n_batches, grad_accum, world_size) -> list[list[int]]
+    save_checkpoint / latest_checkpoint / load_checkpoint   OUT/checkpoints/step-XXXXXXXX
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.train.options import TrainOptions
+from zhihu_rlhf.train.report import MetricsLogger
+from zhihu_rlhf.train.runtime import Runtime, unwrap, wrap_ddp
+
+
+Batch = Any  # whatever a command's loss_fn understands (e.g. a list of example indices)
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, float, dict[str, float]]]
+
+
+def fit(
+    opts: TrainOptions,
+    rt: Runtime,
+    model: nn.Module,
+    *,
+    epoch_batches: Callable[[int], Sequence[Batch]],
+    loss_fn: LossFn,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    batch_tokens: Callable[[Batch], int],
+    out: Path | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train `model` (already on rt.device) and return the last eval metrics.
+
+    epoch_batches(epoch) -> the epoch's micro-batches in order (deterministic in epoch: resume relies on it).
+    loss_fn(model, batch) -> (loss sum, count, extras sums): the loss contract at the top of this module.
+    evaluate(model) -> metrics on the test split (called on every rank; only rank 0 logs them).
+    batch_tokens(batch) -> tokens the batch feeds the model (throughput).
+    """
+    out = out or opts.out
+    # Step plans for every epoch up front: the scheduler needs the total, resume needs the positions.
+    # A fractional --epochs runs the first part of the last epoch.
+    n_epochs = math.ceil(opts.epochs)
+    plans = [step_plan(len(epoch_batches(e)), opts.grad_accum, rt.world_size) for e in range(n_epochs)]
+    last_fraction = opts.epochs - (n_epochs - 1)
+    plans[-1] = plans[-1][: max(1, math.ceil(len(plans[-1]) * last_fraction))]
+    total_steps = sum(len(p) for p in plans)
+    if total_steps == 0:
+        raise UserError("the training split gives no optimizer step (too few examples for the batch settings)")
+
+    ddp_model = wrap_ddp(model, rt)
+    optimizer = make_optimizer(model, opts)
+    scheduler = make_scheduler(optimizer, opts, total_steps)
+
+    global_step, start_epoch, start_step_in_epoch, tokens_seen = 0, 0, 0, 0
+    resume_step: int | None = None
+    ckpt = latest_checkpoint(out)
+    if opts.resume:
+        if ckpt is None:
+            raise UserError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, rt)
+        global_step, start_epoch = state["global_step"], state["epoch"]
+        start_step_in_epoch, tokens_seen = state["step_in_epoch"], state["tokens_seen"]
+        resume_step = global_step
+    elif ckpt is not None:
+        raise UserError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+
+    logger = MetricsLogger(out, rt, resume_step)
+    params = [p for p in model.parameters() if p.requires_grad]
+    eval_metrics: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=global_step, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    for epoch in range(start_epoch, n_epochs):
+        batches = epoch_batches(epoch)
+        first = start_step_in_epoch if epoch == start_epoch else 0
+        for step_in_epoch in range(first, len(plans[epoch])):
+            t0 = time.perf_counter()
+            ddp_model.train()
+            my_batches = [batches[i] for i in plans[epoch][step_in_epoch][rt.rank :: rt.world_size]]
+            loss_sum, count, extra_sums, step_tokens = 0.0, 0.0, {}, 0
+            for i, batch in enumerate(my_batches):
+                with rt.no_sync(ddp_model, sync=i == len(my_batches) - 1), rt.autocast():
+                    loss, n, extras = loss_fn(ddp_model, batch)
+                loss.backward()
+                loss_sum += loss.item()
+                count += n
+                step_tokens += batch_tokens(batch)
+                for k, v in extras.items():
+                    extra_sums[k] = extra_sums.get(k, 0.0) + v
+            # Gradients hold sum-over-count of this rank; DDP averaged them over ranks. Scale to a mean over
+            # everything the step saw on all ranks.
+            total_count = rt.all_reduce_sum(count)
+            scale = rt.world_size / max(total_count, 1.0)
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm).item() if opts.max_grad_norm > 0 else 0.0
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+
+            step_loss = rt.all_reduce_sum(loss_sum) / max(total_count, 1.0)
+            step_tokens = int(rt.all_reduce_sum(step_tokens))
+            tokens_seen += step_tokens
+            tokens_per_s = step_tokens / (time.perf_counter() - t0)
+            extras_mean = {k: rt.all_reduce_sum(v) / max(total_count, 1.0) for k, v in sorted(extra_sums.items())}
+            logger.log(
+                global_step,
+                "train",
+                epoch=epoch + (step_in_epoch + 1) / len(plans[epoch]),
+                loss=step_loss,
+                **extras_mean,
+                lr=scheduler.get_last_lr()[0],
+                grad_norm=grad_norm,
+                tokens=tokens_seen,
+                tokens_per_s=tokens_per_s,
+            )
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", epoch=epoch)
+
+            at_epoch_end = step_in_epoch == len(plans[epoch]) - 1
+            if at_epoch_end or (opts.eval_steps and global_step % opts.eval_steps == 0):
+                ddp_model.eval()
+                with torch.no_grad(), rt.autocast():
+                    eval_metrics = evaluate(model)
+                logger.log(global_step, "eval", epoch=epoch + (step_in_epoch + 1) / len(plans[epoch]), **eval_metrics)
+                if rt.is_main:
+                    bar.write(f"step {global_step} eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+            if opts.save_steps and global_step % opts.save_steps == 0 and global_step < total_steps:
+                position = {"epoch": epoch, "step_in_epoch": step_in_epoch + 1}
+                if at_epoch_end:
+                    position = {"epoch": epoch + 1, "step_in_epoch": 0}
+                state = {"global_step": global_step, "tokens_seen": tokens_seen, **position}
+                save_checkpoint(out, rt, model, optimizer, scheduler, state, opts.save_limit)
+    bar.close()
+    logger.close()
+    if rt.is_main and not opts.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return eval_metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizer, schedule, step plan
+
+
+def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (embeddings, linear weights), not on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup = int(round(opts.warmup_ratio * total_steps))
+    return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def step_plan(n_batches: int, grad_accum: int, world_size: int) -> list[list[int]]:
+    """Group an epoch's micro-batches into optimizer steps: grad_accum * world_size each.
+
+    Rank r runs plan[step][r::world_size]. On one process the last step may be short; with several, a short last
+    step is dropped so every rank runs the same number of backward passes (DDP requires it).
+    """
+    per_step = grad_accum * world_size
+    plan = [list(range(i, min(i + per_step, n_batches))) for i in range(0, n_batches, per_step)]
+    if world_size > 1 and plan and len(plan[-1]) < per_step:
+        plan.pop()
+    return plan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_checkpoint(
+    out: Path, rt: Runtime, model: nn.Module, optimizer, scheduler, state: dict[str, Any], save_limit: int
+) -> Path | None:
+    """OUT/checkpoints/step-XXXXXXXX: weights, optimizer, scheduler, RNG states and `state` (step, data position).
+
+    Written to a temporary folder and renamed, so a kill mid-save never leaves a half checkpoint.
+    """
+    if not rt.is_main:
+        rt.barrier()
+        return None
+    root = out / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['global_step']:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    torch.save(unwrap(model).state_dict(), tmp / "model.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in sorted(root.glob("step-*"))[:-save_limit] if save_limit > 0 else []:
+        shutil.rmtree(old)
+    rt.barrier()
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / CHECKPOINT_DIR).glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, rt: Runtime) -> dict[str, Any]:
+    """Restore everything save_checkpoint wrote; returns its `state` dict."""
+    unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location=rt.device))
+    opt_state = torch.load(path / "optimizer.pt", map_location=rt.device, weights_only=False)
+    optimizer.load_state_dict(opt_state["optimizer"])
+    scheduler.load_state_dict(opt_state["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,206 @@
+"""What a run leaves behind: metrics.jsonl (+ TensorBoard), curves.png, the model card and the final save.
+
+    MetricsLogger(out, rt, resume_step)   OUT/metrics.jsonl (+ TensorBoard when installed)
+    read_metrics(out) -> list[dict]
+    plot_metrics(out) -> Path              OUT/curves.png
+    save_final(out, model, tokenizer, card) -> Path          HF-format model + tokenizer + README.md model card
+    ModelCardInfo
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zhihu_rlhf.train.models import TINY_MODEL
+from zhihu_rlhf.train.runtime import Runtime, unwrap
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.jsonl, TensorBoard, curves.png
+
+
+class MetricsLogger:
+    """Appends one JSON object per record to OUT/metrics.jsonl (rank 0 only); mirrors to TensorBoard if installed.
+
+    On resume, records after the checkpoint's step are dropped first so the curve continues without a fork.
+    """
+
+    def __init__(self, out: Path, rt: Runtime, resume_step: int | None = None) -> None:
+        self.path = out / "metrics.jsonl"
+        self.enabled = rt.is_main
+        self._tb = None
+        if not self.enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [
+                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            SummaryWriter = None  # noqa: N806
+        if SummaryWriter is not None:
+            self._tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+
+    def log(self, step: int, split: str, **metrics: float) -> None:
+        """One record: {"step", "split" ("train" | "eval" | ...), metric: value ...}."""
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, **{k: _json_number(v) for k, v in metrics.items()}}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(f"{split}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(out: Path) -> list[dict[str, Any]]:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+# Bookkeeping columns not worth a panel.
+_NOT_PLOTTED = {"step", "split", "epoch", "lr", "tokens_per_s", "tokens"}
+
+
+def plot_metrics(out: Path, title: str = "") -> Path | None:
+    """OUT/curves.png: one panel per metric, train and eval lines against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(out)
+    keys = sorted({k for r in records for k, v in r.items() if k not in _NOT_PLOTTED and isinstance(v, (int, float))})
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for split in sorted({r["split"] for r in records}):
+            pts = [(r["step"], r[key]) for r in records if r["split"] == split and isinstance(r.get(key), (int, float))]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, label=split)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model card and the final save
+
+
+@dataclass
+class ModelCardInfo:
+    """What the README.md model card says about a run."""
+
+    task: str  # "sft" | "rm" | "ppo" | "dpo"
+    base_model: str
+    data: str
+    options: dict[str, Any]
+    results: dict[str, Any]
+    usage: str  # a short Python snippet showing how to load and use the model
+    extra: str = ""  # free markdown (e.g. the prompt format)
+
+
+def _model_card(info: ModelCardInfo):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    is_local = info.base_model == TINY_MODEL or Path(info.base_model).exists()
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=None if is_local else info.base_model,
+        datasets=None if Path(info.data).exists() or info.data == "sample" else [info.data],
+        tags=["zhihu-rlhf", info.task],
+        language=["zh"],
+    )
+    opts = "\n".join(f"| `{k}` | `{v}` |" for k, v in sorted(info.options.items()))
+    results = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in info.results.items())
+    content = f"""---
+{card_data.to_yaml()}
+---
+
+# {info.task.upper()} model trained with zhihu-rlhf
+
+- **Base model:** `{info.base_model}`
+- **Training data:** `{info.data}`
+- **Trained with:** `python -m zhihu_rlhf.train {info.task}` ([zhihu-rlhf](https://github.com/))
+
+{info.extra}
+
+## Results
+
+| metric | value |
+|---|---|
+{results}
+
+Training curves: `curves.png`; every logged step: `metrics.jsonl`.
+
+## Usage
+
+```python
+{info.usage.strip()}
+```
+
+## Hyper-parameters
+
+| option | value |
+|---|---|
+{opts}
+"""
+    return ModelCard(content)
+
+
+def save_final(out: Path, model: nn.Module, tokenizer, card: ModelCardInfo) -> Path:
+    """Final model + tokenizer in HF format and README.md, into OUT (written beside, then moved in)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
+    try:
+        unwrap(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _model_card(card).save(tmp / "README.md")
+        for item in tmp.iterdir():
+            os.replace(item, out / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
