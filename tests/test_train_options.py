@@ -9,6 +9,7 @@ import pytest
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train import options
 from zhihu_rlhf.train.__main__ import main as train_main
+from zhihu_rlhf.train.ppo import PPOOptions
 from zhihu_rlhf.train.sft import SFTOptions
 
 
@@ -46,3 +47,31 @@ def test_dispatcher_rejects_unknown_command_in_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: unknown command 'sfx'; choose one of sft, rm, ppo, dpo\n"
 
+
+def test_help_shows_the_default_and_the_tiny_default_side_by_side(capsys):
+    with pytest.raises(SystemExit):
+        options.parse_options(SFTOptions, ["--help"], "sft", "")
+    help_text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "(default: 16384) (tiny: 2048)" in help_text  # --batch-tokens
+    assert "(default: 2048) (tiny: 256)" in help_text  # --max-len
+    assert "(default: 3.0) (tiny: 1.0)" in help_text  # --epochs
+    assert "(default: 500)" in help_text and "(default: 500) (tiny" not in help_text  # --save-steps: no tiny value
+
+
+def test_tiny_run_prints_one_line_naming_the_values_from_the_profile(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", "--max-len", "512"], "sft", "")
+    assert capsys.readouterr().out.splitlines() == [
+        "tiny profile, for options not given: --epochs 1.0 --batch-tokens 2048 --lr 0.001"
+    ]
+    options.parse_options(PPOOptions, ["--policy", "tiny", "--reward", "tiny", "--data", "d", "--out", "o"], "ppo", "")
+    assert capsys.readouterr().out.splitlines() == [
+        "tiny profile, for options not given: --max-new-tokens 32 --rollout-batch-size 16 --ppo-epochs 2"
+        " --max-iterations 8 --lr 0.0001"
+    ]
+    options.parse_options(SFTOptions, ["--model", "m", "--data", "d", "--out", "o"], "sft", "")  # not tiny
+    all_given = ["--epochs", "2", "--max-len", "64", "--batch-tokens", "64", "--lr", "0.1"]
+    options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", *all_given], "sft", "")
+    monkeypatch.setenv("RANK", "1")  # torchrun: only rank 0 says it
+    options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o"], "sft", "")
+    assert capsys.readouterr().out == ""

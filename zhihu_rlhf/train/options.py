@@ -2,12 +2,17 @@
 
     TrainOptions                   base dataclass (kw_only) with the flags every command has
     parse_options(cls, argv, prog, description) -> cls           argparse built from the dataclass fields' docs
+
+The tiny profile: with `--model tiny` (or `--policy tiny`), options the user did not set take the command's
+TINY_DEMO values (CPU-sized) instead of their defaults (GPU-sized). `--help` shows both defaults, and a run prints
+one line naming the values that came from the profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -77,8 +82,11 @@ def parse_options(cls: type[OptionsT], argv: Sequence[str] | None, prog: str, de
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name}
+        if f.name in cls.TINY_DEMO:
+            # Both defaults side by side (argparse adds no "(default: ...)" of its own when the help already has one).
+            kwargs["help"] += f" (default: %(default)s) (tiny: {cls.TINY_DEMO[f.name]})"
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -92,18 +100,23 @@ def parse_options(cls: type[OptionsT], argv: Sequence[str] | None, prog: str, de
         else:
             parser.add_argument(flag, type=value_type, **kwargs)
     if cls.TINY_DEMO:
-        parser.epilog = "with the tiny demo model, unset options default to: " + ", ".join(
-            f"--{name.replace('_', '-')} {value}" for name, value in cls.TINY_DEMO.items()
-        )
+        parser.epilog = "(tiny: ...) is the default with the tiny demo model, sized for a CPU"
     values = vars(parser.parse_args(argv))
     if TINY_MODEL in (values.get("model"), values.get("policy")):
         given = {arg.split("=", 1)[0] for arg in (sys.argv[1:] if argv is None else argv) if arg.startswith("--")}
-        for name, value in cls.TINY_DEMO.items():
-            if "--" + name.replace("_", "-") not in given:
-                values[name] = value
+        from_profile = {name: value for name, value in cls.TINY_DEMO.items() if _flag(name) not in given}
+        values.update(from_profile)
+        # Under torchrun every rank parses the options; one line is enough (RANK is what setup_runtime reads too).
+        if from_profile and os.environ.get("RANK", "0") == "0":
+            print("tiny profile, for options not given: " + " ".join(f"{_flag(n)} {v}" for n, v in from_profile.items()))
     opts = cls(**values)
     opts.validate()
     return opts
+
+
+def _flag(name: str) -> str:
+    """Field name -> its command-line flag: max_len -> --max-len."""
+    return "--" + name.replace("_", "-")
 
 
 def _base_type(hint: Any) -> Any:
