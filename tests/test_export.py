@@ -1,22 +1,25 @@
-"""export.write_dataset: the folder loads with datasets, every format loads the way its consumer reads it,
+"""export.write_dataset: the folder loads with datasets, every format loads the way its consumer reads it (the
+consumers' rules written out here, from their documentation and source: TRL and DeepSpeed-Chat are not installed),
 author ids stay out, writes are deterministic and atomic."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import datasets
 import polars as pl
 import pytest
 
-from zhihu_rlhf import cards, export
+from zhihu_rlhf import cards, export, pairs
 from zhihu_rlhf.errors import UserError
 
 UTC = dt.timezone.utc
 ALL_FORMATS = list(export.FORMATS)
 SECRET_AUTHOR = "people/secret-author-"  # author ids contain this; it must appear in no file by default
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def pairs_frames(n_train: int = 6, n_test: int = 2) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -106,7 +109,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def test_folder_loads_with_datasets_and_keeps_canonical_columns(folders, kind, tmp_path):
     ds = load(folders[kind], tmp_path)
     assert set(ds) == {"train", "test"}
-    expected = export.INSTRUCT_COLUMNS if kind == "instruct" else export.PAIRS_COLUMNS
+    expected = export.canonical_columns(kind)
     for split in ("train", "test"):
         assert ds[split].num_rows == canonical(kind, split).height
         assert list(expected) == ds[split].column_names[: len(expected)]
@@ -136,19 +139,50 @@ def test_trl_format_has_exactly_the_standard_columns(folders, tmp_path):
 
 
 def test_trl_chat_format_is_conversational(folders, tmp_path):
-    pairs = load(folders["pairs"], tmp_path, "trl-chat")["train"]
+    pairs_chat = load(folders["pairs"], tmp_path, "trl-chat")["train"]
     source = canonical("pairs", "train")
-    assert pairs.column_names == ["prompt", "chosen", "rejected"]
-    row = pairs[2]
+    assert pairs_chat.column_names == ["prompt", "chosen", "rejected"]
+    row = pairs_chat[2]
     assert row["prompt"] == [{"role": "user", "content": source["prompt"][2]}]
     assert row["chosen"] == [{"role": "assistant", "content": source["chosen"][2]}]
     assert row["rejected"] == [{"role": "assistant", "content": source["rejected"][2]}]
 
     instruct = load(folders["instruct"], tmp_path, "trl-chat")["test"]
     source = canonical("instruct", "test")
-    assert instruct.column_names == ["messages"]
-    assert instruct[1]["messages"] == [{"role": "user", "content": source["prompt"][1]},
-                                       {"role": "assistant", "content": source["completion"][1]}]
+    assert instruct.column_names == ["prompt", "completion"]  # conversational prompt/completion, not `messages`
+    assert instruct[1]["prompt"] == [{"role": "user", "content": source["prompt"][1]}]
+    assert instruct[1]["completion"] == [{"role": "assistant", "content": source["completion"][1]}]
+
+
+# A ChatML template (Qwen2.5's layout) for a byte-level tokenizer: one token per byte, so masks map to text exactly.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_trl_chat_instruct_rows_put_the_sft_loss_on_the_answer_only(folders, tmp_path):
+    # TRL's SFTTrainer on a conversational prompt/completion row (trl/trainer/sft_trainer.py, TRL 1.x):
+    # prompt_ids = template(prompt, add_generation_prompt=True); ids = template(prompt + completion);
+    # completion_only_loss defaults to True when the row has "prompt" and "completion": labels are -100 on the
+    # first len(prompt_ids) tokens.
+    from transformers import ByT5Tokenizer
+
+    tokenizer = ByT5Tokenizer()
+    tokenizer.chat_template = CHATML
+    rows = load(folders["instruct"], tmp_path, "trl-chat")["train"]
+    assert {"prompt", "completion"} <= set(rows.column_names)  # what SFTTrainer checks to turn the mask on
+    source = canonical("instruct", "train")
+    for i, row in enumerate(rows):
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True,
+                                            return_dict=True)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids
+        labels = [-100] * len(prompt_ids) + ids[len(prompt_ids):]
+        trained = tokenizer.decode([t for t in labels if t != -100])
+        assert trained == source["completion"][i] + "<|im_end|>\n"
+        assert source["prompt"][i] in tokenizer.decode(prompt_ids)
 
 
 @pytest.mark.parametrize("kind", ["instruct", "pairs"])
@@ -175,20 +209,58 @@ def test_llamafactory_format_loads_by_name_from_dataset_info(folders, kind, tmp_
             assert rows[entry["columns"]["response"]] == source["completion"].to_list()
 
 
+# DeepSpeed-Chat (dschat/utils/data/raw_datasets.py), its rules written out. LocalJsonFileDataset reads
+# data/train.json and data/eval.json and adds the spaces itself; its built-in Zhihu-KOL class is the reference.
+def jsonfile_prompt(sample: dict) -> str | None:
+    return None if sample["prompt"] is None else " " + sample["prompt"]
+
+
+def jsonfile_prompt_and(sample: dict, answer: str) -> str | None:
+    if sample["prompt"] is None or sample[answer] is None:
+        return None
+    return " " + sample["prompt"] + " " + sample[answer]
+
+
+def zhihu_kol_prompt(question: str) -> str:
+    return " Human: " + question + " Assistant:"
+
+
+def zhihu_kol_prompt_and_answer(question: str, answer: str) -> str:
+    return " Human: " + question + " Assistant: " + answer
+
+
+def load_like_deepspeed_chat(chat_path: Path, cache: Path) -> datasets.DatasetDict:
+    return datasets.load_dataset("json", data_files={"train": str(chat_path / "data/train.json"),
+                                                     "eval": str(chat_path / "data/eval.json")},
+                                 cache_dir=str(cache))
+
+
 @pytest.mark.parametrize("kind", ["instruct", "pairs"])
-def test_deepspeed_chat_format_reads_like_local_jsonfile(folders, kind, tmp_path):
-    # DeepSpeed-Chat's local/jsonfile: load_dataset('json', data_files={train: <p>/data/train.json, eval: ...}).
+def test_deepspeed_chat_strings_equal_its_own_zhihu_kol_class_byte_for_byte(folders, kind, tmp_path):
     chat_path = folders[kind] / "formats" / "deepspeed-chat"
-    raw = datasets.load_dataset("json", data_files={"train": str(chat_path / "data/train.json"),
-                                                    "eval": str(chat_path / "data/eval.json")},
-                                cache_dir=str(tmp_path))
+    assert (chat_path / "data/train.json").read_text(encoding="utf-8").startswith("[{")  # one JSON list, as its README
+    raw = load_like_deepspeed_chat(chat_path, tmp_path)
     for split, ds_split in (("train", "train"), ("test", "eval")):
         source = canonical(kind, split)
-        assert raw[ds_split]["prompt"] == [f" Human: {q} Assistant:" for q in source["prompt"]]
         answers = source["chosen"] if kind == "pairs" else source["completion"]
-        assert raw[ds_split]["chosen"] == [" " + a for a in answers]
+        assert raw[ds_split].num_rows == source.height
+        for sample, question, answer in zip(raw[ds_split], source["prompt"], answers, strict=True):
+            assert jsonfile_prompt(sample) == zhihu_kol_prompt(question)  # step 3 reads this
+            assert jsonfile_prompt_and(sample, "chosen") == zhihu_kol_prompt_and_answer(question, answer)  # steps 1, 2
         if kind == "pairs":
-            assert raw[ds_split]["rejected"] == [" " + a for a in source["rejected"]]
+            for sample, question, answer in zip(raw[ds_split], source["prompt"], source["rejected"], strict=True):
+                assert jsonfile_prompt_and(sample, "rejected") == zhihu_kol_prompt_and_answer(question, answer)
+
+
+def test_deepspeed_chat_instruct_file_does_not_break_step_2(folders, tmp_path):
+    # Step 2 keeps a row only if both prompt+chosen and prompt+rejected are not None; `sample["rejected"]` must exist.
+    raw = load_like_deepspeed_chat(folders["instruct"] / "formats" / "deepspeed-chat", tmp_path)
+    for split in ("train", "eval"):
+        kept = [s for s in raw[split]
+                if jsonfile_prompt_and(s, "chosen") is not None and jsonfile_prompt_and(s, "rejected") is not None]
+        assert kept == [] and raw[split].num_rows > 0
+    pairs_raw = load_like_deepspeed_chat(folders["pairs"] / "formats" / "deepspeed-chat", tmp_path / "pairs")
+    assert all(jsonfile_prompt_and(s, "rejected") is not None for s in pairs_raw["train"])
 
 
 def test_zhihu_rlhf_3k_format_is_pairs_only(folders, tmp_path):
@@ -260,3 +332,51 @@ def test_stats_and_params_are_written_as_given(tmp_path):
     assert build["params"] == PARAMS and build["kind"] == "pairs" and build["formats"] == ["trl-chat"]
     other = export.params_hash("pairs", {**PARAMS, "test_fraction": 0.1}, ["trl-chat"], False)
     assert build["params_hash"] == export.params_hash("pairs", PARAMS, ["trl-chat"], False) != other
+
+
+def test_a_column_added_to_pairs_columns_reaches_the_parquet_and_the_card(tmp_path, monkeypatch):
+    # The vote model adds p_chosen_better to pairs.PAIRS_COLUMNS; export.py must need no edit for it.
+    monkeypatch.setattr(pairs, "PAIRS_COLUMNS", [*pairs.PAIRS_COLUMNS, "p_chosen_better"])
+    train, test = (frame.with_columns(p_chosen_better=pl.lit(0.875)) for frame in pairs_frames())
+    out = export.write_dataset(tmp_path / "out", "pairs", train, test, make_stats("pairs", train, test), PARAMS,
+                               formats=ALL_FORMATS)
+    ds = load(out, tmp_path / "cache")
+    assert ds["train"].column_names[-1] == "p_chosen_better"
+    assert set(ds["test"]["p_chosen_better"]) == {0.875}
+    assert "| `p_chosen_better` |" in (out / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="p_chosen_better"):  # the contract is checked against the same list
+        export.write_dataset(tmp_path / "bad", "pairs", *pairs_frames(), {}, PARAMS)
+
+
+def readme_export_table() -> dict[str, tuple[str, str]]:
+    """format -> its ("where in OUT", "for") cells, from the README's "Export and publish" table."""
+    section = README.read_text(encoding="utf-8").split("## Export and publish", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)`[^|]*\| ([^|]+) \| (.+) \|$", section, flags=re.MULTILINE)
+    return {name: (where, purpose) for name, where, purpose in rows}
+
+
+def built_columns(path: Path) -> set[str]:
+    if path.suffix == ".parquet":
+        return set(datasets.Dataset.from_parquet(str(path)).column_names)
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return set(rows[0]) if isinstance(rows, list) else set()  # dataset_info.json is an object, not rows
+
+
+def test_readme_export_table_matches_what_is_built(folders):
+    table = readme_export_table()
+    assert list(table) == list(export.FORMATS)
+    for name, (where, purpose) in table.items():
+        paths = re.findall(r"`(formats/[^`]+)`", where)
+        assert paths, name
+        files: list[Path] = []
+        for path in paths:
+            # "{train,eval}" in a cell stands for each of the files
+            expanded = [path.replace("{train,eval}", split) for split in ("train", "eval")] if "{" in path else [path]
+            for relative in expanded:
+                built = [folders[kind] / relative for kind in ("instruct", "pairs") if (folders[kind] / relative).exists()]
+                assert built, (name, relative)
+                files += [f for p in built for f in ([p] if p.is_file() else sorted(p.glob("*.*")))]
+        # Every column the row names is a column of this format's files (for the instruct set or the pairs).
+        named = {word for word in re.findall(r"`([a-z_]+)`", purpose)} - set(export.FORMATS)
+        columns = set().union(*(built_columns(f) for f in files))
+        assert named and named <= columns, (name, named - columns)

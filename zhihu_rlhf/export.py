@@ -10,8 +10,12 @@ Layout of OUT (the canonical parquet and the card are always written; `formats/`
     OUT/formats/trl/{split}-00000-of-00001.parquet            prompt/chosen/rejected | prompt/completion -> config "trl"
     OUT/formats/trl-chat/{split}-00000-of-00001.parquet       the same as {role, content} message lists -> config "trl-chat"
     OUT/formats/llamafactory/zhihu_rlhf_{kind}[_test].json    alpaca JSON array + dataset_info.json
-    OUT/formats/deepspeed-chat/data/{train,eval}.json         JSON lines " Human: q Assistant:" (test -> eval.json)
+    OUT/formats/deepspeed-chat/data/{train,eval}.json         JSON array "Human: q Assistant:" + answer (test -> eval.json)
     OUT/formats/zhihu_rlhf_3k/{split}-00000-of-00001.parquet  liyucheng/zhihu_rlhf_3k columns (pairs only)
+
+The canonical parquet holds exactly the builder's contract columns, read from pairs.PAIRS_COLUMNS /
+instruct.INSTRUCT_COLUMNS when a folder is written: a column the builder adds to that list reaches the parquet, the
+card's column table and its declared features with no change here.
 
 `datasets.load_dataset(OUT)` loads the canonical parquet (config "default"); `load_dataset(OUT, "trl")` etc. load a
 parquet format, declared as a config in the card. The JSON formats are files for their tools (their configs would
@@ -32,10 +36,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zhihu_rlhf import cards
+from zhihu_rlhf import cards, instruct, pairs
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.instruct import INSTRUCT_COLUMNS
-from zhihu_rlhf.pairs import PAIRS_COLUMNS
 
 Kind = Literal["instruct", "pairs"]
 SPLITS = ("train", "test")
@@ -49,6 +51,12 @@ LLAMAFACTORY_NAME = "zhihu_rlhf_{kind}"
 
 def canonical_path(split: str) -> str:
     return f"data/{split}-00000-of-00001.parquet"
+
+
+def canonical_columns(kind: Kind) -> list[str]:
+    """The builder's contract columns, looked up on each call (not bound at import) so a column appended to the list
+    in pairs.py / instruct.py flows into every file that carries the metadata."""
+    return list(instruct.INSTRUCT_COLUMNS if kind == "instruct" else pairs.PAIRS_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,8 +80,13 @@ def _trl(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> str:
 
 
 def _trl_chat(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> str:
+    # Instruct rows are conversational prompt/completion, not `messages`: TRL's SFTTrainer then puts the loss on the
+    # completion only (as our own SFT does), where `messages` would train on the question too.
     if kind == "instruct":
-        chat = frame.select(messages=pl.concat_list(_user(pl.col("prompt")), _assistant(pl.col("completion"))))
+        chat = frame.select(
+            prompt=pl.concat_list(_user(pl.col("prompt"))),
+            completion=pl.concat_list(_assistant(pl.col("completion"))),
+        )
     else:
         chat = frame.select(
             prompt=pl.concat_list(_user(pl.col("prompt"))),
@@ -109,16 +122,17 @@ def _llamafactory(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> 
 
 
 def _deepspeed_chat(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> str:
-    # DeepSpeed-Chat's convention (Dahoas/rm-static): prompt " Human: q Assistant:", responses " " + answer.
-    # Its local/jsonfile loader reads <DeepSpeed-Chat>/data/train.json and data/eval.json.
-    prompt = pl.concat_str(pl.lit(" Human: "), pl.col("prompt"), pl.lit(" Assistant:")).alias("prompt")
+    # DeepSpeed-Chat's local/jsonfile loader reads <DeepSpeed-Chat>/data/train.json and eval.json and adds the spaces
+    # itself (" " + prompt, " " + prompt + " " + answer), so the fields carry none: what the model then sees equals
+    # its own Zhihu-KOL dataset's " Human: " + question + " Assistant: " + answer.
+    prompt = pl.concat_str(pl.lit("Human: "), pl.col("prompt"), pl.lit(" Assistant:")).alias("prompt")
     if kind == "instruct":
-        rows = frame.select(prompt, chosen=pl.lit(" ") + pl.col("completion"))
+        # `rejected` present but null: step 2 skips such rows, where a missing key would stop it with a KeyError.
+        rows = frame.select(prompt, chosen="completion", rejected=pl.lit(None, dtype=pl.String))
     else:
-        rows = frame.select(prompt, chosen=pl.lit(" ") + pl.col("chosen"), rejected=pl.lit(" ") + pl.col("rejected"))
+        rows = frame.select(prompt, "chosen", "rejected")
     path = f"formats/deepspeed-chat/data/{'train' if split == 'train' else 'eval'}.json"
-    buffer = rows.write_ndjson()
-    write_bytes(folder / path, buffer.encode())
+    write_bytes(folder / path, rows.write_json().encode())  # one JSON array, the layout its README shows
     return path
 
 
@@ -195,8 +209,7 @@ def params_hash(kind: str, params: dict, formats: Sequence[str], keep_author_ids
 # ---------------------------------------------------------------------------------------------------------------
 
 def _check_frame(kind: Kind, split: str, frame: pl.DataFrame) -> None:
-    expected = INSTRUCT_COLUMNS if kind == "instruct" else PAIRS_COLUMNS
-    missing = [c for c in expected if c not in frame.columns]
+    missing = [c for c in canonical_columns(kind) if c not in frame.columns]
     if missing:
         raise ValueError(f"{kind} {split} frame lacks columns {missing} (see CONTRACTS.md)")
 
@@ -227,8 +240,13 @@ def write_dataset(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame
     splits = {"train": train, "test": test}
     for split, frame in splits.items():
         _check_frame(kind, split, frame)
-    if not keep_author_ids:
-        splits = {split: frame.drop(AUTHOR_COLUMNS, strict=False) for split, frame in splits.items()}
+    # The contract's columns in its order; author ids (not in the contract: personal data) only on request.
+    splits = {
+        split: frame.select(
+            *canonical_columns(kind), *(c for c in AUTHOR_COLUMNS if keep_author_ids and c in frame.columns)
+        )
+        for split, frame in splits.items()
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
