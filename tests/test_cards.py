@@ -9,13 +9,14 @@ from importlib import resources
 from pathlib import Path
 
 import datasets
+import polars as pl
 import pytest
 from datasets.info import DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard
 
 from test_export import ALL_FORMATS, PARAMS, instruct_frames, make_stats, pairs_frames, write
-from zhihu_rlhf import cards
+from zhihu_rlhf import cards, export
 
 # Hub size categories as datasets ships them (not our own table).
 HUB_SIZE_CATEGORIES = json.loads(
@@ -113,7 +114,6 @@ def test_plots_are_png_files_embedded_in_the_card(folders, kind, plots):
 
 
 def test_no_answers_per_question_plot_without_the_stat(tmp_path):
-    from zhihu_rlhf import export
     train, test = instruct_frames()
     stats = make_stats("instruct", train, test)
     del stats["answers_per_question"]
@@ -126,3 +126,65 @@ def test_author_id_note_follows_keep_author_ids(folders, tmp_path):
     assert "Author ids are **removed**" in dropped
     kept = (write(tmp_path / "kept", "pairs", keep_author_ids=True) / "README.md").read_text(encoding="utf-8")
     assert "Author ids were kept on request" in kept and "Author ids are **removed**" not in kept
+
+
+def card_body(folder: Path) -> str:
+    return (folder / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[1]
+
+
+@pytest.mark.parametrize(("kind", "formats", "absent"), [
+    ("pairs", ["trl"], ["trl-chat", "llamafactory", "LLaMA-Factory", "deepspeed-chat", "### DeepSpeed-Chat",
+                        "local/jsonfile", "zhihu_rlhf_3k", "JSON files", "dataset_info"]),
+    ("instruct", ["deepspeed-chat"], ["`trl`", "trl-chat", "### TRL", "SFTTrainer", "llamafactory", "LLaMA-Factory",
+                                      "dataset_info"]),
+    ("pairs", ["zhihu_rlhf_3k"], ["`trl`", "trl-chat", "### TRL", "llamafactory", "deepspeed-chat", "JSON files"]),
+])
+def test_card_mentions_only_the_formats_built(tmp_path, kind, formats, absent):
+    body = card_body(write(tmp_path / "out", kind, formats=formats))
+    for text in absent:
+        assert text not in body, text
+    assert f"| `{formats[0]}` |" in body
+
+
+def test_json_line_names_the_json_formats_built(folders, tmp_path):
+    assert "The JSON files (llamafactory, deepspeed-chat) are for their tools" in card_body(folders["pairs"])
+    body = card_body(write(tmp_path / "out", "pairs", formats=["trl", "deepspeed-chat"]))
+    assert "The JSON files (deepspeed-chat) are for their tools" in body
+
+
+def test_trl_section_states_the_separator_the_cpu_case_and_the_length(folders):
+    for kind in ("instruct", "pairs"):
+        body = card_body(folders[kind])
+        assert "**no\nseparator**" in body and "for a\nmodel with a chat template use `trl-chat`" in body
+        assert "bf16 on by default" in body
+        config = "SFTConfig" if kind == "instruct" else "DPOConfig"
+        assert f'args = {config}(output_dir="{"sft" if kind == "instruct" else "dpo"}", num_train_epochs=1)' in body
+        assert "max_steps=10, use_cpu=True, bf16=False)   # no GPU" in body
+    assert "loss on the answer only" in card_body(folders["instruct"])
+    assert "RewardTrainer drops long pairs" in card_body(folders["pairs"])
+
+
+def test_reward_trainer_note_counts_the_pairs_over_1024_tokens(tmp_path):
+    # Every prompt here is 15 characters. At 1.5 characters per token (Qwen2.5) a pair is over 1,024 tokens above
+    # 1,536 characters; at 1.25 (Llama 3) above 1,280. Characters counted: prompt + the longer answer.
+    train, test = pairs_frames()
+    assert set(pl.concat([train, test])["prompt"].str.len_chars()) == {15}
+    chosen = [100, 1265, 1266, 1521, 1522, 5000, 10, 10]   # prompt + chosen: 115, 1280, 1281, 1536, 1537, 5015, ...
+    rejected = [5, 5, 5, 5, 5, 5, 2000, 5]                  # row 6: 2,015 through the rejected answer
+    # over 1,536: rows 4, 5, 6 -> 3 of 8; over 1,280: rows 2, 3, 4, 5, 6 -> 5 of 8
+    both = pl.concat([train, test]).with_columns(
+        chosen=pl.Series(["答" * n for n in chosen]), rejected=pl.Series(["否" * n for n in rejected]))
+    out = export.write_dataset(tmp_path / "out", "pairs", both.head(6), both.tail(2),
+                               make_stats("pairs", both.head(6), both.tail(2)), PARAMS, formats=["trl"])
+    body = card_body(out)
+    assert "- **3** (37.5%) are over 1,024 tokens at 1.5 characters per token (Qwen2.5's tokenizer)" in body
+    assert "- **5** (62.5%) are over 1,024 tokens at 1.25 characters per token (Llama 3's tokenizer)" in body
+
+
+def test_deepspeed_chat_section_says_which_step_reads_which_file(folders):
+    instruct = card_body(folders["instruct"])
+    assert "for **step 1** (SFT on prompt + answer) and **step 3**" in instruct and "--data_split 10,0,0" in instruct
+    pairs_body = card_body(folders["pairs"])
+    assert "for **step 2** (the reward model" in pairs_body and "--data_split 0,10,0" in pairs_body
+    for body in (instruct, pairs_body):
+        assert '`" Human: " + question + " Assistant: " + answer`' in body

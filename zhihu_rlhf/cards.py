@@ -28,12 +28,37 @@ LICENSE = "unknown"
 # Written in the card's loading examples; publish replaces it with the real --repo-id.
 REPO_PLACEHOLDER = "<your-name>/<repo>"
 TEMPLATE = "dataset_card.md"
-# Columns the template describes; anything else the builder adds is listed by name.
-DOCUMENTED_COLUMNS = {
-    "question_id", "answer_id", "prompt", "completion", "upvotes", "created_at", "chosen", "rejected",
-    "chosen_answer_id", "rejected_answer_id", "chosen_upvotes", "rejected_upvotes", "chosen_created_at",
-    "rejected_created_at", "upvote_ratio", "confidence", "author_id", "chosen_author_id", "rejected_author_id",
+# The card's column table, one row per column of the canonical parquet in file order. A column the builder adds
+# without an entry here is still listed, marked as not described, so the table always matches the files.
+COLUMN_MEANINGS = {
+    "question_id": "Zhihu id of the question",
+    "answer_id": "Zhihu id of the answer",
+    "prompt": "the question title (normalised)",
+    "completion": "the answer text (normalised)",
+    "upvotes": "the answer's upvotes when it was crawled",
+    "created_at": "when the answer was written (UTC; may be null)",
+    "chosen": "the answer with clearly more upvotes (normalised)",
+    "rejected": "the other answer (normalised)",
+    "chosen_answer_id": "Zhihu id of the chosen answer",
+    "rejected_answer_id": "Zhihu id of the rejected answer",
+    "chosen_upvotes": "the chosen answer's upvotes when crawled",
+    "rejected_upvotes": "the rejected answer's upvotes when crawled",
+    "chosen_created_at": "when the chosen answer was written (UTC; may be null)",
+    "rejected_created_at": "when the rejected answer was written (UTC; may be null)",
+    "upvote_ratio": "chosen_upvotes / max(rejected_upvotes, 1)",
+    "confidence": "how sure the vote lead is (the pairs are ranked by it; see below)",
+    "author_id": "Zhihu profile id of the author, **kept on request** (`--keep-author-ids`)",
+    "chosen_author_id": "Zhihu profile id of the chosen answer's author, **kept on request** (`--keep-author-ids`)",
+    "rejected_author_id": "Zhihu profile id of the rejected answer's author, **kept on request** (`--keep-author-ids`)",
 }
+
+# TRL's RewardTrainer (1.x, trl/trainer/reward_trainer.py) silently filters out every pair whose tokenized
+# prompt + chosen or prompt + rejected is longer than RewardConfig.max_length, default 1024. The card counts such
+# pairs in the build. No tokenizer ships offline, so tokens are estimated from characters at each tokenizer's rate on
+# Chinese Zhihu-style text as benchmarks/token_lengths.py measured it (benchmarks/RESULTS.md), rounded down: fewer
+# characters per token means more tokens, so the counts lean high rather than low.
+REWARD_MAX_LENGTH = 1024
+CHARS_PER_TOKEN = {"Qwen2.5": 1.5, "Llama 3": 1.25}
 
 # Hub size_categories values (the list datasets ships in datasets/utils/resources/size_categories.json).
 _SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -159,6 +184,25 @@ def write_plots(folder: Path, kind: str, splits: dict[str, pl.DataFrame], stats:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Pairs too long for RewardTrainer
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LongPairs:
+    tokenizer: str
+    chars_per_token: float
+    count: int
+
+
+def pairs_over_token_limit(frame: pl.DataFrame, max_length: int = REWARD_MAX_LENGTH) -> list[LongPairs]:
+    """Per tokenizer rate: pairs whose question + longer answer has more than max_length estimated tokens."""
+    characters = pl.col("prompt").str.len_chars() + pl.max_horizontal(
+        pl.col("chosen").str.len_chars(), pl.col("rejected").str.len_chars())
+    longest = frame.select(characters.alias("characters"))["characters"]
+    return [LongPairs(name, rate, int((longest > max_length * rate).sum())) for name, rate in CHARS_PER_TOKEN.items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Card
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -219,6 +263,8 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
     """The README.md text: front matter + the template filled with this set's counts, parameters and plots."""
     rows = sum(frame.height for frame in splits.values())
     params = build["params"]
+    formats = build["formats_written"]
+    every_split = pl.concat(list(splits.values()))
     data = card_data(kind, configs, folder, rows, params)
     card = DatasetCard.from_template(
         data,
@@ -227,7 +273,7 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         rows=rows,
         split_rows={split: frame.height for split, frame in splits.items()},
         stats_source=params.get("source", "unknown source"),
-        extra_columns=[c for c in splits["train"].columns if c not in DOCUMENTED_COLUMNS],
+        columns=[(name, COLUMN_MEANINGS.get(name)) for name in splits["train"].columns],
         stats=stats,
         rows_dropped=sorted((stats.get("rows_dropped") or {}).items(), key=lambda item: -item[1]),
         dedupe=[(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
@@ -237,8 +283,11 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         rules=params.get("pairs") if isinstance(params.get("pairs"), dict) else params,
         tool_version=params.get("tool_version", "unknown"),
         params_hash=build["params_hash"],
-        formats=build["formats_written"],
+        formats=formats,
         configs=[name for name in configs if name != "default"],
+        json_formats=[name for name in formats if name not in configs],  # only parquet formats are configs
+        long_pairs=pairs_over_token_limit(every_split) if kind == "pairs" else [],
+        reward_max_length=REWARD_MAX_LENGTH,
         skipped_formats=[name for name in build["formats"] if name not in build["formats_written"]],
         keep_author_ids=build["keep_author_ids"],
         plots=plots,
