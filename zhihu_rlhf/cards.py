@@ -55,8 +55,8 @@ COLUMN_MEANINGS = {
 # TRL's RewardTrainer (1.x, trl/trainer/reward_trainer.py) silently filters out every pair whose tokenized
 # prompt + chosen or prompt + rejected is longer than RewardConfig.max_length, default 1024. The card counts such
 # pairs in the build. No tokenizer ships offline, so tokens are estimated from characters at each tokenizer's rate on
-# Chinese Zhihu-style text as benchmarks/token_lengths.py measured it (benchmarks/RESULTS.md), rounded down: fewer
-# characters per token means more tokens, so the counts lean high rather than low.
+# synthetic Zhihu-style Chinese as benchmarks/token_lengths.py measured it (Qwen2.5 1.60-1.62, Llama 3 1.285-1.29;
+# benchmarks/RESULTS.md), rounded down: fewer characters per token means more tokens, so the counts lean high.
 REWARD_MAX_LENGTH = 1024
 CHARS_PER_TOKEN = {"Qwen2.5": 1.5, "Llama 3": 1.25}
 
