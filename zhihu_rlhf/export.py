@@ -10,7 +10,7 @@ Layout of OUT (the canonical parquet and the card are always written; `formats/`
     OUT/formats/trl/{split}-00000-of-00001.parquet            prompt/chosen/rejected | prompt/completion -> config "trl"
     OUT/formats/trl-chat/{split}-00000-of-00001.parquet       the same as {role, content} message lists -> config "trl-chat"
     OUT/formats/llamafactory/zhihu_rlhf_{kind}[_test].json    alpaca JSON array + dataset_info.json
-    OUT/formats/deepspeed-chat/data/{train,eval}.json         JSON array "Human: q Assistant:" + answer (test -> eval.json)
+    OUT/formats/deepspeed-chat/data/{train,eval}.json         JSON array "Human: q Assistant:", answer (test: eval)
     OUT/formats/zhihu_rlhf_3k/{split}-00000-of-00001.parquet  liyucheng/zhihu_rlhf_3k columns (pairs only)
 
 The canonical parquet holds exactly the builder's contract columns, read from pairs.PAIRS_COLUMNS /
