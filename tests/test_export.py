@@ -374,7 +374,7 @@ def test_readme_export_table_matches_what_is_built(folders):
             expanded = [path.replace("{train,eval}", split) for split in ("train", "eval")] if "{" in path else [path]
             for relative in expanded:
                 built = [folders[kind] / relative for kind in ("instruct", "pairs")]
-                built = [path for path in built if path.exists()]
+                built = [candidate for candidate in built if candidate.exists()]
                 assert built, (name, relative)
                 files += [f for p in built for f in ([p] if p.is_file() else sorted(p.glob("*.*")))]
         # Every column the row names is a column of this format's files (for the instruct set or the pairs).
