@@ -1,23 +1,29 @@
-"""zhihu_rlhf.synth: determinism, every METADATA variant, truth that matches the text, planted structure."""
+"""zhihu_rlhf.synth: determinism, every METADATA variant, truth that matches the text, planted structure,
+and each preset world's defining property measured in its output."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pytest
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
 
 from zhihu_rlhf import synth
+from zhihu_rlhf.synth.__main__ import main as synth_cli
 from zhihu_rlhf.errors import UserError
 
-SAMPLE = Path(synth.__file__).parent / "data" / "sample.parquet"
+SAMPLE = Path(synth.__file__).parent.parent / "data" / "sample.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +276,7 @@ def test_cli_writes_both_files(tmp_path: Path) -> None:
         "row": pl.Int64, "question_id": pl.Int64, "answer_id": pl.Int64, "quality": pl.Float64,
         "question_group": pl.Int64, "answer_cluster": pl.Int64, "dup_kind": pl.String, "malformed": pl.String,
         "upvotes": pl.Int64, "created_at": pl.Datetime("us", "UTC"),
+        "author": pl.Int64, "author_log_reach": pl.Float64, "log_exposure": pl.Float64,
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["kol.parquet", "kol.truth.parquet"]  # no temp files left
 
@@ -296,3 +303,205 @@ def test_tiny_sizes_work() -> None:
     for rows in (1, 2, 17):
         data, truth = synth.generate(rows, seed=rows, mean_answer_chars=100)
         assert data.height == truth.height == rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preset worlds: each generates, deterministically, and shows the property it exists for.
+
+WORLD_ROWS = 8000  # enough for a hot question of 2,000+ answers (hot questions may take 30% of a file)
+
+
+@pytest.fixture(scope="module")
+def worlds() -> dict[str, pl.DataFrame]:
+    """Every preset at WORLD_ROWS rows of short answers: data and truth side by side."""
+    frames = {}
+    for name in synth.WORLDS:
+        data, truth = synth.generate(WORLD_ROWS, seed=5, world=name, mean_answer_chars=150)
+        assert data.height == truth.height == WORLD_ROWS
+        frames[name] = pl.concat([data, truth], how="horizontal")
+    return frames
+
+
+def test_the_contracts_presets_exist() -> None:
+    assert set(synth.WORLDS) == {"default", "hot", "kol", "popularity", "solo", "unlearnable", "templates", "pandas"}
+    assert all(world.name == name and world.description for name, world in synth.WORLDS.items())
+
+
+@pytest.mark.parametrize("name", list(synth.WORLDS))
+def test_every_world_is_deterministic_and_its_own(name: str) -> None:
+    a, a_truth = synth.generate(600, seed=9, world=name, mean_answer_chars=100)
+    b, b_truth = synth.generate(600, seed=9, world=name, mean_answer_chars=100)
+    assert a.equals(b) and a_truth.equals(b_truth)
+    if name != "default":
+        default, _ = synth.generate(600, seed=9, mean_answer_chars=100)
+        assert not a.equals(default)
+
+
+def test_default_world_still_makes_the_shipped_sample(tmp_path: Path) -> None:
+    """The embedded sample was generated before worlds existed; the default world must still reproduce it."""
+    out, _ = synth.write(4000, tmp_path / "sample.parquet", seed=20230416, mean_answer_chars=350, write_truth=False)
+    assert pl.read_parquet(out).equals(pl.read_parquet(SAMPLE))
+
+
+def test_every_world_has_the_truth_columns_of_the_contract(worlds: dict[str, pl.DataFrame]) -> None:
+    for name, frame in worlds.items():
+        for column in ("author", "author_log_reach", "log_exposure", "quality", "question_group", "answer_cluster", "upvotes"):
+            assert frame[column].null_count() == 0, (name, column)
+        # reach belongs to the author: one value per author
+        assert frame.group_by("author").agg(pl.col("author_log_reach").n_unique())["author_log_reach"].max() == 1, name
+        assert frame["log_exposure"].n_unique() > WORLD_ROWS // 2, name
+
+
+def test_hot_has_questions_with_thousands_of_answers_within_weeks(worlds: dict[str, pl.DataFrame]) -> None:
+    def hottest_within_four_weeks(frame: pl.DataFrame) -> int:
+        timed = frame.filter(pl.col("created_at").is_not_null())
+        in_window = timed.filter(pl.col("created_at") <= pl.col("created_at").min().over("question_id") + pl.duration(days=28))
+        return in_window.group_by("question_id").len()["len"].max()
+
+    assert hottest_within_four_weeks(worlds["hot"]) >= 0.8 * 2000  # at least 2,000 answers, most within weeks
+    assert hottest_within_four_weeks(worlds["default"]) < 500
+
+
+def _author_metadata(frame: pl.DataFrame) -> pl.Series:
+    return pl.Series([m.get("author_id") if m else None for m in map(_meta, frame["METADATA"])])
+
+
+def test_kol_authors_write_many_answers_and_reach_moves_votes_like_quality(worlds: dict[str, pl.DataFrame]) -> None:
+    kol = worlds["kol"].filter(pl.col("malformed").is_null())
+    per_author = kol.group_by("author").len()
+    assert kol.join(per_author, on="author")["len"].median() >= 50
+    assert _author_metadata(kol).n_unique() == per_author.height  # METADATA's profile ids are the true authors
+    # log votes ~ quality + reach (+ question popularity, exposure, noise): the two coefficients are alike
+    x = np.column_stack([np.ones(kol.height), kol["quality"].to_numpy(), kol["author_log_reach"].to_numpy()])
+    coef = np.linalg.lstsq(x, np.log1p(kol["upvotes"].to_numpy()), rcond=None)[0]
+    assert coef[1] > 0.3 and 0.5 <= coef[2] / coef[1] <= 2.0, coef
+    assert 0.7 <= kol["author_log_reach"].unique().std() <= 1.3
+
+
+def _reach_and_author_quality(frame: pl.DataFrame) -> float:
+    """Correlation, over authors with 20+ answers, of their reach with their mean answer quality."""
+    authors = frame.group_by("author").agg(pl.col("author_log_reach").first(), pl.col("quality").mean(), n=pl.len())
+    authors = authors.filter(pl.col("n") >= 20)
+    assert authors.height >= 40
+    return float(np.corrcoef(authors["author_log_reach"], authors["quality"])[0, 1])
+
+
+def test_kol_reach_is_partly_quality_and_popularity_reach_is_not(worlds: dict[str, pl.DataFrame]) -> None:
+    assert _reach_and_author_quality(worlds["kol"]) > 0.4
+    assert abs(_reach_and_author_quality(worlds["popularity"])) < 0.25
+
+
+def test_solo_authors_never_repeat(worlds: dict[str, pl.DataFrame]) -> None:
+    solo = worlds["solo"]
+    assert solo["author"].is_unique().all()
+    profiles = _author_metadata(solo).drop_nulls()
+    assert profiles.len() > 0.98 * WORLD_ROWS and profiles.is_unique().all()
+
+
+def _quality_left_in_votes(frame: pl.DataFrame) -> float:
+    """Correlation of quality with what reach and exposure leave unexplained of log votes."""
+    frame = frame.filter(pl.col("malformed").is_null())
+    x = np.column_stack([np.ones(frame.height), frame["author_log_reach"].to_numpy(), frame["log_exposure"].to_numpy()])
+    y = np.log1p(frame["upvotes"].to_numpy())
+    residual = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    return float(np.corrcoef(residual, frame["quality"])[0, 1])
+
+
+def test_unlearnable_votes_carry_no_quality_given_reach(worlds: dict[str, pl.DataFrame]) -> None:
+    assert abs(_quality_left_in_votes(worlds["unlearnable"])) < 0.05
+    assert _quality_left_in_votes(worlds["popularity"]) > 0.2  # the same statistic where votes do carry quality
+
+
+def _fold_cosmetics(title: str) -> str:
+    """A re-ask's title with cosmetic differences folded: width, spaces, question marks, 请问, 吗."""
+    folded = unicodedata.normalize("NFKC", title)
+    folded = re.sub(r"\s+", "", folded).rstrip("?")
+    folded = folded.removeprefix("请问")
+    return folded.removesuffix("吗")
+
+
+def _titles_by_group(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.unique("question_id").select("question_id", "question_group", "INSTRUCTION")
+
+
+def test_templates_plant_hard_negative_titles(worlds: dict[str, pl.DataFrame]) -> None:
+    def close_pairs_of_different_questions(frame: pl.DataFrame) -> int:
+        titles = _titles_by_group(frame)
+        distances = process.cdist(titles["INSTRUCTION"], titles["INSTRUCTION"], scorer=Levenshtein.distance, score_cutoff=3, workers=1)
+        groups = titles["question_group"].to_numpy()
+        close = (distances <= 3) & (groups[:, None] != groups[None, :])
+        return int(close.sum()) // 2
+
+    in_templates = close_pairs_of_different_questions(worlds["templates"])
+    in_default = close_pairs_of_different_questions(worlds["default"])  # rare: two names in one event template
+    assert in_templates >= 200 and in_templates >= 20 * in_default, (in_templates, in_default)
+
+
+def test_templates_reasks_differ_only_cosmetically(worlds: dict[str, pl.DataFrame]) -> None:
+    titles = _titles_by_group(worlds["templates"])
+    originals = dict(titles.filter(pl.col("question_id") == pl.col("question_group")).select("question_id", "INSTRUCTION").iter_rows())
+    reasks = titles.filter(pl.col("question_id") != pl.col("question_group"))
+    assert reasks.height >= 40
+    for row in reasks.iter_rows(named=True):
+        original = originals[row["question_group"]]
+        assert row["INSTRUCTION"] != original
+        assert _fold_cosmetics(row["INSTRUCTION"]) == _fold_cosmetics(original), (row["INSTRUCTION"], original)
+    edits = " ".join(reasks["INSTRUCTION"])
+    assert "请问" in edits and "？？" in edits and "?" in edits and re.search(r"\s", edits)
+
+
+def test_pandas_metadata_is_what_json_dumps_over_a_pandas_row_writes(worlds: dict[str, pl.DataFrame]) -> None:
+    frame = worlds["pandas"]
+    texts = frame["METADATA"].to_list()
+    assert any(": NaN" in t for t in texts) and any(": Infinity" in t for t in texts) and any(": -Infinity" in t for t in texts)
+    nan_row = next(t for t in texts if '"answer_creation_time": NaN' in t)
+    assert math.isnan(json.loads(nan_row)["answer_creation_time"])  # Python's json reads the NaN token
+    whole = frame.filter(~pl.col("malformed").is_in(["invalid_json", "legacy_no_ids"]).fill_null(False))
+    rows = [json.loads(t) for t in whole["METADATA"]]
+    assert all(list(r) == ["question_id", "answer_id", "author_id", "upvotes", "answer_creation_time", "url"] for r in rows)
+    # A pandas frame of those rows writes them back byte for byte: NaN for missing values, float ids.
+    rewritten = [json.dumps(r, ensure_ascii=False) for r in pd.DataFrame(rows).to_dict("records")]
+    assert rewritten == whole["METADATA"].to_list()
+    assert all(isinstance(r["answer_id"], float) for r in rows)
+
+
+def test_pandas_missing_time_or_author_is_not_malformed(worlds: dict[str, pl.DataFrame]) -> None:
+    frame = worlds["pandas"].filter(~pl.col("malformed").is_in(["invalid_json", "legacy_no_ids"]).fill_null(False))
+    metas = [json.loads(t) for t in frame["METADATA"]]
+    no_time = [not isinstance(m["answer_creation_time"], str) for m in metas]  # NaN or ±Infinity
+    no_author = [not isinstance(m["author_id"], str) for m in metas]
+    assert 0.03 <= np.mean(no_time) <= 0.1 and 0.01 <= np.mean(no_author) <= 0.04
+    lost = frame.filter(pl.Series(no_time) | pl.Series(no_author))
+    assert lost["author"].null_count() == 0  # the truth still knows who wrote it
+    assert lost["malformed"].drop_nulls().is_in(["null_question_id", "null_answer_id", "blank_response"]).all()
+    assert lost["malformed"].null_count() > 0.95 * lost.height  # only the planted ~1% of defects
+    assert frame.filter(pl.Series(no_time))["created_at"].is_null().all()
+
+
+def test_pandas_legacy_rows_have_chinese_keys_and_no_ids(worlds: dict[str, pl.DataFrame]) -> None:
+    legacy = worlds["pandas"].filter(pl.col("malformed") == "legacy_no_ids")
+    assert 0.01 <= legacy.height / WORLD_ROWS <= 0.03
+    for row in legacy.iter_rows(named=True):
+        meta = json.loads(row["METADATA"])
+        assert meta == {"回答点赞数": row["upvotes"], "回答时间": int(row["created_at"].timestamp())}
+        assert row["RESPONSE"].strip() and row["INSTRUCTION"].strip()
+
+
+def test_pandas_paragraphs_are_joined_by_one_space(worlds: dict[str, pl.DataFrame]) -> None:
+    answers = worlds["pandas"].filter(pl.col("malformed").is_null() | (pl.col("malformed") != "blank_response"))["RESPONSE"]
+    assert not answers.str.contains("\n").any()
+    assert answers.str.contains("。 ").mean() > 0.3  # paragraph breaks became spaces
+    assert worlds["default"]["RESPONSE"].drop_nulls().str.contains("\n").mean() > 0.3
+
+
+def test_cli_lists_worlds_and_writes_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert synth_cli(["--list-worlds"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(synth.WORLDS)
+    out = tmp_path / "p.parquet"
+    assert synth_cli(["--world", "pandas", "--rows", "300", "--out", str(out), "--seed", "2"]) == 0
+    assert pl.read_parquet(out)["METADATA"].str.contains('"url": ').mean() > 0.9  # all but legacy and broken rows
+    with pytest.raises(SystemExit) as exit_info:
+        synth_cli(["--world", "nope", "--rows", "3", "--out", str(tmp_path / "q.parquet")])
+    assert exit_info.value.code == 2 and "'nope'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not a preset"):
+        synth.generate(10, seed=1, world="nope")

@@ -1,0 +1,124 @@
+"""Named synthetic worlds: one `World` of documented knobs per preset, so every claim can be measured on
+more than the world it was developed on. `WORLDS` maps each preset name to its World.
+
+How votes are made in every world (per answer, before Poisson count noise):
+    log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure + N(0, 0.3)
+with quality ~ N(0, 1) per answer (an author's skill is part of it when author_quality_sd > 0), the
+author's log reach shared by all their answers, and the exposure term made of the early-answer effect
+(rank among the question's answers, days after its first answer) and the time from writing to the crawl.
+The truth file carries quality, `author_log_reach` and `log_exposure` per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from zhihu_rlhf.errors import UserError
+
+
+@dataclass(frozen=True)
+class World:
+    """Knobs of a synthetic world. The defaults are the `default` world (the project's original one)."""
+
+    name: str = "default"
+    description: str = "the original world: Zipf questions, many small authors, reach from follower counts"
+
+    # Questions
+    zipf_exponent: float = 2.2
+    """Tail of answers per question (Zipf exponent, capped at ~500 answers at full size): most have 1."""
+    hot_questions: int = 0
+    """Hot questions added on top of the Zipf tail, each with `hot_answers` answers."""
+    hot_answers: tuple[int, int] = (2_000, 12_000)
+    """Range of a hot question's answer count (log-uniform). Small files shrink it: all hot questions
+    together take at most `hot_max_row_share` of the rows, and at least one is always kept."""
+    hot_max_row_share: float = 0.3
+    """Cap on the share of rows in hot questions, so a small file still has ordinary questions."""
+    hot_window_days: float = 21.0
+    """A hot question's answers come within this many days of it being asked ..."""
+    hot_in_window_share: float = 0.9
+    """... this share of them (the rest trickle in as ordinary answers do)."""
+
+    # Authors
+    answers_per_author: float = 6.0
+    """Mean answers per author (rows / this = number of authors)."""
+    author_activity_sd: float = 1.6
+    """Sd of log activity: how unevenly answers spread over authors (1.6: a few write hundreds)."""
+    authors_repeat: bool = True
+    """False: every answer has its own author (a copy of an answer too), so author effects cannot be estimated."""
+    author_reach_sd: float | None = None
+    """Sd of an author's log reach, the multiplier on the votes of all their answers. None: the default
+    world's reach, 0.2 * log(1 + followers) with heavy-tailed follower counts that grow with activity."""
+    reach_quality_share: float = 0.0
+    """Share of the variance of log reach that is the author's skill (the rest is pure popularity); needs
+    author_reach_sd. 0.5: reach is partly quality; 0: reach says nothing about how well they write."""
+    author_quality_sd: float = 0.0
+    """Sd of an author's skill inside answer quality (quality stays N(0, 1): the rest is per answer)."""
+    unique_author_tokens: bool = False
+    """Profile tokens never collide, as on Zhihu. Every preset but `default` sets it; `default` keeps its
+    original bytes, in which two authors' pinyin slugs sometimes collide."""
+
+    # Votes
+    quality_effect: float = 1.0
+    """Coefficient of quality on log votes (0: votes carry no quality at all)."""
+    exposure_strength: float = 1.0
+    """Multiplier on the early-answer effect: -0.3 * log(1 + rank) - 0.35 * log(1 + days after the first answer / 7)."""
+    crawl_age_effect: float = 0.0
+    """Coefficient on log(1 + days from writing to the crawl / 30): older answers had longer to collect votes."""
+
+    # Titles
+    reask_share: float = 0.02
+    """Share of questions that re-ask an earlier one with a punctuation, spacing or wording change."""
+    cosmetic_reask_share: float = 0.0
+    """Share of questions that re-ask an earlier one with cosmetic edits only (width, ？？ or no ？,
+    spaces, a leading 请问, a trailing 吗)."""
+    title_template_share: float = 0.0
+    """Share of questions titled from shared templates (电影的未来会怎样？ / 摄影的未来会怎样？)."""
+
+    # How the file is written
+    metadata_spelling: Literal["kol", "pandas"] = "kol"
+    """METADATA as the published Zhihu-KOL reads (`kol`) or as the pandas-based converter wrote it
+    (`pandas`: NaN / Infinity tokens, float ids, an extra `url` key); see synth/metadata.py."""
+    legacy_row_share: float = 0.0
+    """Share of rows from the older crawler ({"回答点赞数": ..., "回答时间": ...}, no ids); truth marks
+    them malformed = "legacy_no_ids"."""
+    paragraph_join: Literal["newlines", "space"] = "newlines"
+    """Paragraphs separated by the page's line breaks, or joined by one space as the scraper joined `<p>`."""
+
+
+DEFAULT = World()
+_BASE = replace(DEFAULT, unique_author_tokens=True)
+_KOL_AUTHORS = {  # a crawl that followed KOLs: few authors, many answers each, reach ~ as strong as quality
+    "answers_per_author": 60.0, "author_activity_sd": 1.0, "author_reach_sd": 1.0, "author_quality_sd": 0.5,
+    "crawl_age_effect": 0.3,
+}
+
+WORLDS: dict[str, World] = {
+    world.name: world
+    for world in [
+        DEFAULT,
+        replace(_BASE, name="hot", description="a handful of hot questions with 2,000-12,000 answers each, most within three weeks",
+                hot_questions=6),
+        replace(_BASE, name="kol", description="KOL crawl: authors with many answers and a reach that is partly quality",
+                **_KOL_AUTHORS, reach_quality_share=0.5),
+        replace(_BASE, name="popularity", description="as kol, but reach is pure popularity (says nothing about quality)",
+                **_KOL_AUTHORS, reach_quality_share=0.0),
+        replace(_BASE, name="solo", description="every answer by a different author: author effects cannot be estimated",
+                **_KOL_AUTHORS, reach_quality_share=0.5, authors_repeat=False),
+        replace(_BASE, name="unlearnable", description="votes from reach and exposure only; quality has no effect on votes",
+                **_KOL_AUTHORS, reach_quality_share=0.0, quality_effect=0.0),
+        replace(_BASE, name="templates", description="titles from shared templates (differ in 2-3 characters) and cosmetic re-asks",
+                title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04),
+        replace(_BASE, name="pandas", description="METADATA as pandas wrote it (NaN, Infinity, float ids, url), 2% legacy rows, paragraphs joined by a space",
+                metadata_spelling="pandas", legacy_row_share=0.02, paragraph_join="space"),
+    ]
+}
+
+
+def world_named(name: str | World) -> World:
+    """The preset called `name` (a World is returned as it is)."""
+    if isinstance(name, World):
+        return name
+    if name not in WORLDS:
+        raise UserError(f"--world {name!r} is not a preset; choose one of {', '.join(WORLDS)}")
+    return WORLDS[name]
