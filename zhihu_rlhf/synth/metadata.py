@@ -20,7 +20,6 @@ import random
 UPVOTE_FORMS = ["int", "button", "button_zw", "wan", "bare", "comma", "k", "w"]
 TIME_FORMS = ["iso_ms", "iso", "epoch_s", "epoch_ms", "empty", "missing", "nan", "infinity"]
 ID_FORMS = ["int", "float", "str"]
-SPELLINGS = ["kol", "pandas"]
 
 # Per spelling: the weight of each upvote form where it can express the count (0: never written).
 UPVOTE_FORM_WEIGHTS = {

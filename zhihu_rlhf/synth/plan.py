@@ -112,8 +112,10 @@ def _questions(rng: np.random.Generator, rnd: random.Random, rows: int, world: W
     popularity = rng.normal(0.0, 2.4, n_questions)
     if world.title_template_share:
         templated = rng.random(n_questions) < world.title_template_share
-        from_template = iter(text.template_titles(rnd, int(templated.sum())))
-        titles = [next(from_template, None) or text.random_title(rnd) if t else text.random_title(rnd) for t in templated.tolist()]
+        shared = iter(text.template_titles(rnd, int(templated.sum())))
+        # past the templates' TEMPLATE_TITLE_COUNT distinct titles, questions get ordinary ones
+        picked = [next(shared, None) if use_template else None for use_template in templated.tolist()]
+        titles = [title if title is not None else text.random_title(rnd) for title in picked]
     else:
         titles = [text.random_title(rnd) for _ in range(n_questions)]
     return _Questions(counts, hot, asked, question_id, popularity, titles)
