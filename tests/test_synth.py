@@ -494,6 +494,23 @@ def test_pandas_paragraphs_are_joined_by_one_space(worlds: dict[str, pl.DataFram
     assert worlds["default"]["RESPONSE"].drop_nulls().str.contains("\n").mean() > 0.3
 
 
+def test_new_worlds_crosspost_with_new_prefixes_and_keep_quality(worlds: dict[str, pl.DataFrame]) -> None:
+    """Cross-posted copies in every new world (also with paragraphs joined by spaces) contain their original
+    and carry its quality; 利益相关，匿了。 is among their prefixes."""
+    new_prefix = 0
+    for name, frame in worlds.items():
+        if name == "default":
+            continue
+        originals = frame.filter(pl.col("dup_kind").is_null()).select("answer_cluster", original="RESPONSE", original_quality="quality")
+        copies = frame.filter(pl.col("dup_kind") == "crosspost_prefix_suffix").join(originals, on="answer_cluster")
+        assert copies.height >= 20, name
+        for copy, original in zip(copies["RESPONSE"], copies["original"], strict=True):
+            assert original in copy and copy != original, name
+        assert (copies["quality"] == copies["original_quality"]).all(), name
+        new_prefix += copies["RESPONSE"].str.starts_with("利益相关，匿了。").sum()
+    assert new_prefix >= 5
+
+
 def test_cli_lists_worlds_and_writes_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert synth_cli(["--list-worlds"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(synth.WORLDS)

@@ -57,7 +57,7 @@ def _texts(plan: Plan, rng: np.random.Generator, rnd: random.Random, start: int,
         assert answer is not None
         kind = DUP_KINDS[plan.dup_kind[start + row]]
         if kind == "crosspost_prefix_suffix":
-            answer = text.crosspost(rnd, answer)
+            answer = text.crosspost(rnd, answer, plan.world.crosspost_prefixes)
         elif kind == "punct_edit":
             answer = text.punct_edit(rnd, answer)
         texts[row] = answer

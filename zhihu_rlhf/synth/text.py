@@ -138,7 +138,7 @@ _OPENERS = [
     "谢谢邀请。作为一个{act}了{yrs}年的人，{clause}。",
     "有幸在{org}待过{yrs}年，答一下这个问题。",
 ]
-_PREFIXES = ["谢邀。", "谢邀，人在美国，刚下飞机。", "谢邀\n\n", "泻药。", "利益相关：无。\n", "之前在别的问题下答过，搬运过来。\n\n", "谢邀～\n"]
+CROSSPOST_PREFIXES = ("谢邀。", "谢邀，人在美国，刚下飞机。", "谢邀\n\n", "泻药。", "利益相关：无。\n", "之前在别的问题下答过，搬运过来。\n\n", "谢邀～\n")
 _SUFFIXES = ["\n编辑于 {date}", "\n\n发布于 {date} {hh:02d}:{mm:02d}", "\n\n（完）", "\n——转载请注明出处", "\n\n以上。\n编辑于 {date}"]
 _PUNCT_EDITS = {"，": [",", "、", "。"], "。": [".", "！", "，"], "！": ["!", "。"], "？": ["?"], "；": [";", "，"], "：": [":"]}
 _PUNCT_RE = re.compile("[，。！？；：]")
@@ -254,9 +254,9 @@ def author_token(rnd: random.Random) -> str:
     return token + (f"-{rnd.randint(1, 99)}" if rnd.random() < 0.5 else "")
 
 
-def crosspost(rnd: random.Random, text: str) -> str:
-    """The answer cross-posted: a prefix such as 谢邀。 and/or a suffix such as 编辑于 …."""
-    prefix = rnd.choice(_PREFIXES) if rnd.random() < 0.75 else ""
+def crosspost(rnd: random.Random, text: str, prefixes: tuple[str, ...] = CROSSPOST_PREFIXES) -> str:
+    """The answer cross-posted: one of `prefixes` (谢邀。 ...) and/or a suffix such as 编辑于 …."""
+    prefix = rnd.choice(prefixes) if rnd.random() < 0.75 else ""
     suffix = ""
     if not prefix or rnd.random() < 0.5:
         date = f"{rnd.randint(2016, 2023)}-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.synth.text import CROSSPOST_PREFIXES
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,16 @@ class World:
     legacy_row_share: float = 0.0
     """Share of rows from the older crawler ({"回答点赞数": ..., "回答时间": ...}, no ids); truth marks
     them malformed = "legacy_no_ids"."""
+    crosspost_prefixes: tuple[str, ...] = CROSSPOST_PREFIXES
+    """Prefixes a cross-posted copy may start with (谢邀。, 泻药。, ...); suffixes are 编辑于 … / 发布于 … / （完）."""
     paragraph_join: Literal["newlines", "space"] = "newlines"
     """Paragraphs separated by the page's line breaks, or joined by one space as the scraper joined `<p>`."""
 
 
 DEFAULT = World()
-_BASE = replace(DEFAULT, unique_author_tokens=True)
+_BASE = replace(  # what every new preset has beyond `default`, whose bytes stay as they were
+    DEFAULT, unique_author_tokens=True, crosspost_prefixes=(*CROSSPOST_PREFIXES, "利益相关，匿了。", "利益相关，匿了。\n\n")
+)
 _KOL_AUTHORS = {  # a crawl that followed KOLs: few authors, many answers each, reach ~ as strong as quality
     "answers_per_author": 60.0, "author_activity_sd": 1.0, "author_reach_sd": 1.0, "author_quality_sd": 0.5,
     "crawl_age_effect": 0.3,
