@@ -57,7 +57,7 @@ from tqdm import tqdm
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.synth.metadata import ID_FORMS, TIME_FORMS, UPVOTE_FORMS
-from zhihu_rlhf.synth.plan import CHUNK_ROWS, DUP_KINDS, MALFORMED_KINDS, plan
+from zhihu_rlhf.synth.plan import CHUNK_ROWS, DUP_KINDS, MALFORMED_KINDS, make_plan
 from zhihu_rlhf.synth.render import render_chunk
 from zhihu_rlhf.synth.worlds import WORLDS, World, world_named
 
@@ -103,7 +103,7 @@ def _check(rows: int, mean_answer_chars: int) -> None:
 
 def _chunks(rows: int, seed: int, world: World, mean_answer_chars: int) -> Iterator[tuple[pa.Table, pl.DataFrame]]:
     _check(rows, mean_answer_chars)
-    row_plan = plan(rows, seed, mean_answer_chars, world)
+    row_plan = make_plan(rows, seed, mean_answer_chars, world)
     with tqdm(total=rows, unit="rows", desc=f"synth {world.name}", disable=rows < 50_000) as progress:
         for start in range(0, rows, CHUNK_ROWS):
             stop = min(rows, start + CHUNK_ROWS)

@@ -322,7 +322,7 @@ def _upvote_forms(rng: np.random.Generator, world: World, votes: np.ndarray) -> 
     return upvote_form, upvotes
 
 
-def plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Plan:
+def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Plan:
     """The whole plan for `rows` rows of `world`."""
     rng = np.random.default_rng(seed)
     rnd = random.Random(seed)  # text-level choices (faster than numpy for one value at a time)

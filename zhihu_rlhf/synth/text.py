@@ -275,17 +275,14 @@ def punct_edit(rnd: random.Random, text: str) -> str:
 
 
 def distinct_tokens(tokens: list[str]) -> list[str]:
-    """Profile tokens made unique (as on Zhihu) by numbering the later copies of a colliding slug."""
-    seen: set[str] = set()
-    out = []
+    """Profile tokens made unique (as on Zhihu): the n-th copy of a slug becomes `slug-u<n>`, a segment
+    that `author_token` never writes, so it cannot collide with another slug."""
+    copies: dict[str, int] = {}
+    unique = []
     for token in tokens:
-        unique, n = token, 1
-        while unique in seen:
-            n += 1
-            unique = f"{token}-{n}"
-        seen.add(unique)
-        out.append(unique)
-    return out
+        copies[token] = copies.get(token, 0) + 1
+        unique.append(token if copies[token] == 1 else f"{token}-u{copies[token]}")
+    return unique
 
 
 # ---------------------------------------------------------------------------------------------------
