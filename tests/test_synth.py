@@ -427,7 +427,8 @@ def _titles_by_group(frame: pl.DataFrame) -> pl.DataFrame:
 def test_templates_plant_hard_negative_titles(worlds: dict[str, pl.DataFrame]) -> None:
     def close_pairs_of_different_questions(frame: pl.DataFrame) -> int:
         titles = _titles_by_group(frame)
-        distances = process.cdist(titles["INSTRUCTION"], titles["INSTRUCTION"], scorer=Levenshtein.distance, score_cutoff=3, workers=1)
+        texts = titles["INSTRUCTION"]
+        distances = process.cdist(texts, texts, scorer=Levenshtein.distance, score_cutoff=3, workers=1)
         groups = titles["question_group"].to_numpy()
         close = (distances <= 3) & (groups[:, None] != groups[None, :])
         return int(close.sum()) // 2
@@ -439,7 +440,7 @@ def test_templates_plant_hard_negative_titles(worlds: dict[str, pl.DataFrame]) -
 
 def test_templates_reasks_differ_only_cosmetically(worlds: dict[str, pl.DataFrame]) -> None:
     titles = _titles_by_group(worlds["templates"])
-    originals = dict(titles.filter(pl.col("question_id") == pl.col("question_group")).select("question_id", "INSTRUCTION").iter_rows())
+    originals = dict(titles.filter(pl.col("question_id") == pl.col("question_group")).drop("question_group").iter_rows())
     reasks = titles.filter(pl.col("question_id") != pl.col("question_group"))
     assert reasks.height >= 40
     for row in reasks.iter_rows(named=True):
@@ -453,7 +454,8 @@ def test_templates_reasks_differ_only_cosmetically(worlds: dict[str, pl.DataFram
 def test_pandas_metadata_is_what_json_dumps_over_a_pandas_row_writes(worlds: dict[str, pl.DataFrame]) -> None:
     frame = worlds["pandas"]
     texts = frame["METADATA"].to_list()
-    assert any(": NaN" in t for t in texts) and any(": Infinity" in t for t in texts) and any(": -Infinity" in t for t in texts)
+    for token in (": NaN", ": Infinity", ": -Infinity"):
+        assert any(token in t for t in texts), token
     nan_row = next(t for t in texts if '"answer_creation_time": NaN' in t)
     assert math.isnan(json.loads(nan_row)["answer_creation_time"])  # Python's json reads the NaN token
     whole = frame.filter(~pl.col("malformed").is_in(["invalid_json", "legacy_no_ids"]).fill_null(False))
@@ -501,7 +503,8 @@ def test_new_worlds_crosspost_with_new_prefixes_and_keep_quality(worlds: dict[st
     for name, frame in worlds.items():
         if name == "default":
             continue
-        originals = frame.filter(pl.col("dup_kind").is_null()).select("answer_cluster", original="RESPONSE", original_quality="quality")
+        originals = frame.filter(pl.col("dup_kind").is_null())
+        originals = originals.select("answer_cluster", original="RESPONSE", original_quality="quality")
         copies = frame.filter(pl.col("dup_kind") == "crosspost_prefix_suffix").join(originals, on="answer_cluster")
         assert copies.height >= 20, name
         for copy, original in zip(copies["RESPONSE"], copies["original"], strict=True):

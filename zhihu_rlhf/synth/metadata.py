@@ -73,13 +73,19 @@ def time_value(form: int, epoch: int, iso: str, rnd: random.Random) -> object:
     name = TIME_FORMS[form]
     if name == "infinity":
         return float("inf") if rnd.random() < 0.5 else float("-inf")
-    values = {"iso_ms": iso + ".000Z", "iso": iso + "Z", "epoch_s": epoch, "epoch_ms": epoch * 1000, "empty": "", "nan": float("nan")}
+    values = {
+        "iso_ms": iso + ".000Z", "iso": iso + "Z", "epoch_s": epoch, "epoch_ms": epoch * 1000, "empty": "", "nan": float("nan")
+    }
     return values.get(name)
 
 
-def kol_row(question_id: object, answer_id: object, author_token: str, upvotes: object, created: object) -> dict[str, object]:
+def kol_row(
+    question_id: object, answer_id: object, author_token: str, upvotes: object, created: object
+) -> dict[str, object]:
     """METADATA keys as the Zhihu-KOL collection scripts wrote them (creation time left out when None)."""
-    meta: dict[str, object] = {"question_id": question_id, "answer_id": answer_id, "author_id": PROFILE_URL + author_token, "upvotes": upvotes}
+    meta: dict[str, object] = {
+        "question_id": question_id, "answer_id": answer_id, "author_id": PROFILE_URL + author_token, "upvotes": upvotes
+    }
     if created is not None:
         meta["answer_creation_time"] = created
     return meta

@@ -130,7 +130,8 @@ def _reasks(
     question_group = question_id.copy()
     reasked = np.zeros(n_questions, dtype=bool)
     n_reask = int(round(world.reask_share * n_questions)) if n_questions >= 4 else 0
-    n_cosmetic = min(int(round(world.cosmetic_reask_share * n_questions)), n_questions // 2 - n_reask) if n_questions >= 4 else 0
+    n_cosmetic = int(round(world.cosmetic_reask_share * n_questions)) if n_questions >= 4 else 0
+    n_cosmetic = min(n_cosmetic, n_questions // 2 - n_reask)  # each re-ask needs an original of its own
     n_pairs = n_reask + n_cosmetic
     picked = rng.choice(n_questions, 2 * n_pairs, replace=False)
     a, b = picked[:n_pairs], picked[n_pairs:]

@@ -67,7 +67,9 @@ def _texts(plan: Plan, rng: np.random.Generator, rnd: random.Random, start: int,
     return texts
 
 
-def _metadata(plan: Plan, rnd: random.Random, start: int, stop: int, texts: list[str | None]) -> tuple[list[str], list[int | None]]:
+def _metadata(
+    plan: Plan, rnd: random.Random, start: int, stop: int, texts: list[str | None]
+) -> tuple[list[str], list[int | None]]:
     """METADATA strings of rows [start, stop) and the creation time each denotes (epoch microseconds or None).
     Plants the defects, blanking the response of `blank_response` rows in `texts`."""
     pandas = plan.world.metadata_spelling == "pandas"

@@ -84,38 +84,53 @@ class World:
     """Share of rows from the older crawler ({"回答点赞数": ..., "回答时间": ...}, no ids); truth marks
     them malformed = "legacy_no_ids"."""
     crosspost_prefixes: tuple[str, ...] = CROSSPOST_PREFIXES
-    """Prefixes a cross-posted copy may start with (谢邀。, 泻药。, ...); suffixes are 编辑于 … / 发布于 … / （完）."""
+    """Prefixes a cross-posted copy may start with (谢邀。, 泻药。, ...); suffixes are 编辑于 … / 发布于 …."""
     paragraph_join: Literal["newlines", "space"] = "newlines"
     """Paragraphs separated by the page's line breaks, or joined by one space as the scraper joined `<p>`."""
 
 
 DEFAULT = World()
 _BASE = replace(  # what every new preset has beyond `default`, whose bytes stay as they were
-    DEFAULT, unique_author_tokens=True, crosspost_prefixes=(*CROSSPOST_PREFIXES, "利益相关，匿了。", "利益相关，匿了。\n\n")
+    DEFAULT,
+    unique_author_tokens=True,
+    crosspost_prefixes=(*CROSSPOST_PREFIXES, "利益相关，匿了。", "利益相关，匿了。\n\n"),
 )
-_KOL_AUTHORS = {  # a crawl that followed KOLs: few authors, many answers each, reach ~ as strong as quality
-    "answers_per_author": 60.0, "author_activity_sd": 1.0, "author_reach_sd": 1.0, "author_quality_sd": 0.5,
-    "crawl_age_effect": 0.3,
-}
+_KOL = replace(  # a crawl that followed KOLs: few authors, many answers each, reach about as strong as quality
+    _BASE, answers_per_author=60.0, author_activity_sd=1.0, author_reach_sd=1.0, author_quality_sd=0.5, crawl_age_effect=0.3
+)
 
 WORLDS: dict[str, World] = {
     world.name: world
     for world in [
         DEFAULT,
-        replace(_BASE, name="hot", description="a handful of hot questions with 2,000-12,000 answers each, most within three weeks",
-                hot_questions=6),
-        replace(_BASE, name="kol", description="KOL crawl: authors with many answers and a reach that is partly quality",
-                **_KOL_AUTHORS, reach_quality_share=0.5),
-        replace(_BASE, name="popularity", description="as kol, but reach is pure popularity (says nothing about quality)",
-                **_KOL_AUTHORS, reach_quality_share=0.0),
-        replace(_BASE, name="solo", description="every answer by a different author: author effects cannot be estimated",
-                **_KOL_AUTHORS, reach_quality_share=0.5, authors_repeat=False),
-        replace(_BASE, name="unlearnable", description="votes from reach and exposure only; quality has no effect on votes",
-                **_KOL_AUTHORS, reach_quality_share=0.0, quality_effect=0.0),
-        replace(_BASE, name="templates", description="titles from shared templates (differ in 2-3 characters) and cosmetic re-asks",
-                title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04),
-        replace(_BASE, name="pandas", description="METADATA as pandas wrote it (NaN, Infinity, float ids, url), 2% legacy rows, paragraphs joined by a space",
-                metadata_spelling="pandas", legacy_row_share=0.02, paragraph_join="space"),
+        replace(
+            _BASE, name="hot", hot_questions=6,
+            description="a handful of hot questions with 2,000-12,000 answers each, most within three weeks",
+        ),
+        replace(
+            _KOL, name="kol", reach_quality_share=0.5,
+            description="KOL crawl: authors with many answers and a reach that is partly quality",
+        ),
+        replace(
+            _KOL, name="popularity", reach_quality_share=0.0,
+            description="as kol, but reach is pure popularity (says nothing about quality)",
+        ),
+        replace(
+            _KOL, name="solo", reach_quality_share=0.5, authors_repeat=False,
+            description="every answer by a different author: author effects cannot be estimated",
+        ),
+        replace(
+            _KOL, name="unlearnable", reach_quality_share=0.0, quality_effect=0.0,
+            description="votes from reach and exposure only; quality has no effect on votes",
+        ),
+        replace(
+            _BASE, name="templates", title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04,
+            description="titles from shared templates (differ in 2-3 characters) and cosmetic re-asks",
+        ),
+        replace(
+            _BASE, name="pandas", metadata_spelling="pandas", legacy_row_share=0.02, paragraph_join="space",
+            description="METADATA as pandas wrote it (NaN, Infinity, float ids, url), legacy rows, space-joined paragraphs",
+        ),
     ]
 }
 
