@@ -104,3 +104,35 @@ def test_dpo_raises_preference_accuracy_on_held_out_pairs(tmp_path: Path) -> Non
     card = (opts.out / "README.md").read_text()
     assert "dpo" in card and "beta" in card
     assert (opts.out / "curves.png").exists()
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt2"])  # configs that ship dropout 0.1, as the real ones do
+def test_step_zero_loss_is_log_2_when_policy_equals_reference(fixture_model_dir, tmp_path: Path, family) -> None:
+    data = tmp_path / "pairs"
+    _write_pairs(data, "train", 16, seed=1)
+    _write_pairs(data, "test", 4, seed=2)
+    # A fraction of an epoch: one optimizer step, whose logged loss is computed before the weights move.
+    opts = DPOOptions(
+        model=str(fixture_model_dir(family)), data=str(data), out=tmp_path / "dpo", device="cpu", epochs=0.01,
+        batch_size=8, grad_accum=2, warmup_ratio=0.0, save_steps=0, max_len=64, template="plain",
+    )
+    train(opts)
+    first = next(r for r in read_metrics(opts.out) if r["split"] == "train")
+    assert first["step"] == 1
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # No pair is ranked by dropout noise: every implicit-reward margin is 0 up to float rounding.
+    assert abs(first["margin"]) < 1e-5 and abs(first["chosen_reward"]) < 1e-5
+
+
+def test_chosen_and_rejected_keep_the_identical_prompt_when_cut(fixture_model_dir) -> None:
+    tokenizer, _ = load_tokenizer_and_model(str(fixture_model_dir("qwen2.5")), "causal-lm")
+    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 30}
+    (pair,) = encode_pairs(tokenizer, [row], "chat", 128)
+    prompt = pair.chosen_ids[: pair.prompt_len]
+    assert pair.rejected_ids[: pair.prompt_len] == prompt
+    assert len(pair.chosen_ids) <= 128 and len(pair.rejected_ids) == 128
+    # The kept prompt is the end of the rendered prompt (closest to the answer), at least half of max_len.
+    full_prompt = tokenizer(tokenizer.apply_chat_template(
+        [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
+    ), add_special_tokens=False)["input_ids"]
+    assert len(prompt) >= 64 and full_prompt[-len(prompt) :] == prompt

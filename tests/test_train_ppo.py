@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -16,6 +20,10 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
+from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.prompts import render_prompt
+from zhihu_rlhf.train.rm import TokenScorer
+from zhihu_rlhf.train.runtime import Runtime
 from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.ppo import (
     AdaptiveKLController,
@@ -24,9 +32,12 @@ from zhihu_rlhf.train.ppo import (
     entropy_from_logits,
     explained_variance,
     gae_advantages,
+    generate_rollout,
     kl_penalty_rewards,
+    make_reference,
     masked_whiten,
     policy_loss,
+    ppo_update,
     train,
     value_loss,
 )
@@ -257,3 +268,101 @@ def test_ppo_bad_arguments_give_one_clear_line(tmp_path: Path) -> None:
         train_main([*args, "--reward-fn", "no_colon_here"])
     with pytest.raises(UserError, match="does not exist"):
         train_main([*args, "--reward", "./no/such/rm"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollout and update on a fixture model (Qwen2.5 layout)
+
+
+def _fixture_rollout(fixture_model_dir, tmp_path: Path, rt: Runtime, **overrides: object):
+    """A 4-prompt rollout of the qwen2.5 fixture policy against itself as reference; returns (policy, value, rollout)."""
+    tokenizer, policy = load_tokenizer_and_model(str(fixture_model_dir("qwen2.5")), "causal-lm")
+    _, value_base = load_tokenizer_and_model(str(fixture_model_dir("qwen2.5", "reward")), "reward")
+    opts = _tiny_opts(tmp_path, policy="fixture", max_new_tokens=12, rollout_batch_size=4, micro_batch_size=4, **overrides)
+    prompts = [f"问题{i}：" + "为什么天空是蓝色的？" * (i + 1) for i in range(4)]
+    prompt_ids = [tokenizer(render_prompt(tokenizer, p, "plain"), add_special_tokens=False)["input_ids"] for p in prompts]
+    value_model = TokenScorer(value_base)
+    torch.manual_seed(0)
+    rollout = generate_rollout(
+        policy, make_reference(policy, rt), value_model, lambda p, r: [0.0] * len(p), tokenizer, prompts, prompt_ids,
+        opts, rt,
+    )
+    return policy, value_model, rollout
+
+
+def test_kl_is_exactly_zero_at_iteration_zero_under_bf16_autocast(fixture_model_dir, tmp_path: Path) -> None:
+    # The GPU path's precision (fp32 weights, bf16 autocast), here on the CPU: reference and policy compute alike.
+    rt = Runtime(device=torch.device("cpu"), autocast_dtype=torch.bfloat16)
+    policy, _, rollout = _fixture_rollout(fixture_model_dir, tmp_path, rt)
+    _, kl = kl_penalty_rewards(rollout.scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, 0.1)
+    assert torch.equal(kl, torch.zeros_like(kl))
+    assert next(make_reference(policy, rt).parameters()).dtype == next(policy.parameters()).dtype
+
+
+class _GradientRecorder:
+    """Stands in for the optimizer: records each step's gradients and leaves the weights alone."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.steps = model, []
+
+    def step(self) -> None:
+        self.steps.append([p.grad.clone() for p in self.model.parameters() if p.grad is not None])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def test_ppo_loss_is_a_token_mean_over_the_minibatch(fixture_model_dir, tmp_path: Path) -> None:
+    rt = Runtime(device=torch.device("cpu"), autocast_dtype=None)
+    policy, value_model, rollout = _fixture_rollout(fixture_model_dir, tmp_path, rt)
+    # Responses of 2, 3, 7 and 12 tokens: micro-batch token means weighted per sequence would differ from this.
+    for row, length in enumerate((2, 3, 7, 12)):
+        rollout.response_mask[row, length:] = 0
+    rollout.attention_mask[:, -rollout.response_len :] = rollout.response_mask.long()
+    generator = torch.Generator().manual_seed(1)
+    advantages = torch.randn(rollout.response_mask.shape, generator=generator) * rollout.response_mask
+    returns = torch.randn(rollout.response_mask.shape, generator=generator) * rollout.response_mask
+    both = torch.nn.ModuleDict({"policy": policy, "value": value_model})
+    gradients = []
+    for micro_batch_size, grad_accum in ((4, 1), (1, 4), (2, 2)):
+        opts = _tiny_opts(tmp_path, micro_batch_size=micro_batch_size, grad_accum=grad_accum, ppo_epochs=1, max_grad_norm=0.0)
+        recorder = _GradientRecorder(both)
+        ppo_update(policy, value_model, recorder, _GradientRecorder(both), rollout, advantages, returns, opts, rt, 0)
+        (step,) = recorder.steps
+        gradients.append(step)
+    for other in gradients[1:]:
+        for whole, split in zip(gradients[0], other, strict=True):
+            torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-7)
+
+
+def test_reward_statistics_are_reduced_over_torchrun_ranks(tmp_path: Path) -> None:
+    """Two gloo processes with different scores keep the same running moments: those of all scores together."""
+    script = tmp_path / "moments.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "from zhihu_rlhf.train.ppo import RunningMoments\n"
+        "from zhihu_rlhf.train.runtime import setup_runtime, shutdown_runtime\n"
+        "rt = setup_runtime('cpu')\n"
+        "moments = RunningMoments()\n"
+        "for batch in range(2):\n"
+        "    scores = torch.arange(3 + rt.rank, dtype=torch.float32) * (rt.rank + 1) + 10 * batch\n"
+        "    moments.update(scores, rt)\n"
+        "out = {'mean': moments.mean, 'std': moments.std, 'count': moments.count}\n"
+        "open(sys.argv[1] + f'/rank{rt.rank}.json', 'w').write(json.dumps(out))\n"
+        "shutdown_runtime(rt)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+         str(script), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    everything = np.array(
+        [i * (rank + 1) + 10 * batch for batch in range(2) for rank in range(2) for i in range(3 + rank)], dtype=float
+    )
+    for rank in range(2):
+        moments = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert moments["count"] == everything.size
+        assert moments["mean"] == pytest.approx(everything.mean())
+        assert moments["std"] == pytest.approx(everything.std())

@@ -60,10 +60,11 @@ def test_chosen_and_rejected_share_one_forward_pass_and_padding_does_not_change_
         for p, c, r in planted_pairs(3, seed=1)
     ]
     calls = []
-    model.register_forward_hook(lambda module, args, output: calls.append(output.logits.shape))
+    model.model.register_forward_hook(lambda module, args, output: calls.append(output.last_hidden_state.shape[0]))
     with torch.no_grad():
-        r_c, r_r = pair_rewards(model, pairs, tokenizer.pad_token_id, torch.device("cpu"))
-        assert calls == [torch.Size([6, 1])]
+        r_c, r_r = pair_rewards(rm.TokenScorer(model), pairs, tokenizer.pad_token_id, torch.device("cpu"))
+        assert calls == [6]
+        calls.clear()
         alone = [model(torch.tensor([s])).logits[0, 0].item() for p in pairs for s in (p.chosen, p.rejected)]
     assert r_c.tolist() == pytest.approx(alone[0::2], abs=1e-5)
     assert r_r.tolist() == pytest.approx(alone[1::2], abs=1e-5)
@@ -120,3 +121,18 @@ def test_bad_option_value_gives_one_clear_line(tmp_path, capsys):
         cli_main(rm.main, ["--model", "tiny", "--data", "x", "--out", str(tmp_path), "--batch-size", "0"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: --batch-size must be >= 1, got 0\n"
+
+
+def test_chosen_and_rejected_keep_the_identical_prompt_when_cut(fixture_model_dir):
+    tokenizer, _ = models.load_tokenizer_and_model(str(fixture_model_dir("qwen2.5", "reward")), "reward")
+    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 30}
+    (pair,) = rm.encode_pairs(tokenizer, [row], "chat", 128)
+    full_prompt = tokenizer(tokenizer.apply_chat_template(
+        [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
+    ), add_special_tokens=False)["input_ids"]
+    # Both sides start with the same end of the rendered prompt, at least half of max_len, then their answers.
+    shared = 0
+    while pair.chosen[shared] == pair.rejected[shared]:
+        shared += 1
+    assert shared >= 64 and full_prompt[-shared:] == pair.chosen[:shared]
+    assert pair.chosen[shared:] == tokenizer("好。<|im_end|>", add_special_tokens=False)["input_ids"]

@@ -3,6 +3,7 @@
     INSTRUCT_COLUMNS, PAIRS_COLUMNS
     load_split(data, split, kind) -> list[dict[str, str]]      folder we built | Hub dataset id | "sample"
     pad_ids(seqs, value, side="right") -> (ids, attention_mask)  [N, longest] torch.long, on the CPU
+    position_ids_from(attention_mask) -> position ids            0, 1, 2, ... over the real tokens of each row
     epoch_permutation(n, seed, epoch) -> np.ndarray             deterministic data order per epoch
     shuffled_batches(n, batch_size, seed, epoch) -> list[list[int]]   that order cut into fixed-size batches
     iter_chunks(items, size)                                    consecutive slices (evaluation batches)
@@ -119,6 +120,15 @@ def pad_ids(
     padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=value, padding_side=side)
     mask = torch.nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_value=0, padding_side=side)
     return padded, mask
+
+
+def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) mask -> (B, L) positions 0, 1, 2, ... over the real tokens (0 on padding), left or right padded.
+
+    Exactly how `generate` numbers left-padded prompts, so a scored or re-read rollout sees the positions it was
+    sampled with.
+    """
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -4,7 +4,8 @@ Learn from chosen/rejected pairs directly, with no reward model (Rafailov et al.
 
 The implicit reward of a response y is beta * (log pi(y|x) - log pi_ref(y|x)); the sigmoid loss pushes
 the chosen response's implicit reward above the rejected one's. The reference log-probs come from the
-frozen starting model and are computed once, before training.
+frozen starting model and are computed once, before training. Dropout is off in the trained policy too, so at
+step 0 (policy == reference) every pair's loss is exactly log 2 and no pair counts as ranked right.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from torch import nn
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.models import disable_dropout, load_tokenizer_and_model
 from zhihu_rlhf.train.options import TrainOptions, parse_options
-from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
+from zhihu_rlhf.train.prompts import TEMPLATES, encode_pair, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 
@@ -88,21 +89,18 @@ def dpo_loss(
 
 @dataclass
 class EncodedPair:
-    """One pair tokenized as two examples sharing the prompt; log-probs cover the tokens after prompt_len."""
+    """One pair tokenized as two examples with the identical prompt; log-probs cover the tokens after prompt_len."""
 
     chosen_ids: list[int]
-    chosen_prompt_len: int
     rejected_ids: list[int]
-    rejected_prompt_len: int
+    prompt_len: int
 
 
 def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: int) -> list[EncodedPair]:
-    pairs = []
-    for row in rows:
-        chosen = encode_example(tokenizer, row["prompt"], row["chosen"], template, max_len)
-        rejected = encode_example(tokenizer, row["prompt"], row["rejected"], template, max_len)
-        pairs.append(EncodedPair(*chosen, *rejected))
-    return pairs
+    return [
+        EncodedPair(*encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], template, max_len))
+        for row in rows
+    ]
 
 
 def sequence_logps(
@@ -131,8 +129,8 @@ def pair_logps(
     model: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) sequence log-probs, each (B,), from ONE forward over the 2B sequences."""
-    examples = [(p.chosen_ids, p.chosen_prompt_len) for p in pairs]
-    examples += [(p.rejected_ids, p.rejected_prompt_len) for p in pairs]
+    examples = [(p.chosen_ids, p.prompt_len) for p in pairs]
+    examples += [(p.rejected_ids, p.prompt_len) for p in pairs]
     logps = sequence_logps(model, examples, pad_id, device)
     return logps[: len(pairs)], logps[len(pairs) :]
 
@@ -172,6 +170,9 @@ def train(opts: DPOOptions) -> dict[str, float]:
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
+        # The reference log-probs are computed in eval mode; the policy trains in train mode, so without this
+        # a config's dropout (OPT, GPT-2: 0.1) makes policy != reference at step 0 and the loss starts off log 2.
+        disable_dropout(model)
         model.to(rt.device)
         pad_id = tokenizer.pad_token_id
         if rt.is_main:

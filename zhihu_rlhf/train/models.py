@@ -4,6 +4,7 @@
     load_tokenizer(name) -> tokenizer            pad token always set
     load_tokenizer_and_model(name, kind, *, attn_impl="sdpa", grad_ckpt=False) -> (tokenizer, model)
                                    kind "causal-lm" | "reward" (AutoModelForSequenceClassification, num_labels=1)
+    disable_dropout(model)         dropout and layer drop off, for stages that compare against a frozen model
 
 Packed (padding-free) rows: call model(input_ids, position_ids=..., use_cache=False) with NO attention_mask and
 position ids restarting at 0 per example; transformers (masking_utils.find_packed_sequence_indices) then keeps
@@ -105,6 +106,22 @@ def load_tokenizer_and_model(
         model.config.use_cache = False
         model.activation_checkpointing_enable({"use_reentrant": False})
     return tokenizer, model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Turn off every dropout in `model`, also in train mode: its outputs then match an eval-mode copy of it.
+
+    DPO and PPO compare the trained model with a frozen copy run in eval mode (DPO's reference log-probs, PPO's
+    rollout log-probs and reference); with dropout on, the two differ at step 0 although the weights are equal.
+    Besides nn.Dropout modules, architectures keep rates as float attributes read in forward (OPT's `dropout` and
+    `layerdrop`, BLOOM's `hidden_dropout`, Llama's `attention_dropout`): any float attribute named *drop* is zeroed.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "drop" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
 
 
 def _check_model_name(name: str) -> None:

@@ -7,7 +7,9 @@ a few PPO epochs over minibatches of that rollout.
 
 Shapes: B = rollout batch, T = response length (max new tokens), P = padded prompt length.
 All per-token tensors below are over RESPONSE tokens only, (B, T), with `mask` (B, T) = 1 on the
-response tokens up to and including the first EOS, 0 on padding after it.
+response tokens up to and including the first end token, 0 on padding after it. What ends a response (EOS, the
+template's end-of-turn, generation_config's eos list) and where the RM is read are decided in prompts.py, the
+same rules SFT's targets and RM training follow.
 
 The math follows the order of one iteration:
 rollout -> rewards (RM score + per-token KL penalty) -> advantages (GAE, whitened) -> losses (clipped).
@@ -33,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.data import epoch_permutation, iter_chunks, load_split, pad_ids
+from zhihu_rlhf.train.data import epoch_permutation, iter_chunks, load_split, pad_ids, position_ids_from
 from zhihu_rlhf.train.loop import (
     CHECKPOINT_DIR,
     latest_checkpoint,
@@ -42,11 +44,19 @@ from zhihu_rlhf.train.loop import (
     make_scheduler,
     save_checkpoint,
 )
-from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.models import disable_dropout, load_tokenizer_and_model
 from zhihu_rlhf.train.options import TrainOptions, parse_options
-from zhihu_rlhf.train.prompts import TEMPLATES, render_prompt, resolve_template
+from zhihu_rlhf.train.prompts import (
+    TEMPLATES,
+    end_token_ids,
+    render_prompt,
+    resolve_template,
+    response_mask,
+    score_positions,
+)
 from zhihu_rlhf.train.report import MetricsLogger, ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.rm import TokenScorer, sequence_scores
+from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, unwrap, wrap_ddp
 
 # A programmatic reward: (prompts, responses) -> one score per response (rule-based rewards: format, length, ...).
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -88,22 +98,16 @@ def kl_penalty_rewards(
     mask: torch.Tensor,  # (B, T)
     kl_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards r_t = -kl_coef * (log pi - log pi_ref), plus the RM score on the last response token.
+    """Per-token rewards r_t = -kl_coef * (log pi - log pi_ref), plus the RM score on the last response token
+    (the token it was read at: prompts.score_positions).
 
     Returns (rewards, kl), both (B, T) and zero on padding. `kl` is the per-token estimate
     log pi(a_t) - log pi_ref(a_t); its sum over a response estimates KL(pi || pi_ref) for that prompt.
     """
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
-    last = last_token_index(mask)  # (B,)
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores)), score_positions(mask)] += scores
     return rewards, kl
-
-
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask -> (B,) index of the last 1 in each row (0 for an all-zero row)."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    return (positions * mask.long()).argmax(dim=1)
 
 
 class RunningMoments:
@@ -114,10 +118,13 @@ class RunningMoments:
         self.var = 1.0
         self.count = 0
 
-    def update(self, values: torch.Tensor) -> None:
+    def update(self, values: torch.Tensor, rt: Runtime | None = None) -> None:
+        """Add a batch of scores; with `rt` under torchrun, every rank's batch, so all ranks keep the same moments."""
+        reduce_sum = rt.all_reduce_sum if rt is not None else float
         values = values.double()
-        n = values.numel()
-        batch_mean, batch_var = values.mean().item(), values.var(unbiased=False).item()
+        n = reduce_sum(values.numel())
+        batch_mean = reduce_sum(values.sum().item()) / n
+        batch_var = reduce_sum(((values - batch_mean) ** 2).sum().item()) / n
         total = self.count + n
         delta = batch_mean - self.mean
         m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
@@ -251,21 +258,8 @@ class AdaptiveKLController:
 # Model passes over (prompt + response) sequences
 #
 # A rollout batch is `sequences` (B, P + T): left-padded prompts followed by the sampled responses
-# (right-padded after EOS). `attention_mask` (B, P + T) is the prompt mask followed by the response mask.
-# Position ids count real tokens only, exactly as `generate` numbers them for left-padded prompts.
-
-
-def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, L) mask -> (B, L) positions 0, 1, 2, ... over the real tokens (0 on padding)."""
-    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-
-
-def response_mask_from(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """(B, T) sampled tokens -> (B, T) float mask: 1 up to and including the first EOS, 0 after it."""
-    is_eos = responses == eos_token_id
-    # Number of EOS strictly before each position; a token belongs to the response while it is 0.
-    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()
-    return (eos_before == 0).float()
+# (right-padded after the end token). `attention_mask` (B, P + T) is the prompt mask followed by the response
+# mask. Position ids count real tokens only, exactly as `generate` numbers them for left-padded prompts.
 
 
 def response_logprobs(
@@ -296,34 +290,6 @@ def response_logprobs(
         with torch.no_grad():  # logged, not optimised
             entropy = entropy_from_logits(logits)
     return logprobs, entropy
-
-
-class TokenScorer(nn.Module):
-    """A one-label sequence classifier (RM or value model) read at EVERY position: forward -> (B, L) scores.
-
-    AutoModelForSequenceClassification only returns the score at the last non-pad token; PPO needs the
-    value of every prefix and the RM score at a position it chooses, so this runs the backbone and the
-    `score` head itself. A module (not a function) so DistributedDataParallel sees the forward.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(getattr(model, "score", None), nn.Module):
-            raise UserError(
-                f"{type(model).__name__} has no `score` head: PPO needs a decoder sequence classifier "
-                "(Llama, Qwen2, Mistral, GPT-2, OPT, ... AutoModelForSequenceClassification)"
-            )
-        self.model = model
-
-    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(
-            input_ids=sequences,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
-        return self.model.score(hidden).squeeze(-1).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -380,7 +346,8 @@ class PPOOptions(TrainOptions):
     reward_norm: bool = field(default=True, metadata={"help": "normalise RM scores by their running mean and std"})
     reward_clip: float = field(default=5.0, metadata={"help": "clip the (normalised) score to +-this (0 = off)"})
     missing_eos_penalty: float = field(
-        default=0.0, metadata={"help": "subtract this from the score of responses cut at --max-new-tokens without EOS"}
+        default=0.0,
+        metadata={"help": "subtract this from the score of responses cut at --max-new-tokens without an end token"},
     )
     log_samples: int = field(default=4, metadata={"help": "generations per iteration written to OUT/samples.jsonl"})
     save_steps: int = field(default=20, metadata={"help": "checkpoint every N iterations (0 = never)"})
@@ -427,9 +394,10 @@ def load_reward_fn(spec: str) -> RewardFn:
 class Rollout:
     """One iteration's experience. P = padded prompt length, T = longest response, B = prompts."""
 
-    sequences: torch.Tensor  # (B, P + T) left-padded prompt + response (pad after EOS)
+    sequences: torch.Tensor  # (B, P + T) left-padded prompt + response (pad after its end token)
     attention_mask: torch.Tensor  # (B, P + T)
     response_mask: torch.Tensor  # (B, T) float
+    ended: torch.Tensor  # (B,) bool: the response stopped on an end token, not at --max-new-tokens
     logprobs: torch.Tensor  # (B, T) policy at sampling time
     ref_logprobs: torch.Tensor  # (B, T)
     values: torch.Tensor  # (B, T)
@@ -461,7 +429,11 @@ def generate_rollout(
     opts: PPOOptions,
     rt: Runtime,
 ) -> Rollout:
-    """Sample one response per prompt, then compute log-probs (policy, reference), values and scores."""
+    """Sample one response per prompt, then compute log-probs (policy, reference), values and scores.
+
+    Generation stops on every end token (prompts.end_token_ids), so a response ends where SFT's targets ended.
+    """
+    end_ids = end_token_ids(tokenizer, unwrap(policy).generation_config)
     input_ids, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id, rt.device)
     prompt_len = input_ids.shape[1]
     policy.eval()
@@ -481,37 +453,37 @@ def generate_rollout(
             no_repeat_ngram_size=0,
             max_new_tokens=opts.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=end_ids,
             use_cache=True,
         )
     responses = sequences[:, prompt_len:]  # (B, T)
-    response_mask = response_mask_from(responses, tokenizer.eos_token_id)
-    responses = torch.where(response_mask.bool(), responses, tokenizer.pad_token_id)
+    mask = response_mask(responses, end_ids)
+    last = score_positions(mask)  # (B,) the end token, or the last token of a cut response
+    ended = torch.isin(responses[torch.arange(len(responses)), last], torch.tensor(end_ids, device=responses.device))
+    responses = torch.where(mask.bool(), responses, tokenizer.pad_token_id)
     sequences = torch.cat([input_ids, responses], dim=1)
-    attention_mask = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
     T = responses.shape[1]
-    last = last_token_index(response_mask)  # (B,) the EOS, or the last token of a cut response
 
     logprobs, ref_logprobs, values, entropy, model_scores = [], [], [], [], []
     with rt.autocast():
         for rows in iter_chunks(range(len(prompts)), opts.micro_batch_size):
             rows = list(rows)
-            seq, mask = sequences[rows], attention_mask[rows]
-            lp, ent = response_logprobs(policy, seq, mask, T, opts.temperature, with_entropy=True)
+            seq, seq_mask = sequences[rows], attention_mask[rows]
+            lp, ent = response_logprobs(policy, seq, seq_mask, T, opts.temperature, with_entropy=True)
             logprobs.append(lp)
             entropy.append(ent)
-            ref_logprobs.append(response_logprobs(ref_policy, seq, mask, T, opts.temperature)[0])
+            ref_logprobs.append(response_logprobs(ref_policy, seq, seq_mask, T, opts.temperature)[0])
             # Position P - 1 + t is the state before response token t.
-            values.append(value_model(seq, mask)[:, prompt_len - 1 : -1])
+            values.append(value_model(seq, seq_mask)[:, prompt_len - 1 : -1])
             if isinstance(reward, nn.Module):
-                # The RM read where it was trained to: the last token of prompt + response (EOS included).
-                scores_all = reward(seq, mask)  # (b, P + T)
-                model_scores.append(scores_all[torch.arange(len(rows)), prompt_len + last[rows]])
+                # The RM read where RM training and rm.score read it: the last token of prompt + response.
+                model_scores.append(sequence_scores(reward, seq, seq_mask))
     # Models often pad their embedding matrix past the tokenizer (Qwen2.5: 151,936 rows for 151,665 tokens);
     # an id sampled from that padding has no text.
     n_tokens = len(tokenizer)
     texts = [
-        tokenizer.decode([t for t in responses[i, : int(response_mask[i].sum())].tolist() if t < n_tokens], skip_special_tokens=True)
+        tokenizer.decode([t for t in responses[i, : int(mask[i].sum())].tolist() if t < n_tokens], skip_special_tokens=True)
         for i in range(len(prompts))
     ]
     if isinstance(reward, nn.Module):
@@ -523,7 +495,8 @@ def generate_rollout(
     return Rollout(
         sequences=sequences,
         attention_mask=attention_mask,
-        response_mask=response_mask,
+        response_mask=mask,
+        ended=ended,
         logprobs=torch.cat(logprobs).float(),
         ref_logprobs=torch.cat(ref_logprobs).float(),
         values=torch.cat(values).float(),
@@ -534,19 +507,14 @@ def generate_rollout(
     )
 
 
-def ended_with_eos(rollout: Rollout, eos_token_id: int) -> torch.Tensor:
-    """(B,) bool: the response stopped on its own (EOS) rather than at --max-new-tokens."""
-    responses = rollout.sequences[:, -rollout.response_len :]
-    return responses[torch.arange(len(responses)), last_token_index(rollout.response_mask)] == eos_token_id
-
-
-def shaped_scores(rollout: Rollout, eos_token_id: int, moments: RunningMoments, opts: PPOOptions) -> torch.Tensor:
-    """Raw scores -> the terminal reward: normalised by running stats, cut responses penalised, clipped. (B,)"""
+def shaped_scores(rollout: Rollout, moments: RunningMoments, opts: PPOOptions, rt: Runtime) -> torch.Tensor:
+    """Raw scores -> the terminal reward: normalised by running stats over all ranks, cut responses penalised,
+    clipped. (B,)"""
     scores = rollout.scores
     if opts.reward_norm:
-        moments.update(scores)
+        moments.update(scores, rt)
         scores = (scores - moments.mean) / max(moments.std, 1e-6)
-    scores = scores - opts.missing_eos_penalty * (~ended_with_eos(rollout, eos_token_id)).float()
+    scores = scores - opts.missing_eos_penalty * (~rollout.ended).float()
     if opts.reward_clip > 0:
         scores = scores.clamp(-opts.reward_clip, opts.reward_clip)
     return scores
@@ -570,8 +538,9 @@ def ppo_update(
 ) -> dict[str, float]:
     """--ppo-epochs passes over the rollout in shuffled minibatches; one optimizer step per minibatch.
 
-    Each micro-batch's losses are token means weighted by its share of the minibatch's sequences.
-    Returns the mean of each loss/statistic over all micro-batches.
+    The loss of a step is the token mean over its whole minibatch (on all ranks): each micro-batch adds its token
+    sum divided by the minibatch's token count, so how a minibatch is cut into micro-batches does not change the
+    gradient. Returns the mean of each loss/statistic over all micro-batches.
     """
     policy.train()
     value_model.train()
@@ -585,6 +554,9 @@ def ppo_update(
         order = torch.randperm(len(rollout.prompts), generator=generator).tolist()
         for minibatch in iter_chunks(order, opts.minibatch_size):
             micro_batches = list(iter_chunks(minibatch, opts.micro_batch_size))
+            # Token mean over the minibatch of every rank; DDP then averages the ranks' gradients, hence world_size.
+            minibatch_tokens = rt.all_reduce_sum(rollout.response_mask[list(minibatch)].sum().item())
+            token_weight = rt.world_size / max(minibatch_tokens, 1.0)
             for i, rows in enumerate(micro_batches):
                 rows = list(rows)
                 seq, attn, mask = rollout.sequences[rows], rollout.attention_mask[rows], rollout.response_mask[rows]
@@ -594,8 +566,8 @@ def ppo_update(
                     pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[rows], advantages[rows], mask, opts.clip_range)
                     values = value_model(seq, attn)[:, -T - 1 : -1]
                     vf_loss, vf_stats = value_loss(values, rollout.values[rows], returns[rows], mask, opts.clip_range_value)
-                    weight = len(rows) / len(minibatch)
-                    ((pg_loss + vf_loss) * weight).backward()
+                    # The micro-batch's token means -> its token sums over the minibatch's token count.
+                    ((pg_loss + vf_loss) * mask.sum() * token_weight).backward()
                 step_stats = {
                     "policy_loss": pg_loss.item(),
                     "value_loss": vf_loss.item(),
@@ -642,21 +614,20 @@ class _Both:
             part.load_state_dict(state[name])
 
 
-def _disable_dropout(model: nn.Module) -> None:
-    """PPO needs the same log-probs in the update as at sampling time: no dropout anywhere."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-def _frozen(model: nn.Module, rt: Runtime) -> nn.Module:
-    """Inference-only copy: no grads, eval mode, bf16 weights on GPU (fp32 on CPU)."""
+def _frozen(model: nn.Module, rt: Runtime, dtype: torch.dtype) -> nn.Module:
+    """Inference-only: no grads, eval mode, weights in `dtype` on the runtime's device."""
     model.requires_grad_(False)
     model.eval()
-    dtype = torch.bfloat16 if rt.device.type == "cuda" else torch.float32
     return model.to(rt.device, dtype=dtype)
+
+
+def make_reference(policy: nn.Module, rt: Runtime) -> nn.Module:
+    """The frozen reference: a copy of the starting policy that computes exactly as the policy does.
+
+    Same weights dtype as the policy (fp32) under the same autocast: with policy == reference, KL is exactly 0
+    at iteration 0. (A bf16 copy under the policy's fp32 + bf16-autocast path reads a KL of its own rounding.)
+    """
+    return _frozen(copy.deepcopy(policy), rt, next(policy.parameters()).dtype)
 
 
 def load_prompts(opts: PPOOptions) -> list[str]:
@@ -681,15 +652,16 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
         tokenizer, policy = load_tokenizer_and_model(
             opts.policy, "causal-lm", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt
         )
-        if tokenizer.eos_token_id is None:
-            raise UserError(f"policy {opts.policy!r}: its tokenizer has no eos token, so responses could never end")
+        if not end_token_ids(tokenizer, policy.generation_config):
+            raise UserError(f"policy {opts.policy!r}: no eos or end-of-turn token, so responses could never end")
         template = resolve_template(tokenizer, opts.template)
         prompt_ids = [
             tokenizer(render_prompt(tokenizer, p, template), add_special_tokens=False)["input_ids"][-opts.max_prompt_len :]
             for p in prompts
         ]
-        _disable_dropout(policy)
-        ref_policy = _frozen(copy.deepcopy(policy), rt)
+        # PPO needs the same log-probs in the update (train mode) as at sampling time (eval mode).
+        disable_dropout(policy)
+        ref_policy = make_reference(policy, rt)
         policy.to(rt.device)
 
         reward: nn.Module | RewardFn
@@ -710,8 +682,9 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
                     value_base.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 _, value_base = load_tokenizer_and_model(opts.value_model, "reward", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt)
-            reward = TokenScorer(_frozen(reward_base, rt))
-        _disable_dropout(value_base)
+            # The RM is only read, never compared with itself: bf16 weights on a GPU halve its memory.
+            reward = TokenScorer(_frozen(reward_base, rt, rt.autocast_dtype or torch.float32))
+        disable_dropout(value_base)
         value_model = TokenScorer(value_base).to(rt.device)
         return _ppo_loop(opts, rt, tokenizer, template, prompts, prompt_ids, policy, ref_policy, value_model, reward)
     finally:
@@ -789,7 +762,7 @@ def _ppo_loop(
         t_rollout = time.perf_counter() - t0
 
         # 2. Rewards: shaped RM score on the last token, KL penalty on every token.
-        scores = shaped_scores(rollout, tokenizer.eos_token_id, moments, opts)
+        scores = shaped_scores(rollout, moments, opts, rt)
         rewards, kl = kl_penalty_rewards(scores, rollout.logprobs, rollout.ref_logprobs, rollout.response_mask, kl_ctl.value)
 
         # 3. Advantages.
@@ -819,7 +792,8 @@ def _ppo_loop(
             **{k: mean(v) for k, v in update_stats.items()},
             "explained_variance": mean(explained_variance(rollout.values, returns, mask)),
             "response_length": mean(mask.sum(dim=1).mean()),
-            "no_eos_frac": mean((~ended_with_eos(rollout, tokenizer.eos_token_id)).float().mean()),
+            # Responses cut at --max-new-tokens without an end token (EOS or end-of-turn).
+            "no_eos_frac": mean((~rollout.ended).float().mean()),
             "lr": optimizer.param_groups[0]["lr"],
             # Throughput: response tokens sampled (+ scored) per second; tokens through the update per second.
             "rollout_tokens_per_s": rt.all_reduce_sum(response_tokens) / t_rollout,

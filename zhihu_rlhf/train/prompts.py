@@ -1,23 +1,39 @@
-"""The one prompt format every stage uses, so RM scores and PPO generations see what SFT trained on.
+"""The one prompt format every stage uses, and the one rule for where a response ends and where it is scored.
 
     PLAIN_TEMPLATE, TEMPLATES
     resolve_template(tokenizer, template) -> "chat" | "plain"
     render_prompt(tokenizer, prompt, template) -> str           text the model continues from
-    render_completion(tokenizer, prompt, completion, template) -> str   text after the prompt, incl. end of turn
+    render_completion(tokenizer, prompt, completion, template) -> str   the answer, ending on an end token
     encode_example(tokenizer, prompt, completion, template, max_len) -> (input_ids, prompt_len)
+    encode_pair(tokenizer, prompt, chosen, rejected, template, max_len) -> (chosen_ids, rejected_ids, prompt_len)
+    end_of_turn(tokenizer) -> str | None        the special token that closes an assistant turn in the chat template
+    end_token_ids(tokenizer, generation_config=None) -> list[int]   every token a response may end on
+    response_mask(responses, end_ids) -> (B, T) mask    1 up to and including the first end token
+    score_positions(attention_mask) -> (B,)     where a sequence's score is read: its last real token
 
-A response ends at the end-of-turn marker of the chat template, or at the tokenizer's eos token (plain).
+What ends a response: the tokenizer's EOS, the chat template's end-of-turn (<|im_end|> for ChatML, <|eot_id|> for
+Llama 3) and every id of the model's generation_config.eos_token_id. SFT targets end on one of them (the template's
+end-of-turn, or EOS), so generation (PPO, the model card's `generate`) stops exactly where SFT's targets stopped.
+
+Where a score is read (RM training, rm.score, PPO's reward): the last real token of prompt + response, i.e. the end
+token itself for a finished response, found from the attention mask and never from the pad id. transformers'
+sequence classifier reads "the last token that is not pad" instead, which is one token earlier whenever pad == EOS
+(Qwen2.5 base, Llama 3 and GPT-2 after load_tokenizer's fallback).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from zhihu_rlhf.errors import UserError
 
 # DeepSpeed-Chat's format (the reference article's pipeline), used when the tokenizer has no chat template.
 PLAIN_TEMPLATE = "Human: {prompt}\n\nAssistant: "
 TEMPLATES = ("auto", "chat", "plain")
+# An answer no template changes (no spaces to trim), to find what a template writes after an answer.
+_PROBE_ANSWER = "zhihuRlhfProbeAnswer"
 
 
 def resolve_template(tokenizer, template: str) -> Literal["chat", "plain"]:
@@ -42,16 +58,85 @@ def render_prompt(tokenizer, prompt: str, template: str) -> str:
     return bos + PLAIN_TEMPLATE.format(prompt=prompt)
 
 
+def _chat_answer_text(tokenizer, prompt: str, completion: str) -> str | None:
+    """What the chat template writes after the generation prompt for this answer, or None if it is not a suffix."""
+    head = render_prompt(tokenizer, prompt, "chat")
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
+    )
+    return full[len(head) :] if full.startswith(head) else None
+
+
+def end_of_turn(tokenizer) -> str | None:
+    """The first special token the chat template writes after an answer (<|im_end|>, <|eot_id|>); None without one."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = _chat_answer_text(tokenizer, "q", _PROBE_ANSWER)
+    if text is None or _PROBE_ANSWER not in text:
+        return None
+    after = text[text.index(_PROBE_ANSWER) + len(_PROBE_ANSWER) :]
+    special = set(tokenizer.all_special_ids)
+    for token_id in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return tokenizer.convert_ids_to_tokens(token_id)
+    return None
+
+
 def render_completion(tokenizer, prompt: str, completion: str, template: str) -> str:
-    """The text after the prompt: the answer and its end-of-turn marker (chat) or the eos token (plain)."""
-    if resolve_template(tokenizer, template) == "chat":
-        head = render_prompt(tokenizer, prompt, "chat")
-        full = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
-        )
-        if full.startswith(head):
-            return full[len(head) :]
-    return completion + (tokenizer.eos_token or "")
+    """The text after the prompt: the answer, ending on the template's end-of-turn (chat) or the EOS token.
+
+    The template's text after its end-of-turn (ChatML's "\\n") is left out: the model should learn to stop on a
+    token generation stops on. A template whose turns end without a special token gets the EOS appended.
+    """
+    eos = tokenizer.eos_token or ""
+    if resolve_template(tokenizer, template) == "plain":
+        return completion + eos
+    text = _chat_answer_text(tokenizer, prompt, completion)
+    if text is None:
+        return completion + eos
+    marker = end_of_turn(tokenizer)
+    if marker is not None and marker in text:
+        return text[: text.rindex(marker) + len(marker)]
+    return text + eos
+
+
+def end_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every token id a response may end on: EOS, the chat template's end-of-turn, generation_config's eos list."""
+    ids: list[int | None] = [tokenizer.eos_token_id]
+    marker = end_of_turn(tokenizer)
+    if marker is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(marker))
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def response_mask(responses: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """(B, T) sampled tokens -> (B, T) float mask: 1 up to and including the first end token, 0 after it."""
+    is_end = torch.isin(responses, torch.tensor(end_ids, device=responses.device)).long()
+    # Number of end tokens strictly before each position; a token belongs to the response while it is 0.
+    return (is_end.cumsum(dim=1) - is_end == 0).float()
+
+
+def score_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) attention mask -> (B,) index of each row's last real token, where its score is read (0 if none)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def _prompt_and_completion_ids(tokenizer, prompt: str, completion: str, template: str) -> tuple[list[int], list[int]]:
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(
+        render_completion(tokenizer, prompt, completion, template), add_special_tokens=False
+    )["input_ids"]
+    return prompt_ids, completion_ids
+
+
+def _prompt_tokens_kept(n_prompt: int, n_completion: int, max_len: int) -> int:
+    """Over-long examples keep the end of the prompt, at least half of max_len when the completion is long."""
+    if n_prompt + n_completion <= max_len:
+        return n_prompt
+    return min(n_prompt, max(max_len // 2, max_len - n_completion))
 
 
 def encode_example(
@@ -62,12 +147,21 @@ def encode_example(
     Over-long examples keep the end of the prompt (closest to the answer) and the start of the completion;
     the prompt keeps at least half of max_len when the completion is long.
     """
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(
-        render_completion(tokenizer, prompt, completion, template), add_special_tokens=False
-    )["input_ids"]
-    if len(prompt_ids) + len(completion_ids) > max_len:
-        keep_prompt = min(len(prompt_ids), max(max_len // 2, max_len - len(completion_ids)))
-        prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt :]
-        completion_ids = completion_ids[: max_len - keep_prompt]
-    return prompt_ids + completion_ids, len(prompt_ids)
+    prompt_ids, completion_ids = _prompt_and_completion_ids(tokenizer, prompt, completion, template)
+    keep = _prompt_tokens_kept(len(prompt_ids), len(completion_ids), max_len)
+    return prompt_ids[len(prompt_ids) - keep :] + completion_ids[: max_len - keep], keep
+
+
+def encode_pair(
+    tokenizer, prompt: str, chosen: str, rejected: str, template: str, max_len: int
+) -> tuple[list[int], list[int], int]:
+    """Chosen and rejected examples cut like encode_example, with ONE cut of the prompt for both sides.
+
+    The prompt is cut for the longer answer, so both sides see the identical prompt tokens: a preference between
+    them is then about the answers, not about how much of the question each side was shown.
+    """
+    prompt_ids, chosen_ids = _prompt_and_completion_ids(tokenizer, prompt, chosen, template)
+    _, rejected_ids = _prompt_and_completion_ids(tokenizer, prompt, rejected, template)
+    keep = _prompt_tokens_kept(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)), max_len)
+    prompt_ids = prompt_ids[len(prompt_ids) - keep :]
+    return prompt_ids + chosen_ids[: max_len - keep], prompt_ids + rejected_ids[: max_len - keep], keep

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from zhihu_rlhf.train.models import TINY_MODEL
+from zhihu_rlhf.train.prompts import end_token_ids
 from zhihu_rlhf.train.runtime import Runtime, unwrap
 
 
@@ -193,10 +194,15 @@ Training curves: `curves.png`; every logged step: `metrics.jsonl`.
 
 def save_final(out: Path, model: nn.Module, tokenizer, card: ModelCardInfo) -> Path:
     """Final model + tokenizer in HF format and README.md, into OUT (written beside, then moved in)."""
+    model = unwrap(model)
+    if model.can_generate():
+        # `generate` with the saved config (the card's snippet) stops on every end token, where SFT targets ended.
+        model.generation_config.eos_token_id = end_token_ids(tokenizer, model.generation_config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        unwrap(model).save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _model_card(card).save(tmp / "README.md")
         for item in tmp.iterdir():

@@ -1,8 +1,11 @@
 """Reward model: `python -m zhihu_rlhf.train rm --model M --data PAIRS --out OUT`.
 
-A one-output AutoModelForSequenceClassification reads a scalar reward at the last non-pad token of
-prompt + response (same prompt format as SFT, see prompts.render_prompt). Each micro-batch puts the chosen and the
-rejected responses of its pairs in ONE forward pass ([2B, T]: chosen rows first), then
+A one-output AutoModelForSequenceClassification gives a scalar reward for prompt + response (same prompt format as
+SFT, see prompts.render_prompt), read where prompts.score_positions says: the last real token, the end token of a
+finished answer. TokenScorer runs the classifier's backbone and score head itself so that RM training, `score` and
+PPO (reward and value) all read the same way; the classifier's own forward would read at the last non-pad token,
+one token earlier when pad == EOS. Each micro-batch puts the chosen and the rejected responses of its pairs in ONE
+forward pass ([2B, T]: chosen rows first), then
 
     loss = -log sigmoid(r_chosen - r_rejected - margin) + center_coef * (r_chosen + r_rejected)^2
 
@@ -21,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
+from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, position_ids_from, shuffled_batches
 from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.options import TrainOptions, parse_options
-from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
+from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, encode_pair, resolve_template, score_positions
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 
@@ -66,13 +69,47 @@ class EncodedPair:
 
 
 def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: int) -> list[EncodedPair]:
-    return [
-        EncodedPair(
-            encode_example(tokenizer, r["prompt"], r["chosen"], template, max_len)[0],
-            encode_example(tokenizer, r["prompt"], r["rejected"], template, max_len)[0],
-        )
-        for r in rows
-    ]
+    """Both sides of a pair see the identical (cut) prompt: see prompts.encode_pair."""
+    pairs = []
+    for r in rows:
+        chosen, rejected, _ = encode_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], template, max_len)
+        pairs.append(EncodedPair(chosen, rejected))
+    return pairs
+
+
+class TokenScorer(nn.Module):
+    """A one-label sequence classifier (RM or value model) read at EVERY position: forward -> (B, L) scores.
+
+    AutoModelForSequenceClassification only returns the score at the last non-pad token; PPO needs the value of
+    every prefix, and every stage must read the RM at prompts.score_positions, so this runs the backbone and the
+    `score` head itself. A module (not a function) so DistributedDataParallel sees the forward. Position ids count
+    real tokens only, so left-padded (PPO) and right-padded (RM) rows of the same text get the same scores.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(getattr(model, "score", None), nn.Module):
+            raise UserError(
+                f"{type(model).__name__} has no `score` head: the reward and value models must be decoder sequence "
+                "classifiers (Llama, Qwen2, Mistral, GPT-2, OPT, ... AutoModelForSequenceClassification)"
+            )
+        self.model = model
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(
+            input_ids=sequences,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        return self.model.score(hidden).squeeze(-1).float()
+
+
+def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) score of each row, read at its last real token (prompts.score_positions). scorer: a TokenScorer."""
+    scores = scorer(input_ids, attention_mask)  # (B, L)
+    return scores[torch.arange(len(scores), device=scores.device), score_positions(attention_mask)]
 
 
 def collate_sequences(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -82,11 +119,11 @@ def collate_sequences(seqs: list[list[int]], pad_id: int, device: torch.device) 
 
 
 def pair_rewards(
-    model: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
+    scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and rejected sides, [B] each, from one forward pass over [2B, T]."""
+    """Rewards of the chosen and rejected sides, [B] each, from one forward pass over [2B, T]. scorer: a TokenScorer."""
     batch = collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
-    rewards = model(**batch, use_cache=False).logits.squeeze(-1).float()  # [2B]
+    rewards = sequence_scores(scorer, batch["input_ids"], batch["attention_mask"])  # [2B]
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
 
@@ -111,13 +148,17 @@ def score(
     max_len: int = 1024,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """Rewards [N] for (prompt, response) pairs, formatted exactly as in training."""
+    """Rewards [N] for (prompt, response) pairs, formatted and read exactly as in training.
+
+    model: the saved reward model (AutoModelForSequenceClassification).
+    """
     device = next(model.parameters()).device
+    scorer = TokenScorer(model)
     seqs = [encode_example(tokenizer, p, r, template, max_len)[0] for p, r in zip(prompts, responses, strict=True)]
     out = []
     for chunk in iter_chunks(seqs, batch_size):
         batch = collate_sequences(list(chunk), tokenizer.pad_token_id, device)
-        out.append(model(**batch, use_cache=False).logits.squeeze(-1).float().cpu())
+        out.append(sequence_scores(scorer, batch["input_ids"], batch["attention_mask"]).cpu())
     return torch.cat(out)
 
 
@@ -139,7 +180,8 @@ def train(opts: RMOptions) -> dict[str, float]:
         if rt.is_main:
             print(f"rm: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}")
         model.to(rt.device)
-        results = _fit(opts, rt, model, tokenizer.pad_token_id, train_pairs, test_pairs)
+        # Trained through the scorer, so training reads the reward where `score` and PPO read it.
+        results = _fit(opts, rt, TokenScorer(model), tokenizer.pad_token_id, train_pairs, test_pairs)
         if rt.is_main:
             save_final(opts.out, model, tokenizer, _card(opts, template, results))
             plot_metrics(opts.out, title=f"Reward model {opts.model}")
@@ -150,7 +192,7 @@ def train(opts: RMOptions) -> dict[str, float]:
 
 
 def _fit(
-    opts: RMOptions, rt: Runtime, model: nn.Module, pad_id: int, train_pairs: list[EncodedPair], test_pairs: list[EncodedPair]
+    opts: RMOptions, rt: Runtime, scorer: TokenScorer, pad_id: int, train_pairs: list[EncodedPair], test_pairs: list[EncodedPair]
 ) -> dict[str, float]:
     def epoch_batches(epoch: int) -> list[list[int]]:
         return shuffled_batches(len(train_pairs), opts.batch_size, opts.seed, epoch)
@@ -181,7 +223,7 @@ def _fit(
     return fit(
         opts,
         rt,
-        model,
+        scorer,
         epoch_batches=epoch_batches,
         loss_fn=loss_fn,
         evaluate=evaluate,
@@ -192,7 +234,8 @@ def _fit(
 
 def _card(opts: RMOptions, template: str, results: dict[str, float]) -> ModelCardInfo:
     fmt = (
-        "Inputs use the tokenizer's chat template (user turn = question, assistant turn = answer)."
+        "Inputs use the tokenizer's chat template (user turn = question, assistant turn = answer, ending on the"
+        " turn's end token)."
         if template == "chat"
         else 'Input format: `"Human: {question}\\n\\nAssistant: {answer}"` followed by the eos token.'
     )
@@ -212,8 +255,9 @@ print(score(rm, tok, ["问题……"], ["回答……"], template="{template}"))
         results={f"eval_{k}": v for k, v in results.items()},
         usage=usage,
         extra=fmt
-        + " The scalar reward is read at the last non-pad token. Trained on chosen/rejected pairs with the pairwise"
-        " loss -log sigmoid(r_chosen - r_rejected); `eval_accuracy` is the share of held-out pairs ranked right.",
+        + " The scalar reward is read at the last token of prompt + answer (the end token), as `score` does; a plain"
+        " classifier forward reads at the last non-pad token instead, one token earlier when pad == eos. Trained"
+        " on chosen/rejected pairs with the pairwise loss -log sigmoid(r_chosen - r_rejected); `eval_accuracy` is the share of held-out pairs ranked right.",
     )
 
 
