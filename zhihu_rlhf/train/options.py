@@ -23,6 +23,11 @@ from typing import Any, ClassVar, TypeVar
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.models import TINY_MODEL
+from zhihu_rlhf.train.versions import check_transformers
+
+# Every command imports this module before it does anything: an older transformers stops it here, with one line
+# (the CLI imports the command inside cli_main), instead of an IndexError in the middle of training.
+check_transformers()
 
 
 @dataclass(kw_only=True)
