@@ -55,6 +55,7 @@ def _table(rows: list[tuple[int, int, str, str]]) -> pl.DataFrame:
             "upvotes": [10] * n,
             "created_at": [datetime(2022, 1, 1, tzinfo=timezone.utc)] * n,
             "author_id": ["a"] * n,
+            "author_followers": [None] * n,
             "source": ["test"] * n,
         },
         schema=sources.CANONICAL_SCHEMA,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +15,15 @@ from hypothesis import strategies as st
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.normalize import normalize_text
-from zhihu_rlhf.sources import load_answers, parse_id, parse_time, parse_upvotes
+from zhihu_rlhf.sources import (
+    SourceFiles,
+    _null_non_finite,
+    load_answers,
+    parse_id,
+    parse_time,
+    parse_upvotes,
+    to_canonical,
+)
 
 
 def _apply(expr_fn, values: list) -> list:
@@ -136,7 +146,7 @@ def test_zhihu_kol_rows_kept_and_dropped_by_reason(tmp_path: Path) -> None:
     assert answers.row(0, named=True) == {
         "question_id": 59530469, "answer_id": 12, "question": "如何评价X？", "answer": "回答一", "upvotes": 12000,
         "created_at": datetime(2023, 2, 20, 13, 19, 30, tzinfo=UTC), "author_id": "https://www.zhihu.com/people/abc",
-        "source": "zhihu-kol",
+        "author_followers": None, "source": "zhihu-kol",
     }
     assert stats["rows_in"] == 11
     assert stats["rows_dropped"] == {
@@ -234,3 +244,196 @@ def test_every_synthetic_row_parses_to_its_true_values(tmp_path: Path) -> None:
     expected = {"invalid_json": "invalid_metadata_json", "null_question_id": "missing_question_id",
                 "null_answer_id": "missing_answer_id", "blank_response": "empty_answer"}
     assert stats["rows_dropped"] == {expected[k]: n for k, n in zip(planted["malformed"], planted["count"], strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# METADATA as the pandas-based Zhihu-KOL converter wrote it: bare NaN / Infinity, extra keys, float ids, and the
+# older crawler's rows with Chinese keys and no ids.
+
+MOMENT = datetime(2023, 2, 20, 13, 19, 30, tzinfo=UTC)
+EPOCH = int(MOMENT.timestamp())
+
+
+def _canonical_rows(metadata: list[str]) -> pl.DataFrame:
+    """Each METADATA text in a Zhihu-KOL row, through the canonical mapping (no file, no de-duplication)."""
+    n = len(metadata)
+    raw = pl.DataFrame({"INSTRUCTION": ["问题？"] * n, "RESPONSE": ["回答。"] * n, "SOURCE": ["Zhihu"] * n,
+                        "METADATA": metadata}, schema_overrides={"METADATA": pl.String})
+    return to_canonical(raw.lazy(), SourceFiles((), "parquet", "test")).collect()
+
+
+def _object(*members: str) -> str:
+    """A METADATA text from its members, written as the converter wrote them (`"key": value`)."""
+    return "{" + ", ".join(members) + "}"
+
+
+IDS = '"question_id": 1, "answer_id": 2, "upvotes": 3'
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        # kept: (question_id, answer_id, upvotes, created_at, author_id)
+        (_object(IDS, '"answer_creation_time": NaN', '"author_id": "u"'), (1, 2, 3, None, "u")),
+        (_object(IDS, f'"answer_creation_time": {EPOCH}', '"author_id": NaN'), (1, 2, 3, MOMENT, None)),
+        (_object(IDS, '"answer_creation_time": Infinity', '"author_id": "u"'), (1, 2, 3, None, "u")),
+        ('{"question_id":1,"answer_id":2,"upvotes":3,"answer_creation_time":-Infinity,"author_id":-Infinity}',
+         (1, 2, 3, None, None)),
+        (_object('"question_id": 59530469.0, "answer_id": 2.0, "upvotes": 3.0',
+                 '"answer_creation_time": "2023-02-20T13:19:30.000Z"'), (59530469, 2, 3, MOMENT, None)),
+        (_object('"url": "https://www.zhihu.com/question/1/answer/2"', IDS,
+                 '"extra": {"nested": [1, 2], "missing": NaN}', '"author_id": ""'), (1, 2, 3, None, None)),
+        # the NaN inside a string survives; the one after it is a value
+        (_object(IDS, '"note": "NaN: \\"NaN\\", "', '"author_id": NaN'), (1, 2, 3, None, None)),
+        (_object(IDS, '"author_id": "x\\": NaN, \\"y"'), (1, 2, 3, None, 'x": NaN, "y')),
+        # dropped, with the reason
+        (_object('"回答点赞数": 5000', f'"回答时间": {EPOCH}'), "legacy_no_ids"),
+        (_object('"回答点赞数": "赞同 5000"'), "legacy_no_ids"),
+        (_object('"question_id": NaN, "answer_id": 2, "upvotes": 3'), "missing_question_id"),
+        (_object('"question_id": 1, "answer_id": 2, "upvotes": NaN'), "missing_upvotes"),
+        (_object('"question_id": {"id": 1}, "answer_id": 2, "upvotes": 3'), "missing_question_id"),
+        (_object('"question_id": 1, "answer_id": 2, "upvotes": [3]'), "unparseable_upvotes"),
+        (_object('"question_id": 1, "answer_id": 2, "upvotes": [3, NaN]'), "invalid_metadata_json"),  # in an array
+        ("5", "invalid_metadata_json"),
+        ("[]", "invalid_metadata_json"),
+        ("null", "invalid_metadata_json"),
+        ('"text"', "invalid_metadata_json"),
+        ("{'question_id': 1}", "invalid_metadata_json"),
+    ],
+)
+def test_metadata_spellings_in_the_wild(metadata: str, expected: tuple | str) -> None:
+    # A well-formed neighbour in the same batch: an odd row never costs another row its values.
+    neighbour = _object('"question_id": 7, "answer_id": 8, "upvotes": "赞同 1.2 万"', f'"answer_creation_time": {EPOCH}')
+    rows = _canonical_rows([metadata, neighbour])
+    assert rows.select("question_id", "answer_id", "upvotes", "created_at", "drop_reason").row(1) == (
+        7, 8, 12000, MOMENT, None
+    )
+    got = rows.row(0, named=True)
+    if isinstance(expected, str):
+        assert got["drop_reason"] == expected
+    else:
+        assert got["drop_reason"] is None
+        assert (got["question_id"], got["answer_id"], got["upvotes"], got["created_at"], got["author_id"]) == expected
+
+
+def test_rows_without_time_or_author_are_kept_and_counted(tmp_path: Path) -> None:
+    path = _kol_file(tmp_path, [
+        ("问？", "答一", _object('"question_id": 1, "answer_id": 1, "upvotes": 5, "answer_creation_time": NaN',
+                               '"author_id": "a"')),
+        ("问？", "答二", _object('"question_id": 1, "answer_id": 2, "upvotes": 5, "answer_creation_time": NaN',
+                               '"author_id": NaN')),
+        ("问？", "答三", _object('"question_id": 1, "answer_id": 3, "upvotes": 5', f'"answer_creation_time": {EPOCH}',
+                               '"author_id": NaN')),
+        ("问？", "答四", _object('"回答点赞数": 5000', f'"回答时间": {EPOCH}')),
+    ])
+    answers, stats = load_answers(str(path))
+    assert answers["answer_id"].to_list() == [1, 2, 3]
+    assert stats["created_at_missing"] == 2 and stats["author_id_missing"] == 2
+    assert stats["rows_dropped"] == {"legacy_no_ids": 1}
+
+
+# Text that tempts a careless NaN replacement: tokens, quotes, colons and escapes inside string values.
+_TRICKY = st.lists(
+    st.sampled_from(["NaN", "Infinity", "-Infinity", '": NaN, "', '"', "\\", ":", ",", " ", "赞同", "{", "]", "null"])
+    | st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P")), max_size=4),
+    max_size=6,
+).map("".join)
+_NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+_KNOWN_KEYS = {"question_id", "answer_id", "author_id", "upvotes", "answer_creation_time", "回答点赞数", "回答时间"}
+
+
+@st.composite
+def _pandas_row(draw: st.DrawFn) -> tuple[dict, tuple]:
+    """A valid row's METADATA in any spelling the pandas converter wrote, and the values it denotes."""
+    question_id, answer_id = draw(st.integers(1, 10**12)), draw(st.integers(1, 10**12))
+    votes = draw(st.integers(0, 10**7))
+    moment = draw(st.datetimes(datetime(2011, 1, 1), datetime(2030, 1, 1))).replace(microsecond=0, tzinfo=UTC)
+    author = "https://www.zhihu.com/people/" + draw(_TRICKY)
+    spelled = {
+        "question_id": draw(st.sampled_from([question_id, float(question_id), str(question_id)])),
+        "answer_id": draw(st.sampled_from([answer_id, float(answer_id), str(answer_id)])),
+        "upvotes": draw(st.sampled_from([votes, f"赞同 {votes}", f"\u200b赞同 {votes}", f"{votes:,}"])),
+    }
+    time_spelling = draw(st.sampled_from(["iso", "epoch", "non-finite", "absent"]))
+    if time_spelling != "absent":
+        spelled["answer_creation_time"] = {
+            "iso": moment.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "epoch": int(moment.timestamp()),
+            "non-finite": draw(_NON_FINITE),
+        }[time_spelling]
+    author_spelling = draw(st.sampled_from(["text", "non-finite", "absent"]))
+    if author_spelling != "absent":
+        spelled["author_id"] = author if author_spelling == "text" else draw(_NON_FINITE)
+    # Extra keys are column names of the converter's CSV (`url`, ...): plain words.
+    extra_key = st.text("urlnote_赞同时间", min_size=1, max_size=8).filter(lambda k: k not in _KNOWN_KEYS)
+    extra = draw(st.dictionaries(extra_key, _TRICKY | _NON_FINITE | st.integers() | st.none(), max_size=3))
+    items = list((extra | spelled).items())
+    metadata = dict(draw(st.permutations(items)))
+    expected = (question_id, answer_id, votes, moment if time_spelling in ("iso", "epoch") else None,
+                author.strip() if author_spelling == "text" else None)
+    return metadata, expected
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.lists(_pandas_row(), min_size=1, max_size=5), st.booleans())
+def test_a_valid_row_is_never_dropped_for_its_spelling(rows: list[tuple[dict, tuple]], ascii_only: bool) -> None:
+    metadata = [json.dumps(m, ensure_ascii=ascii_only) for m, _ in rows]  # json.dumps writes NaN/Infinity bare
+    got = _canonical_rows(metadata)
+    assert got["drop_reason"].to_list() == [None] * len(rows)
+    assert got.select("question_id", "answer_id", "upvotes", "created_at", "author_id").rows() == [e for _, e in rows]
+
+
+def _assert_repaired(original: object, repaired: object, ascii_only: bool) -> None:
+    """The NaN repair changed nothing but non-finite member values, each into None; and it did change every one whose
+    key, as written, has no colon, comma or backslash other than in \\uXXXX escapes (see sources.NON_FINITE_VALUE)."""
+    if isinstance(original, dict):
+        assert isinstance(repaired, dict) and list(repaired) == list(original)
+        for key, value in original.items():
+            if _is_non_finite(value):
+                assert repaired[key] is None or (_plain_key(key, ascii_only) is False and
+                                                 _comparable(repaired[key]) == _comparable(value)), key
+            else:
+                _assert_repaired(value, repaired[key], ascii_only)
+    elif isinstance(original, list):
+        assert isinstance(repaired, list) and len(repaired) == len(original)
+        for value, repaired_value in zip(original, repaired, strict=True):
+            if _is_non_finite(value):  # a token that is an array element is not a member value: left alone
+                assert _comparable(repaired_value) == _comparable(value)
+            else:
+                _assert_repaired(value, repaired_value, ascii_only)
+    else:
+        assert repaired == original
+
+
+def _plain_key(key: str, ascii_only: bool) -> bool:
+    written = re.sub(r"\\u[0-9a-fA-F]{4}", "", json.dumps(key, ensure_ascii=ascii_only)[1:-1])
+    return not any(c in written for c in "\\:,")
+
+
+def _is_non_finite(value: object) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _comparable(value: object) -> object:
+    """JSON value with NaN spelled out (NaN != NaN would fail every comparison)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_comparable(v) for v in value]
+    return "<NaN>" if isinstance(value, float) and math.isnan(value) else value
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.dictionaries(_TRICKY, _JSON, max_size=5), st.booleans())
+def test_nan_repair_touches_member_values_only(document: dict, ascii_only: bool) -> None:
+    text = json.dumps(document, ensure_ascii=ascii_only)
+    repaired = _null_non_finite(pl.Series([text]))[0]
+    _assert_repaired(document, json.loads(repaired), ascii_only)
+    if "NaN" not in text and "Infinity" not in text:
+        assert repaired == text

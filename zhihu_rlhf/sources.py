@@ -3,25 +3,30 @@
 Every input ends up as one table with one row per answer:
 
     question_id Int64 | answer_id Int64 | question str | answer str | upvotes Int64
-    created_at Datetime(us, UTC) (nullable) | author_id str (nullable) | source str
+    created_at Datetime(us, UTC) (nullable) | author_id str (nullable) | author_followers Int64 (nullable) | source str
 
-`--source` may be a Hub dataset id (default `wangrui6/Zhihu-KOL`), a local parquet file, a folder or
-glob of parquet files, a MediaCrawler Zhihu export (`zhihu_contents*.jsonl|csv`), or `sample` (a small
-Zhihu-KOL-shaped file shipped in the package). Zhihu-KOL keeps its metadata in a JSON *string* whose
-values were scraped from the page, so every field comes in several spellings; each parser below turns
-all of them into the exact value they denote. Rows that cannot be used are dropped and counted by
-reason, never silently.
+`--source` may be a Hub dataset id (default `wangrui6/Zhihu-KOL`), a local parquet file, a folder or glob of parquet
+files, `sample` (a small Zhihu-KOL-shaped file shipped in the package), or a MediaCrawler Zhihu crawl (see
+`zhihu_rlhf.mediacrawler`: its data folder, any store folder under it, a contents file, or its SQLite database).
+
+Zhihu-KOL keeps its metadata in a JSON *string* whose values were scraped from the page, so every field comes in
+several spellings; each parser below turns all of them into the exact value they denote. Rows that cannot be used are
+dropped and counted by reason, never silently. A missing creation time or author never costs a row its place: such
+rows are kept and counted (`created_at_missing`, `author_id_missing`).
 """
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from datetime import date
 from importlib import resources
 from pathlib import Path
 
 import polars as pl
 
+from zhihu_rlhf import mediacrawler
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.normalize import ZERO_WIDTH, normalize_text
 
@@ -36,22 +41,48 @@ CANONICAL_SCHEMA = {
     "upvotes": pl.Int64,
     "created_at": pl.Datetime("us", "UTC"),
     "author_id": pl.String,
+    "author_followers": pl.Int64,  # MediaCrawler creators' follower counts; null where the source has none
     "source": pl.String,
 }
+
+# What decides which of two crawls of one answer is kept (later is better): MediaCrawler's `updated_time`, the date in
+# the crawl file's name, and `last_modify_ts` (when MediaCrawler stored the row). Null for sources that are not crawls.
+RECRAWL_SCHEMA = {"updated_at": pl.Datetime("us", "UTC"), "file_date": pl.Date, "crawled_at": pl.Int64}
+
+# The canonical columns, why a row is dropped (null: it is usable) and the re-crawl order: what each file becomes.
+PARSED_SCHEMA = {**CANONICAL_SCHEMA, "drop_reason": pl.String, **RECRAWL_SCHEMA}
 
 # Column sets that identify each input layout.
 ZHIHU_KOL_COLUMNS = ("INSTRUCTION", "RESPONSE", "METADATA")
 ZHIHU_KOL_LEGACY_COLUMNS = ("问题内容", "回答内容", "问题ID", "回答ID")  # an earlier revision of the dataset
 MEDIACRAWLER_COLUMNS = ("content_id", "content_type", "content_text", "question_id", "title")
 
+FILE_FORMATS = {
+    ".parquet": "parquet",
+    ".json": "json",  # a JSON array (MediaCrawler's json store) or JSON lines: told apart by the first character
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    **dict.fromkeys(mediacrawler.SQLITE_SUFFIXES, "sqlite"),
+}
+
 
 @dataclass(frozen=True)
 class SourceFiles:
-    """Where the rows come from: local files of one format, and a label for messages and stats."""
+    """Files one reader reads in one go (a parquet dataset's shards, or one other file), and a label for messages."""
 
     paths: tuple[Path, ...]
-    file_format: str  # "parquet" | "jsonl" | "csv"
+    file_format: str  # "parquet" | "json" | "jsonl" | "csv" | "sqlite"
     label: str
+
+
+@dataclass(frozen=True)
+class Source:
+    """What `--source` resolved to: the answer files, and MediaCrawler creator files found beside them."""
+
+    label: str
+    files: list[SourceFiles]
+    creator_files: list[Path] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,6 +99,7 @@ def parse_upvotes(value: pl.Expr) -> pl.Expr:
     """Vote-button text or a number -> the exact count it denotes; null when it denotes none.
 
     `赞同 1291`, `\\u200b赞同 1291`, `赞同 1.2 万` (= 12000), `赞同` alone (= 0), `1,291`, `3.4k`, `1.2w`, 17.
+    Follower counts are spelled the same way, so they are read with this parser too.
     """
     text = value.cast(pl.String).str.replace_all(ZERO_WIDTH, "").str.strip_chars()
     is_button = text.str.starts_with("赞同")
@@ -104,50 +136,103 @@ def parse_time(value: pl.Expr) -> pl.Expr:
     )
 
 
+# The Zhihu-KOL converter wrote METADATA with json.dumps over pandas rows: a missing value became a bare `NaN` (an
+# infinite one `Infinity` / `-Infinity`), tokens strict JSON rejects. They become `null`, which is what they meant.
+# The pattern matches a member value only, never text inside a string. Its key is a quote, then characters other than
+# quote, backslash, colon and comma (or `\uXXXX` escapes, as json.dumps writes non-ASCII keys), then a quote. So the
+# second quote is unescaped, a real delimiter; and it closes a string, because two strings are always separated by a
+# `:` or `,` in valid JSON. What follows it, the `:` and the token, is therefore outside every string.
+# A key with another escape, a colon or a comma is not matched, nor a token inside an array: such METADATA stays
+# invalid JSON (counted as invalid_metadata_json).
+NON_FINITE_VALUE = r'("(?:[^"\\:,]|\\u[0-9a-fA-F]{4})*"\s*:\s*)(?:NaN|-?Infinity)'
+
+
+def _null_non_finite(texts: pl.Series) -> pl.Series:
+    """`"key": NaN` (or ±Infinity) -> `"key": null`; the regex runs only on the rare texts holding such a token."""
+    has_token = texts.str.contains_any(["NaN", "Infinity"]).fill_null(False)
+    if not has_token.any():
+        return texts
+    positions = has_token.arg_true()
+    return texts.scatter(positions, texts.gather(positions).str.replace_all(NON_FINITE_VALUE, "${1}null"))
+
+
+# METADATA keys, all read as text: the parsers above accept every spelling of each value. Unknown keys are ignored.
+# 回答点赞数 / 回答时间 are the older crawler's keys (votes, epoch time); it wrote no ids.
+METADATA_FIELDS = pl.Struct(
+    {"question_id": pl.String, "answer_id": pl.String, "author_id": pl.String, "upvotes": pl.String,
+     "answer_creation_time": pl.String, "回答点赞数": pl.String, "回答时间": pl.String}
+)
+
+
+def _decode_metadata(texts: pl.Series) -> pl.Series:
+    """JSON objects -> METADATA_FIELDS, in one parse per row.
+
+    json_decode fails the whole batch when a known key holds an object or an array; such a batch is decoded field by
+    field instead (slower, and only then), where that value reads as its JSON text and then fails its parser.
+    """
+    try:
+        return texts.str.json_decode(METADATA_FIELDS)
+    except pl.exceptions.ComputeError:
+        fields = {name: texts.str.json_path_match(f"$['{name}']") for name in METADATA_FIELDS.to_schema()}
+        return pl.DataFrame(fields).select(pl.struct(pl.all()).alias(texts.name)).to_series()
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding the files.
 
 
-def resolve_source(source: str) -> SourceFiles:
+def resolve_source(source: str) -> Source:
     """Turn `--source` into local files (downloading from the Hub into the usual cache if needed)."""
     if source == SAMPLE:
         sample = resources.files("zhihu_rlhf") / "data" / "sample.parquet"
-        return SourceFiles((Path(str(sample)),), "parquet", "sample")
+        return Source("sample", [SourceFiles((Path(str(sample)),), "parquet", "sample")])
     if any(ch in source for ch in "*?["):
-        matches = sorted(Path(p) for p in glob.glob(source, recursive=True))
+        matches = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
         if not matches:
             raise UserError(f"{source}: the pattern matches no file")
-        return _files_of_one_format(matches, source)
+        return Source(source, _group_by_reader(matches, source))
     path = Path(source).expanduser()
     if path.is_dir():
         parquet = sorted(path.rglob("*.parquet"))
-        crawl = sorted(path.glob("zhihu_contents*.jsonl")) or sorted(path.glob("zhihu_contents*.csv"))
-        if not (parquet or crawl):
-            raise UserError(f"{source}: the folder has no .parquet files and no zhihu_contents*.jsonl|csv export")
-        return _files_of_one_format(parquet or crawl, source)
-    if path.exists():
-        return _files_of_one_format([path], source)
+        if parquet:
+            return Source(source, _group_by_reader(parquet, source))
+        crawl = mediacrawler.find_files(path)
+        if not (crawl.contents or crawl.databases):
+            raise UserError(
+                f"{source}: found no .parquet files, no MediaCrawler contents files ({mediacrawler.CONTENTS_PATTERN}) "
+                f"and no SQLite database ({', '.join('*' + s for s in mediacrawler.SQLITE_SUFFIXES)}) in the folder "
+                "or its subfolders"
+            )
+        return Source(source, _group_by_reader([*crawl.contents, *crawl.databases], source), crawl.creators)
+    if path.is_file():
+        return Source(source, _group_by_reader([path], source))
     if _looks_like_hub_id(source):
-        return _download_from_hub(source)
+        return Source(source, [_download_from_hub(source)])
     raise UserError(f"{source}: no such file or folder (and not a Hub dataset id like {DEFAULT_SOURCE})")
 
 
-def _files_of_one_format(paths: list[Path], label: str) -> SourceFiles:
-    formats = {_file_format(p) for p in paths}
-    if len(formats) > 1:
-        raise UserError(f"{label}: mixes file types {sorted(formats)}; point --source at one kind")
-    return SourceFiles(tuple(paths), formats.pop(), label)
+def _group_by_reader(paths: list[Path], label: str) -> list[SourceFiles]:
+    """Parquet files are one dataset's shards, scanned together; every other file is read on its own."""
+    formats = {path: _file_format(path) for path in paths}
+    parquet = tuple(p for p in paths if formats[p] == "parquet")
+    groups = [SourceFiles(parquet, "parquet", label if len(parquet) > 1 else str(parquet[0]))] if parquet else []
+    return groups + [SourceFiles((p,), formats[p], str(p)) for p in paths if formats[p] != "parquet"]
 
 
 def _file_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return "jsonl"
-    if suffix == ".csv":
-        return "csv"
-    raise UserError(f"{path}: unsupported file type {suffix or '(none)'}; expected .parquet, .jsonl or .csv")
+    file_format = FILE_FORMATS.get(path.suffix.lower())
+    if file_format is None:
+        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'}; expected one of "
+                        f"{', '.join(FILE_FORMATS)}")
+    if file_format == "json":
+        return "json" if _first_character(path) == b"[" else "jsonl"
+    return file_format
+
+
+def _first_character(path: Path) -> bytes:
+    """The first character of a text file after any BOM and white space (b"" if there is none in its first 4 KiB)."""
+    with path.open("rb") as file:
+        return file.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
 
 
 def _looks_like_hub_id(source: str) -> bool:
@@ -194,27 +279,62 @@ def _first_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading each layout into the canonical columns (plus `drop_reason` for rows we cannot use).
+# Reading each file type. Everything but parquet is read eagerly, so a bad file fails here, named, before any work.
 
 
-def scan_raw(files: SourceFiles) -> pl.LazyFrame:
-    """A lazy scan of the files; bad files fail here with a clear message, before any work."""
-    try:
-        if files.file_format == "parquet":
+def scan_raw(files: SourceFiles) -> pl.LazyFrame | None:
+    """The rows of the files as they are; None for a file without rows (an empty file or JSON array)."""
+    path = files.paths[0]
+    if files.file_format == "parquet":
+        try:
             frame = pl.scan_parquet(list(files.paths))
+            frame.collect_schema()
+        except (pl.exceptions.PolarsError, OSError) as err:
+            raise UserError(f"{files.label}: not a readable parquet file ({_first_line(err)})") from None
+        return frame
+    if files.file_format == "sqlite":
+        return mediacrawler.read_table(path, mediacrawler.CONTENTS_TABLE).lazy()
+    if not _first_character(path):
+        return None
+    try:
+        if files.file_format == "json":
+            frame = pl.read_json(path, infer_schema_length=None)
         elif files.file_format == "jsonl":
-            frame = pl.concat([pl.scan_ndjson(p, infer_schema_length=None) for p in files.paths], how="diagonal_relaxed")
+            frame = pl.read_ndjson(path, infer_schema_length=None)
         else:
-            frame = pl.concat([pl.scan_csv(p, infer_schema=False) for p in files.paths], how="diagonal_relaxed")
-        frame.collect_schema()
+            frame = pl.read_csv(path, infer_schema=False)  # as text: the parsers take every spelling
     except (pl.exceptions.PolarsError, OSError) as err:
-        where = files.paths[0] if len(files.paths) == 1 else files.label
-        raise UserError(f"{where}: not a readable {files.file_format} file ({_first_line(err)})") from None
-    return frame
+        where = _json_syntax_error(path, files.file_format) or _first_line(err)
+        raise UserError(f"{path}: not a readable {files.file_format} file ({where})") from None
+    return frame.lazy() if frame.width else None
+
+
+def _json_syntax_error(path: Path, file_format: str) -> str | None:
+    """Where a JSON file's first syntax error is (line, column, what), for the message; None if there is none."""
+    if file_format not in ("json", "jsonl"):
+        return None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        return _first_line(err)
+    # A JSON array is one document; JSON lines are one document a line (numbered from 1, blank lines skipped).
+    documents = [(1, text)] if file_format == "json" else enumerate(text.splitlines(), 1)
+    for first_line, document in documents:
+        if not document.strip():
+            continue
+        try:
+            json.loads(document)
+        except json.JSONDecodeError as err:
+            return f"line {first_line + err.lineno - 1}, column {err.colno}: {err.msg}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapping each layout onto the canonical columns (plus `drop_reason` and the re-crawl order).
 
 
 def to_canonical(raw: pl.LazyFrame, files: SourceFiles) -> pl.LazyFrame:
-    """Map whichever layout `raw` has onto the canonical columns, plus a `drop_reason` column."""
+    """Map whichever layout `raw` has onto PARSED_SCHEMA: canonical columns, `drop_reason`, the re-crawl order."""
     columns = raw.collect_schema().names()
     if all(c in columns for c in ZHIHU_KOL_COLUMNS):
         return _from_zhihu_kol(raw)
@@ -222,7 +342,9 @@ def to_canonical(raw: pl.LazyFrame, files: SourceFiles) -> pl.LazyFrame:
         return _from_flat(raw, columns, ZHIHU_KOL_LEGACY, is_answer=pl.lit(True))
     if all(c in columns for c in MEDIACRAWLER_COLUMNS):
         # MediaCrawler also exports articles and videos, which answer no question.
-        return _from_flat(raw, columns, MEDIACRAWLER, is_answer=pl.col("content_type").cast(pl.String) == "answer")
+        is_answer = pl.col("content_type").cast(pl.String) == "answer"
+        file_date = mediacrawler.file_date(files.paths[0]) if len(files.paths) == 1 else None
+        return _from_flat(raw, columns, MEDIACRAWLER, is_answer=is_answer, file_date=file_date)
     shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
     raise UserError(
         f"{files.label}: unknown table layout; expected Zhihu-KOL columns {', '.join(ZHIHU_KOL_COLUMNS)} "
@@ -230,47 +352,49 @@ def to_canonical(raw: pl.LazyFrame, files: SourceFiles) -> pl.LazyFrame:
     )
 
 
-# METADATA keys, all read as text: the parsers above accept every spelling of each value.
-METADATA_FIELDS = pl.Struct(
-    {"question_id": pl.String, "answer_id": pl.String, "author_id": pl.String, "upvotes": pl.String,
-     "answer_creation_time": pl.String}
-)
-
-
 def _from_zhihu_kol(raw: pl.LazyFrame) -> pl.LazyFrame:
-    # json_path_match("$") is null exactly when the string is not valid JSON; json_decode would fail
-    # the whole batch on one truncated row, so only valid rows are decoded (one parse each).
-    metadata_ok = pl.col("METADATA").str.json_path_match("$").is_not_null()
-    meta = pl.when(metadata_ok).then(pl.col("METADATA")).str.json_decode(METADATA_FIELDS)
+    metadata = pl.col("METADATA").cast(pl.String)
+    text = metadata.map_batches(_null_non_finite, return_dtype=pl.String, is_elementwise=True)
+    # json_path_match("$") is null exactly when the string is not valid JSON, and its text starts with "{" exactly
+    # when it is an object; json_decode would fail the whole batch on one such row, so only objects are decoded.
+    is_object = text.str.json_path_match("$").str.starts_with("{").fill_null(False)
+    meta = pl.when(is_object).then(text).map_batches(_decode_metadata, METADATA_FIELDS, is_elementwise=True)
+    field_of = pl.col("metadata").struct.field
+    upvotes = pl.coalesce(field_of("upvotes"), field_of("回答点赞数"))
     return _with_drop_reason(
         raw.select(
-            "INSTRUCTION", "RESPONSE", metadata=meta, metadata_ok=metadata_ok
+            "INSTRUCTION", "RESPONSE", metadata=meta, metadata_ok=is_object
         ).select(
-            question_id=parse_id(pl.col("metadata").struct.field("question_id")),
-            answer_id=parse_id(pl.col("metadata").struct.field("answer_id")),
+            question_id=parse_id(field_of("question_id")),
+            answer_id=parse_id(field_of("answer_id")),
             question=pl.col("INSTRUCTION").cast(pl.String),
             answer=pl.col("RESPONSE").cast(pl.String),
-            upvotes=parse_upvotes(pl.col("metadata").struct.field("upvotes")),
-            created_at=parse_time(pl.col("metadata").struct.field("answer_creation_time")),
-            author_id=pl.col("metadata").struct.field("author_id"),
+            upvotes=parse_upvotes(upvotes),
+            created_at=parse_time(pl.coalesce(field_of("answer_creation_time"), field_of("回答时间"))),
+            author_id=field_of("author_id"),
+            author_followers=pl.lit(None, pl.Int64),
             source=pl.lit("zhihu-kol"),
             metadata_ok="metadata_ok",
-            upvotes_given=pl.col("metadata").struct.field("upvotes").is_not_null(),
+            legacy_crawler=(field_of("回答点赞数").is_not_null() | field_of("回答时间").is_not_null()),
+            upvotes_given=upvotes.is_not_null(),
             is_answer=pl.lit(True),  # Zhihu-KOL holds answers only
+            **{name: pl.lit(None, dtype) for name, dtype in RECRAWL_SCHEMA.items()},
         )
     )
 
 
-def _optional(name: str, columns: list[str]) -> pl.Expr:
-    """A column that some exports leave out: null where it is missing."""
-    return pl.col(name) if name in columns else pl.lit(None, pl.String)
+def _first_present(names: tuple[str, ...], columns: list[str]) -> pl.Expr:
+    """The first of `names` that is a column and not empty in a row (exports leave some out); null if none."""
+    present = [pl.when(pl.col(n).cast(pl.String) != "").then(pl.col(n).cast(pl.String)) for n in names if n in columns]
+    return pl.coalesce(present) if present else pl.lit(None, pl.String)
 
 
 @dataclass(frozen=True)
 class FlatLayout:
     """A layout with one column per canonical field (no JSON): which column holds what.
 
-    upvotes, created_at and author_id may be missing from an export; they are null then.
+    Everything but the ids and texts may be missing from an export (null then); where several columns are named,
+    the first one present and not empty is used.
     """
 
     source: str
@@ -280,17 +404,24 @@ class FlatLayout:
     answer: str
     upvotes: str
     created_at: str
-    author_id: str
+    author_id: tuple[str, ...]
+    updated_at: tuple[str, ...] = ()
+    crawled_at: tuple[str, ...] = ()
 
 
-ZHIHU_KOL_LEGACY = FlatLayout("zhihu-kol", "问题ID", "回答ID", "问题内容", "回答内容", "回答点赞数", "回答时间", "作者ID")
+ZHIHU_KOL_LEGACY = FlatLayout(
+    "zhihu-kol", "问题ID", "回答ID", "问题内容", "回答内容", "回答点赞数", "回答时间", author_id=("作者ID",)
+)
+# MediaCrawler wrote the author as `user_id` until July 2026, then as `creator_hash` (an anonymised hash of that id).
 MEDIACRAWLER = FlatLayout(
-    "mediacrawler", "question_id", "content_id", "title", "content_text", "voteup_count", "created_time", "user_id"
+    "mediacrawler", "question_id", "content_id", "title", "content_text", "voteup_count", "created_time",
+    author_id=("user_id", "creator_hash"), updated_at=("updated_time",), crawled_at=("last_modify_ts",),
 )
 
 
-def _from_flat(raw: pl.LazyFrame, columns: list[str], layout: FlatLayout, is_answer: pl.Expr) -> pl.LazyFrame:
-    upvotes = _optional(layout.upvotes, columns)
+def _from_flat(raw: pl.LazyFrame, columns: list[str], layout: FlatLayout, is_answer: pl.Expr,
+               file_date: date | None = None) -> pl.LazyFrame:
+    upvotes = _first_present((layout.upvotes,), columns)
     return _with_drop_reason(
         raw.select(
             question_id=parse_id(pl.col(layout.question_id)),
@@ -298,28 +429,36 @@ def _from_flat(raw: pl.LazyFrame, columns: list[str], layout: FlatLayout, is_ans
             question=pl.col(layout.question).cast(pl.String),
             answer=pl.col(layout.answer).cast(pl.String),
             upvotes=parse_upvotes(upvotes),
-            created_at=parse_time(_optional(layout.created_at, columns)),
-            author_id=_optional(layout.author_id, columns).cast(pl.String),
+            created_at=parse_time(_first_present((layout.created_at,), columns)),
+            author_id=_first_present(layout.author_id, columns),
+            author_followers=pl.lit(None, pl.Int64),
             source=pl.lit(layout.source),
             metadata_ok=pl.lit(True),
+            legacy_crawler=pl.lit(False),
             upvotes_given=upvotes.is_not_null(),
             is_answer=is_answer,
+            updated_at=parse_time(_first_present(layout.updated_at, columns)),
+            file_date=pl.lit(file_date, pl.Date),
+            crawled_at=parse_id(_first_present(layout.crawled_at, columns)),
         )
     )
 
 
 def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Normalise the texts and name the first thing wrong with each row (null = the row is usable)."""
+    author = pl.col("author_id").cast(pl.String).str.strip_chars()
     frame = frame.with_columns(
         question=normalize_text(pl.col("question")),
         answer=normalize_text(pl.col("answer")),
-        author_id=pl.col("author_id").cast(pl.String),
+        author_id=pl.when(author != "").then(author),
     )
     reason = (
         pl.when(~pl.col("is_answer").fill_null(False))
         .then(pl.lit("not_an_answer"))
         .when(~pl.col("metadata_ok"))
         .then(pl.lit("invalid_metadata_json"))
+        .when(pl.col("question_id").is_null() & pl.col("answer_id").is_null() & pl.col("legacy_crawler"))
+        .then(pl.lit("legacy_no_ids"))
         .when(pl.col("question_id").is_null())
         .then(pl.lit("missing_question_id"))
         .when(pl.col("answer_id").is_null())
@@ -333,7 +472,7 @@ def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
         .when(pl.col("upvotes").is_null())
         .then(pl.lit("missing_upvotes"))
     )
-    return frame.with_columns(drop_reason=reason).select(*CANONICAL_SCHEMA, "drop_reason")
+    return frame.with_columns(drop_reason=reason).select(*PARSED_SCHEMA).cast(PARSED_SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,31 +481,97 @@ def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
 def load_answers(source: str) -> tuple[pl.DataFrame, dict]:
     """Read `source` into the canonical answer table; returns (table, stats).
 
-    stats: rows_in, rows_dropped {reason: count} and created_at_missing (rows kept without a usable
-    time: they can still be instruct answers but never pair members). rows_in == len(table) + dropped.
+    stats: rows_in, rows_dropped {reason: count}, and the rows kept without a usable time (`created_at_missing`: they
+    can still be instruct answers but never pair members) or without an author (`author_id_missing`).
+    rows_in == len(table) + dropped.
+
+    Drop reasons: not_an_answer (MediaCrawler articles/videos), invalid_metadata_json, legacy_no_ids (the older
+    Zhihu-KOL crawler's `{"回答点赞数": …, "回答时间": …}` rows: they name no question or answer, and are not grouped by
+    their title), missing_question_id, missing_answer_id, empty_question, empty_answer, unparseable_upvotes,
+    missing_upvotes, superseded_crawl (an older MediaCrawler crawl of an answer crawled again) and duplicate_answer_id
+    (any other answer read twice).
     """
-    files = resolve_source(source)
-    parsed = to_canonical(scan_raw(files), files).with_row_index("row")
+    resolved = resolve_source(source)
+    frames = []
+    for files in resolved.files:
+        raw = scan_raw(files)
+        if raw is not None:
+            frames.append(to_canonical(raw, files))
+    if not frames:
+        raise UserError(f"{resolved.label}: no rows to read (every file is empty)")
+    parsed = pl.concat(frames, how="vertical")
+    followers = _read_followers(resolved)
+    if followers is not None:
+        parsed = parsed.drop("author_followers").join(
+            followers, on="author_id", how="left", maintain_order="left"
+        ).select(*PARSED_SCHEMA)
     try:
-        table = parsed.collect(engine="streaming")
+        table = parsed.with_row_index("row").collect(engine="streaming")
     except pl.exceptions.PolarsError as err:
-        raise UserError(f"{files.label}: could not read the rows ({_first_line(err)})") from None
+        raise UserError(f"{resolved.label}: could not read the rows ({_first_line(err)})") from None
 
-    # The same answer crawled twice is one answer: keep its first usable row.
-    usable = pl.col("drop_reason").is_null()
-    first_usable_row = pl.col("row").filter(usable).min().over("answer_id")
-    table = table.with_columns(
-        drop_reason=pl.when(usable & (pl.col("row") != first_usable_row))
-        .then(pl.lit("duplicate_answer_id"))
-        .otherwise("drop_reason")
-    )
-
+    table = _drop_repeated_answers(table)
     dropped = table.filter(pl.col("drop_reason").is_not_null()).group_by("drop_reason").len().sort("drop_reason")
-    answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA).cast(CANONICAL_SCHEMA)
+    answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA)
     stats = {
-        "source": files.label,
+        "source": resolved.label,
         "rows_in": table.height,
         "rows_dropped": dict(zip(dropped["drop_reason"], dropped["len"], strict=True)),
         "created_at_missing": answers["created_at"].null_count(),
+        "author_id_missing": answers["author_id"].null_count(),
     }
     return answers, stats
+
+
+def _read_followers(resolved: Source) -> pl.LazyFrame | None:
+    """`author_id -> author_followers` from MediaCrawler creator files and `zhihu_creator` tables; None if none.
+
+    An author stored more than once keeps the latest row: the latest file date, then `last_modify_ts`, then the last
+    one read.
+    """
+    databases = [f.paths[0] for f in resolved.files if f.file_format == "sqlite"]
+    tables = [mediacrawler.read_table(path, mediacrawler.CREATORS_TABLE, required=False) for path in databases]
+    raws = [(path, scan_raw(SourceFiles((path,), _file_format(path), str(path)))) for path in resolved.creator_files]
+    raws += [(path, table.lazy()) for path, table in zip(databases, tables, strict=True) if table is not None]
+    frames = []
+    for position, (path, raw) in enumerate(raws):
+        if raw is None:
+            continue
+        columns = raw.collect_schema().names()
+        if "user_id" not in columns or "fans" not in columns:
+            shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+            raise UserError(f"{path}: MediaCrawler creators without user_id and fans columns; found: {shown}")
+        frames.append(raw.select(
+            author_id=_first_present(("user_id",), columns),
+            author_followers=parse_upvotes(pl.col("fans")),  # follower counts are spelled like vote counts
+            file_date=pl.lit(mediacrawler.file_date(path), pl.Date),
+            crawled_at=parse_id(_first_present(("last_modify_ts",), columns)),
+            position=pl.lit(position),
+        ).with_row_index("row"))
+    if not frames:
+        return None
+    latest_first = pl.concat(frames).drop_nulls("author_id").sort(
+        ["file_date", "crawled_at", "position", "row"], descending=True, nulls_last=True
+    )
+    return latest_first.unique("author_id", keep="first").select("author_id", "author_followers")
+
+
+def _drop_repeated_answers(table: pl.DataFrame) -> pl.DataFrame:
+    """The same answer read twice is one answer: keep one usable row of it and name why the others go.
+
+    The row kept is the latest crawl: the latest `updated_time` (the answer was edited since), then the latest date in
+    the crawl file's name, then the latest `last_modify_ts`, then the first row read. For sources that are not crawls
+    (Zhihu-KOL) that is the first row. The others become `superseded_crawl` (MediaCrawler rows) or
+    `duplicate_answer_id`.
+    """
+    usable = table.filter(pl.col("drop_reason").is_null())
+    repeated = usable.filter(pl.col("answer_id").is_duplicated())
+    if repeated.is_empty():
+        return table
+    latest_first = repeated.sort([*RECRAWL_SCHEMA, "row"], descending=[True, True, True, False], nulls_last=True)
+    superseded = latest_first.filter(~pl.col("answer_id").is_first_distinct())["row"]
+    is_crawl = pl.col("source") == "mediacrawler"
+    reason = pl.when(is_crawl).then(pl.lit("superseded_crawl")).otherwise(pl.lit("duplicate_answer_id"))
+    return table.with_columns(
+        drop_reason=pl.when(pl.col("row").is_in(superseded.implode())).then(reason).otherwise("drop_reason")
+    )
