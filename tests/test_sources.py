@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zhihu_rlhf import synth
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.normalize import normalize_text
 from zhihu_rlhf.sources import (
@@ -228,10 +229,9 @@ def test_unknown_hub_id_and_no_network_are_clear(monkeypatch: pytest.MonkeyPatch
         load_answers("nobody/nothing")
 
 
-def test_every_synthetic_row_parses_to_its_true_values(tmp_path: Path) -> None:
-    from zhihu_rlhf import synth
-
-    data, truth_path = synth.write(6000, tmp_path / "s.parquet", seed=11)
+@pytest.mark.parametrize("world", list(synth.WORLDS))
+def test_every_synthetic_row_parses_to_its_true_values(tmp_path: Path, world: str) -> None:
+    data, truth_path = synth.write(3000, tmp_path / "s.parquet", seed=11, world=world, mean_answer_chars=150)
     answers, stats = load_answers(str(data))
     truth = pl.read_parquet(truth_path)
     valid = truth.filter(pl.col("malformed").is_null())
@@ -242,7 +242,7 @@ def test_every_synthetic_row_parses_to_its_true_values(tmp_path: Path) -> None:
         assert same.all(), f"{column} differs from the truth"
     planted = truth["malformed"].drop_nulls().value_counts()
     expected = {"invalid_json": "invalid_metadata_json", "null_question_id": "missing_question_id",
-                "null_answer_id": "missing_answer_id", "blank_response": "empty_answer"}
+                "null_answer_id": "missing_answer_id", "blank_response": "empty_answer", "legacy_no_ids": "legacy_no_ids"}
     assert stats["rows_dropped"] == {expected[k]: n for k, n in zip(planted["malformed"], planted["count"], strict=True)}
 
 
