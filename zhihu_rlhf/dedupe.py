@@ -91,7 +91,7 @@ _STAMPS = (
     r"(?:\s*(?:(?:编辑于|发布于)\s*(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}|昨天|前天|今天|\d+\s*(?:分钟|小时)前)"
     r"|著作权归作者所有)[^\n]{0,60})+$"
 )
-_GREETING_SEARCH_CHARS = 40  # the longest greeting the pattern can match fits in this many characters
+_STAMP_WORDS = "编辑于|发布于|著作权归作者所有"  # every stamp has one; the full pattern runs only where one is
 _STAMPS_SEARCH_CHARS = 160  # room for two stamps and a copyright notice
 
 
@@ -134,11 +134,12 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     if opts.mode == "off":
         table = answers.with_columns(question_group=pl.col("question_id"), answer_cluster=pl.col("answer_id"))
     else:
-        # Both steps return one id per row, so the (large) text table is never joined or copied.
-        table = answers.with_columns(
-            question_group=_question_groups(answers.select("question_id", "question")),
-            answer_cluster=_answer_clusters(answers, opts, near=opts.mode == "near"),
-        )
+        # Both steps return one id per row, so the (large) text table is never joined or copied. They are
+        # independent and partly single-threaded (numpy, Python), so they run side by side.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            groups = pool.submit(_question_groups, answers.select("question_id", "question"))
+            clusters = pool.submit(_answer_clusters, answers, opts, opts.mode == "near")
+            table = answers.with_columns(question_group=groups.result(), answer_cluster=clusters.result())
     return table, _stats(table, opts)
 
 
@@ -196,29 +197,37 @@ def _question_groups(questions: pl.DataFrame) -> pl.Series:
 # Answers
 
 
-def _answer_bodies(texts: pl.Series, chars: pl.Series) -> pl.DataFrame:
-    """Where each answer's body starts ("start") and how long it is ("chars"), greeting and stamps excluded.
+def _answer_ends(texts: pl.Series, chars: pl.Series, window: int) -> pl.DataFrame:
+    """Per answer (`chars`: its length): where its body starts ("start") and how long it is ("chars"),
+    greeting and stamps excluded, and the body's first and last `window` characters ("head", "tail").
 
-    The patterns run on short slices of each end, not on the gigabytes of text. An answer that is nothing
-    but greeting and stamps is its own body.
+    Most answers have neither greeting nor stamps, so the windows are cut as if the whole text were the body,
+    and only the answers whose head window holds a greeting (at most about 27 characters) or whose tail
+    window holds a stamp's word (the last one lies within 75 characters of the end) are measured and cut
+    again. An answer that is nothing but greeting and stamps is its own body.
     """
-    text = pl.col("answer")
-    ends = pl.DataFrame({"answer": texts, "chars": chars.cast(pl.Int64)}).select(
-        "chars",
-        greeting=text.str.slice(0, _GREETING_SEARCH_CHARS).str.extract(f"({_GREETING})").str.len_chars(),
-        stamps=text.str.slice(-_STAMPS_SEARCH_CHARS).str.extract(f"({_STAMPS})").str.len_chars(),
+    head, tail = texts.str.slice(0, window), texts.str.slice(-window)
+    greeting = head.str.extract(f"({_GREETING})").str.len_chars().fill_null(0).cast(pl.Int64)
+    ends = pl.DataFrame({"start": pl.zeros(len(texts), pl.Int64, eager=True), "chars": chars.cast(pl.Int64),
+                         "head": head, "tail": tail})
+    wrapped = ((greeting > 0) | tail.str.contains(_STAMP_WORDS)).arg_true()
+    if len(wrapped) == 0:
+        return ends
+    text = pl.col("text")
+    measured = pl.DataFrame({"text": texts.gather(wrapped), "chars": ends["chars"].gather(wrapped),
+                             "greeting": greeting.gather(wrapped)}).with_columns(
+        stamps=text.str.slice(-_STAMPS_SEARCH_CHARS).str.extract(f"({_STAMPS})").str.len_chars().fill_null(0).cast(pl.Int64)
     )
-    body = pl.col("chars") - pl.col("greeting").fill_null(0) - pl.col("stamps").fill_null(0)
-    return ends.select(
-        start=pl.when(body > 0).then(pl.col("greeting").fill_null(0)).otherwise(0).cast(pl.Int64),
-        chars=pl.when(body > 0).then(body).otherwise("chars"),
+    has_body = pl.col("chars") > pl.col("greeting") + pl.col("stamps")
+    recut = (
+        measured.with_columns(start=pl.when(has_body).then("greeting").otherwise(0),
+                              stamps=pl.when(has_body).then("stamps").otherwise(0))
+        .with_columns(chars=pl.col("chars") - pl.col("start") - pl.col("stamps"))
+        .with_columns(window=pl.col("chars").clip(upper_bound=window))
+        .select("start", "chars", head=text.str.slice("start", "window"),
+                tail=text.str.slice(pl.col("start") + pl.col("chars") - pl.col("window"), "window"))
     )
-
-
-def _slices(texts: pl.Series, start: pl.Series, length: pl.Series) -> pl.Series:
-    """texts[i][start[i] : start[i] + length[i]], vectorised."""
-    frame = pl.DataFrame({"text": texts, "start": start, "length": length})
-    return frame.select(pl.col("text").str.slice(pl.col("start"), pl.col("length")))["text"]
+    return ends.with_columns(ends[name].scatter(wrapped, recut[name]) for name in ends.columns)
 
 
 def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.Series:
@@ -249,17 +258,14 @@ def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> 
     # Head and tail windows of every row's body (short strings; cheaper than gathering the distinct texts
     # first); a row's shingles count for its distinct text. When the two windows overlap (a short body),
     # the repeated shingles are dropped as duplicates in _candidate_pairs.
-    body = _answer_bodies(texts, chars)
-    window = body["chars"].clip(upper_bound=opts.answer_window)
-    head = _slices(texts, body["start"], window)
-    tail = _slices(texts, body["start"] + body["chars"] - window, window)
-    head_rows, head_keys = _shingle_keys(head, opts.answer_shingle, opts.answer_sample)
-    tail_rows, tail_keys = _shingle_keys(tail, opts.answer_shingle, opts.answer_sample)
+    ends = _answer_ends(texts, chars, opts.answer_window)
+    head_rows, head_keys = _shingle_keys(ends["head"], opts.answer_shingle, opts.answer_sample)
+    tail_rows, tail_keys = _shingle_keys(ends["tail"], opts.answer_shingle, opts.answer_sample)
     a, b = _candidate_pairs(
         text_of_row[np.concatenate([head_rows, tail_rows])], np.concatenate([head_keys, tail_keys]), n_texts,
         opts.max_bucket, opts.min_overlap,
     )
-    accepted = _verify(texts, body, first_row[a], first_row[b], opts.answer_threshold)
+    accepted = _verify(texts, ends, first_row[a], first_row[b], opts.answer_threshold)
     root = _union(n_texts, a[accepted], b[accepted])
     cluster_of_text = np.full(n_texts, np.iinfo(np.int64).max)
     np.minimum.at(cluster_of_text, root, first_id)
@@ -424,11 +430,11 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # Verification and union-find
 
 
-def _verify(texts: pl.Series, body: pl.DataFrame, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Which pairs of rows (a[i], b[i]) of `texts` have bodies (see `_answer_bodies`) with a fuzz.ratio of
-    at least `threshold`."""
+def _verify(texts: pl.Series, ends: pl.DataFrame, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs of rows (a[i], b[i]) of `texts` have bodies (`start` and `chars` of `_answer_ends`) with a
+    fuzz.ratio of at least `threshold`."""
     accepted = np.zeros(len(a), dtype=bool)
-    chars = body["chars"].to_numpy()
+    chars = ends["chars"].to_numpy()
     len_a, len_b = chars[a].astype(np.float64), chars[b].astype(np.float64)
     # fuzz.ratio can reach at most 200 * shorter / (sum of lengths): skip pairs that cannot pass.
     possible = np.flatnonzero(200.0 * np.minimum(len_a, len_b) / np.maximum(len_a + len_b, 1.0) >= threshold)
@@ -436,7 +442,9 @@ def _verify(texts: pl.Series, body: pl.DataFrame, a: np.ndarray, b: np.ndarray, 
         return accepted
     # Each text involved is fetched once; the pair lists hold references to the same Python strings.
     involved, position = np.unique(np.concatenate([a[possible], b[possible]]), return_inverse=True)
-    strings = _slices(texts.gather(involved), body["start"].gather(involved), body["chars"].gather(involved)).to_list()
+    bodies = pl.DataFrame({"text": texts.gather(involved), "start": ends["start"].gather(involved),
+                           "chars": ends["chars"].gather(involved)})
+    strings = bodies.select(pl.col("text").str.slice("start", "chars"))["text"].to_list()
     scores = process.cpdist(
         [strings[i] for i in position[: len(possible)]], [strings[i] for i in position[len(possible) :]],
         scorer=fuzz.ratio, score_cutoff=threshold, workers=-1,
