@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dedupe.py --world templates --rows 200000        # one preset (file made once, cached)
     python benchmarks/bench_dedupe.py --data bench_data/zhihu_kol_full.parquet --peer-rows 50000
+    python benchmarks/bench_dedupe.py --data bench_data/zhihu_kol_full.parquet --repeat 3 --baseline 1545b07
 
 Reads a synthetic Zhihu-KOL file (zhihu_rlhf.synth; `--world NAME --rows N --seed S` makes it with the synth
 CLI under bench_data/ if it is not there yet) and its .truth.parquet, builds the canonical table with
@@ -12,6 +13,8 @@ of the process, and
   - questions (distinct question ids): pairwise precision/recall/F1 over same-group pairs, and the recall
     on the planted re-asks split into cosmetic ones (same content characters: letters and digits after
     NFKC, computed here independently of dedupe) and reworded ones.
+With --baseline COMMIT, zhihu_rlhf/dedupe.py as it was at that commit runs on the same table too, its runs
+interleaved with ours (before/after timings under the same machine load), and is reported the same way.
 With --peer-rows N (0 = all), also ours and datasketch on the first N answers (datasketch in pure Python is
 far too slow for a million texts; the ratio is measured on the same subsample in the same run). The peer
 is what a user would write: MinHash (num_perm=128) of each answer's character 3-gram set,
@@ -25,6 +28,7 @@ import resource
 import subprocess
 import sys
 import time
+import types
 import unicodedata
 from pathlib import Path
 
@@ -102,6 +106,27 @@ def peer_clusters(answers: pl.DataFrame, threshold: float, num_perm: int) -> pl.
     return answers.select("answer_id").with_columns(answer_cluster=pl.Series(cluster[root]))
 
 
+def dedupe_at(commit: str) -> types.ModuleType:
+    """zhihu_rlhf/dedupe.py as it was at `commit`, imported as a module of its own."""
+    path = "zhihu_rlhf/dedupe.py"
+    source = subprocess.run(["git", "show", f"{commit}:{path}"], check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType(f"dedupe_at_{commit}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(source, f"{commit}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def report(name: str, times: list[float], table: pl.DataFrame, stats: dict, truth: pl.DataFrame) -> None:
+    joined = table.join(truth, on="answer_id")
+    questions = joined.unique("question_id")
+    print(f"{name}, all {table.height:,} answers: {min(times):.2f}s (runs {', '.join(f'{t:.2f}' for t in times)})")
+    print(f"  stats {stats}")
+    print("  answers  ", prf(joined, "answer_cluster", "true_cluster"))
+    print("  answer kinds (rows, share in their true cluster)", kind_recall(joined))
+    print("  questions", prf(questions, "question_group", "true_group"))
+    print("  re-asks  ", reask_recall(questions))
+
+
 def world_file(world: str, rows: int, seed: int) -> Path:
     """bench_data/synth-{world}-{rows}-s{seed}.parquet, made with the synth CLI the first time."""
     path = Path("bench_data") / f"synth-{world}-{rows}-s{seed}.parquet"
@@ -120,6 +145,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the --world file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --world file")
     parser.add_argument("--repeat", type=int, default=1, help="timed dedupe runs on the whole file (best is reported)")
+    parser.add_argument("--baseline", metavar="COMMIT", help="also time dedupe.py as it was at this commit")
     parser.add_argument("--peer-rows", type=int, help="also compare with datasketch on the first N answers (0 = all)")
     parser.add_argument("--peer-threshold", type=float, default=0.8)
     parser.add_argument("--num-perm", type=int, default=128)
@@ -136,20 +162,23 @@ def main() -> None:
     print(f"{data}: canonical table of {answers.height:,} answers [{time.perf_counter() - started:.1f}s, not counted]")
 
     opts = DedupeOptions()
-    times = []
+    versions = {"ours": (dedupe, opts)}
+    if args.baseline:
+        baseline = dedupe_at(args.baseline)
+        versions[f"baseline {args.baseline}"] = (baseline.dedupe, baseline.DedupeOptions())
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    results = {}
     for _ in range(args.repeat):
-        started = time.perf_counter()
-        table, stats = dedupe(answers, opts)
-        times.append(time.perf_counter() - started)
-    joined = table.join(truth, on="answer_id")
-    questions = joined.unique("question_id")
-    print(f"ours, all {answers.height:,} answers: {min(times):.2f}s (runs {', '.join(f'{t:.2f}' for t in times)})")
-    print(f"  stats {stats}")
-    print("  answers  ", prf(joined, "answer_cluster", "true_cluster"))
-    print("  answer kinds (rows, share in their true cluster)", kind_recall(joined))
-    print("  questions", prf(questions, "question_group", "true_group"))
-    print("  re-asks  ", reask_recall(questions))
-    print(f"  peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+        for name, (run, options) in versions.items():
+            started = time.perf_counter()
+            results[name] = run(answers, options)
+            times[name].append(time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    for name, (table, stats) in results.items():
+        report(name, times[name], table, stats, truth)
+    if args.baseline:
+        print(f"ours / baseline (best of each): {min(times['ours']) / min(times[f'baseline {args.baseline}']):.3f}")
+    print(f"peak RSS after loading and dedupe: {peak:.2f} GB")
 
     if args.peer_rows is None:
         return
