@@ -13,7 +13,7 @@ Both ids are the smallest id of their group, so they do not depend on row order.
 
 Questions: two titles are the same question when they are equal after folding cosmetic differences
 (`question_key`): width (NFKC), case, whitespace, punctuation and symbols (so a doubled or missing "？"
-does not matter), a leading 请问/求问/想问一下/请教一下 and a trailing 吗/呢/啊/呀/吧. Nothing else: once
+does not matter), a leading 请问/求问/想问一下/请教一下 and a trailing 吗/呢/啊/呀. Nothing else: once
 those are folded away, every character left is content (a CJK character, letter or digit), and titles
 that differ in even one of them are different questions as often as not. Zhihu titles share templates
 ("电影的未来会怎样？" / "摄影的未来会怎样？", "2019年" / "2020年", "张伟" / "张玮"), so no fuzzy
@@ -76,9 +76,9 @@ _CHUNK_ROWS = 10_000  # texts shingled at a time (bounds the memory of the numpy
 # "1/2"). The capture group keeps those; everything else the pattern matches is dropped.
 _TITLE_COSMETIC = r"([a-z0-9][+#]+|\d[./]\d)|" + _DROP_PATTERN
 # Particles that frame a question without changing it (matched after punctuation is dropped, so "请问，"
-# and "吗？" are found too).
+# and "吗？" are found too). Not 吧: it ends words (酒吧, 网吧), and "好的酒吧" is not "好的酒".
 _LEADING_PARTICLES = r"^(?:请问|求问|想问一下|请教一下)"
-_TRAILING_PARTICLES = r"(?:吗|呢|啊|呀|吧)$"
+_TRAILING_PARTICLES = r"(?:吗|呢|啊|呀)$"
 
 # Answers: what cross-posts add around the same body. A greeting or disclosure opening the answer, ended by
 # punctuation or a line break within 20 characters ("谢邀。", "谢邀，人在美国，刚下飞机。", "利益相关，匿了。",
