@@ -116,10 +116,11 @@ def dedupe_at(commit: str) -> types.ModuleType:
     return module
 
 
-def report(name: str, times: list[float], table: pl.DataFrame, stats: dict, truth: pl.DataFrame) -> None:
+def report(name: str, times: list[float], cpu: list[float], table: pl.DataFrame, stats: dict, truth: pl.DataFrame) -> None:
     joined = table.join(truth, on="answer_id")
     questions = joined.unique("question_id")
-    print(f"{name}, all {table.height:,} answers: {min(times):.2f}s (runs {', '.join(f'{t:.2f}' for t in times)})")
+    print(f"{name}, all {table.height:,} answers: {min(times):.2f}s wall (runs {', '.join(f'{t:.2f}' for t in times)}), "
+          f"{min(cpu):.2f}s CPU (runs {', '.join(f'{t:.2f}' for t in cpu)})")
     print(f"  stats {stats}")
     print("  answers  ", prf(joined, "answer_cluster", "true_cluster"))
     print("  answer kinds (rows, share in their true cluster)", kind_recall(joined))
@@ -166,18 +167,24 @@ def main() -> None:
     if args.baseline:
         baseline = dedupe_at(args.baseline)
         versions[f"baseline {args.baseline}"] = (baseline.dedupe, baseline.DedupeOptions())
+    # Wall time, and CPU time of the process (all threads): on a machine shared with other jobs the CPU time
+    # varies less between runs.
     times: dict[str, list[float]] = {name: [] for name in versions}
+    cpu: dict[str, list[float]] = {name: [] for name in versions}
     results = {}
     for _ in range(args.repeat):
         for name, (run, options) in versions.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             results[name] = run(answers, options)
             times[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     for name, (table, stats) in results.items():
-        report(name, times[name], table, stats, truth)
+        report(name, times[name], cpu[name], table, stats, truth)
     if args.baseline:
-        print(f"ours / baseline (best of each): {min(times['ours']) / min(times[f'baseline {args.baseline}']):.3f}")
+        base = f"baseline {args.baseline}"
+        print(f"ours / baseline (best of each): wall {min(times['ours']) / min(times[base]):.3f}, "
+              f"CPU {min(cpu['ours']) / min(cpu[base]):.3f}")
     print(f"peak RSS after loading and dedupe: {peak:.2f} GB")
 
     if args.peer_rows is None:
