@@ -11,8 +11,9 @@ of the process, and
   - answers: pairwise precision/recall/F1 over same-cluster pairs, and per planted near-duplicate kind the
     share of its rows put in their true cluster;
   - questions (distinct question ids): pairwise precision/recall/F1 over same-group pairs, and the recall
-    on the planted re-asks split into cosmetic ones (same content characters: letters and digits after
-    NFKC, computed here independently of dedupe) and reworded ones.
+    on the planted re-asks split by whether the two titles have the same letters and digits after NFKC
+    (computed here independently of dedupe: punctuation, width and spacing re-asks) or not (reworded
+    re-asks, and in the `templates` world the 请问/吗 ones, which are cosmetic too).
 With --baseline COMMIT, zhihu_rlhf/dedupe.py as it was at that commit runs on the same table too, its runs
 interleaved with ours (before/after timings under the same machine load), and is reported the same way.
 With --peer-rows N (0 = all), also ours and datasketch on the first N answers (datasketch in pure Python is
@@ -52,33 +53,38 @@ def prf(frame: pl.DataFrame, predicted: str, true: str) -> dict:
             "true_pairs": real, "predicted_pairs": pred}
 
 
-def content_characters(title: str) -> str:
-    """Letters and digits of a title after NFKC and lower-casing: what a cosmetic re-ask keeps."""
+def letters_and_digits(title: str) -> str:
+    """Letters and digits of a title after NFKC and lower-casing."""
     return "".join(c for c in unicodedata.normalize("NFKC", title).lower() if c.isalnum())
 
 
 def reask_recall(questions: pl.DataFrame) -> dict:
-    """Recall over true same-question pairs, split by whether the two titles have the same content characters."""
+    """Recall over true same-question pairs, split by whether the two titles have the same letters and digits."""
     questions = questions.with_columns(
-        content=pl.col("question").map_elements(content_characters, return_dtype=pl.String)
+        characters=pl.col("question").map_elements(letters_and_digits, return_dtype=pl.String)
     )
     true_pairs = same_cluster_pairs(questions, ["true_group"])
-    cosmetic = same_cluster_pairs(questions, ["true_group", "content"])
-    cosmetic_found = same_cluster_pairs(questions, ["true_group", "content", "question_group"])
+    same = same_cluster_pairs(questions, ["true_group", "characters"])
+    same_found = same_cluster_pairs(questions, ["true_group", "characters", "question_group"])
     found = same_cluster_pairs(questions, ["true_group", "question_group"])
     return {
-        "cosmetic_pairs": cosmetic, "cosmetic_recall": round(cosmetic_found / max(cosmetic, 1), 4),
-        "reworded_pairs": true_pairs - cosmetic,
-        "reworded_recall": round((found - cosmetic_found) / max(true_pairs - cosmetic, 1), 4),
+        "same_characters_pairs": same, "recall": round(same_found / max(same, 1), 4),
+        "other_pairs": true_pairs - same, "other_recall": round((found - same_found) / max(true_pairs - same, 1), 4),
     }
 
 
 def kind_recall(joined: pl.DataFrame) -> dict:
-    """Per planted answer kind: the share of its rows whose predicted cluster is their true cluster."""
-    kinds = joined.filter(pl.col("dup_kind").is_not_null()).group_by("dup_kind").agg(
-        rows=pl.len(), in_true_cluster=(pl.col("answer_cluster") == pl.col("true_cluster")).mean().round(4)
+    """Per planted answer kind: the share of its rows whose predicted cluster holds exactly the (kept) rows of
+    its true cluster: a copy joined with its source, a shared-quote answer left alone."""
+    both = pl.len().over("answer_cluster", "true_cluster")
+    exact = (pl.len().over("answer_cluster") == both) & (pl.len().over("true_cluster") == both)
+    kinds = (
+        joined.with_columns(exact=exact)
+        .filter(pl.col("dup_kind").is_not_null())
+        .group_by("dup_kind")
+        .agg(rows=pl.len(), exact=pl.col("exact").mean().round(4))
     )
-    return {row["dup_kind"]: (row["rows"], row["in_true_cluster"]) for row in kinds.sort("dup_kind").to_dicts()}
+    return {row["dup_kind"]: (row["rows"], row["exact"]) for row in kinds.sort("dup_kind").to_dicts()}
 
 
 def peer_clusters(answers: pl.DataFrame, threshold: float, num_perm: int) -> pl.DataFrame:
@@ -123,7 +129,7 @@ def report(name: str, times: list[float], cpu: list[float], table: pl.DataFrame,
           f"{min(cpu):.2f}s CPU (runs {', '.join(f'{t:.2f}' for t in cpu)})")
     print(f"  stats {stats}")
     print("  answers  ", prf(joined, "answer_cluster", "true_cluster"))
-    print("  answer kinds (rows, share in their true cluster)", kind_recall(joined))
+    print("  answer kinds (rows, share clustered exactly as the truth)", kind_recall(joined))
     print("  questions", prf(questions, "question_group", "true_group"))
     print("  re-asks  ", reask_recall(questions))
 

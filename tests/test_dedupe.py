@@ -378,16 +378,14 @@ def test_a_closing_sentence_that_mentions_publishing_is_body() -> None:
 # Synthetic data with known truth
 
 
-@pytest.fixture(scope="module")
-def synthetic() -> tuple[pl.DataFrame, pl.DataFrame]:
-    data, truth = synth.generate(3000, seed=7, mean_answer_chars=300)
+def _canonical(data: pl.DataFrame) -> pl.DataFrame:
     frame = sources.to_canonical(data.lazy(), sources.SourceFiles((), "parquet", "synthetic"))
     answers = frame.filter(pl.col("drop_reason").is_null()).select(*sources.CANONICAL_SCHEMA).collect()
-    return answers.cast(sources.CANONICAL_SCHEMA), truth
+    return answers.cast(sources.CANONICAL_SCHEMA)
 
 
-def test_ids_do_not_depend_on_row_order(synthetic: tuple[pl.DataFrame, pl.DataFrame]) -> None:
-    answers, _ = synthetic
+def test_ids_do_not_depend_on_row_order() -> None:
+    answers = _canonical(synth.generate(3000, seed=7, mean_answer_chars=300)[0])
     ids = ["answer_id", "question_group", "answer_cluster"]
     first, _ = dedupe(answers, DedupeOptions())
     shuffled, _ = dedupe(answers.sample(fraction=1.0, shuffle=True, seed=3), DedupeOptions())
@@ -399,35 +397,39 @@ def _same_cluster_pairs(frame: pl.DataFrame, columns: list[str]) -> int:
     return int((sizes * (sizes - 1) // 2).sum())
 
 
-def _content(title: str) -> str:
-    """The content characters of a title (letters and digits after NFKC), written independently of dedupe."""
+def _letters_and_digits(title: str) -> str:
+    """A title's letters and digits after NFKC, written independently of dedupe."""
     return "".join(c for c in unicodedata.normalize("NFKC", title).lower() if c.isalnum())
 
 
-def test_synthetic_planted_duplicates_are_recovered(synthetic: tuple[pl.DataFrame, pl.DataFrame]) -> None:
-    answers, truth = synthetic
-    table, _ = dedupe(answers, DedupeOptions())
+@pytest.mark.parametrize("world", list(synth.WORLDS))
+def test_every_world_keeps_near_duplicates_together_and_other_questions_apart(world: str) -> None:
+    data, truth = synth.generate(2000, seed=5, world=world, mean_answer_chars=300)
+    table, _ = dedupe(_canonical(data), DedupeOptions())
     joined = table.join(truth.select("answer_id", "dup_kind", true_cluster="answer_cluster",
                                      true_group="question_group"), on="answer_id")
-    # Every planted kind is present in this sample and each is caught.
-    for kind in ("exact_copy", "crosspost_prefix_suffix", "punct_edit"):
-        planted = joined.filter(pl.col("dup_kind") == kind)
+    # Answers: each planted kind is present and clustered exactly as the truth says (copies with their source,
+    # shared-quote answers alone), allowing 1 miss in 20; pairwise precision and recall over all rows.
+    both = pl.len().over("answer_cluster", "true_cluster")
+    exact = joined.with_columns(
+        exact=(pl.len().over("answer_cluster") == both) & (pl.len().over("true_cluster") == both)
+    )
+    for kind in ("exact_copy", "crosspost_prefix_suffix", "punct_edit", "shared_quote"):
+        planted = exact.filter(pl.col("dup_kind") == kind)
         assert planted.height > 0
-        assert planted.filter(pl.col("answer_cluster") != pl.col("true_cluster")).height <= planted.height // 20
-    quoted = joined.filter(pl.col("dup_kind") == "shared_quote")
-    assert quoted.height > 0 and (quoted["answer_cluster"] == quoted["answer_id"]).all()
-    both = _same_cluster_pairs(joined, ["answer_cluster", "true_cluster"])
-    assert both >= 0.99 * _same_cluster_pairs(joined, ["answer_cluster"])
-    assert both >= 0.95 * _same_cluster_pairs(joined, ["true_cluster"])
-    # Questions: no false merge; every re-ask that differs only cosmetically (the same content characters) is
-    # merged. Reworded re-asks are left apart by design.
+        assert planted.filter(~pl.col("exact")).height <= planted.height // 20
+    same = _same_cluster_pairs(joined, ["answer_cluster", "true_cluster"])
+    assert same >= 0.99 * _same_cluster_pairs(joined, ["answer_cluster"])
+    assert same >= 0.95 * _same_cluster_pairs(joined, ["true_cluster"])
+    # Questions: no false merge, and every re-ask whose title keeps the letters and digits is merged; in the
+    # templates world every re-ask is cosmetic (请问 and 吗 included), so every one is merged.
     questions = joined.unique("question_id").with_columns(
-        content=pl.col("question").map_elements(_content, return_dtype=pl.String)
+        characters=pl.col("question").map_elements(_letters_and_digits, return_dtype=pl.String)
     )
     merged = _same_cluster_pairs(questions, ["question_group"])
     assert merged > 0 and _same_cluster_pairs(questions, ["question_group", "true_group"]) == merged
-    cosmetic = _same_cluster_pairs(questions, ["true_group", "content"])
-    assert cosmetic > 0 and _same_cluster_pairs(questions, ["true_group", "content", "question_group"]) == cosmetic
+    cosmetic = ["true_group"] if world == "templates" else ["true_group", "characters"]
+    assert _same_cluster_pairs(questions, [*cosmetic, "question_group"]) == _same_cluster_pairs(questions, cosmetic)
 
 
 def test_bad_options_are_user_errors() -> None:
