@@ -131,11 +131,10 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                      help=f"comma-separated export formats: {', '.join(FORMATS)} (canonical parquet is always written)")
     sub.add_argument("--keep-author-ids", action="store_true", help="keep author ids (personal data) in the outputs")
     sub.add_argument("--dedupe", default=dedupe.mode, choices=["near", "exact", "off"],
-                     help="near-duplicate merging of answers and questions")
+                     help="near-duplicate merging of answers (near: fuzzy, exact: identical text); re-asked questions are "
+                          "merged in both when their titles differ only cosmetically")
     sub.add_argument("--answer-threshold", type=float, default=dedupe.answer_threshold,
                      help="rapidfuzz similarity (0-100) above which two answers are near-duplicates")
-    sub.add_argument("--question-threshold", type=float, default=dedupe.question_threshold,
-                     help="rapidfuzz similarity (0-100) above which two questions are the same question")
     sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
     sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
 
@@ -171,8 +170,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         test_fraction=args.test_fraction,
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         keep_author_ids=args.keep_author_ids,
-        dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold,
-                             question_threshold=args.question_threshold),
+        dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
     )
     if args.what in ("instruct", "all"):
         options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)

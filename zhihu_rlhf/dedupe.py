@@ -1,37 +1,52 @@
 """Near-duplicate questions and answers: question groups and answer clusters, without dropping a row.
 
-Zhihu repeats itself in two ways. A question is asked again under a new id ("如何评价X？" / "如何看待X?"),
-and a KOL cross-posts one answer to several questions with small edits ("谢邀。" in front, "编辑于
-2022-01-01" behind, a changed comma). `dedupe` adds two columns to the canonical answer table:
+Zhihu repeats itself in two ways. A question is asked again under a new id, differing only cosmetically
+("如何评价X？" / "请问如何评价X??" / "如何评价 X"), and a KOL cross-posts one answer to several questions
+with small edits ("谢邀。" in front, "编辑于 2022-01-01" behind, a changed comma). `dedupe` adds two
+columns to the canonical answer table:
 
-    question_group  smallest question_id among the titles that are near-duplicates of each other
+    question_group  smallest question_id among the titles that ask the same question
     answer_cluster  smallest answer_id among the answers that are near-duplicates of each other (global,
                     across questions)
 
-Both are connected components of a "near-duplicate" graph, so the ids do not depend on row order.
+Both ids are the smallest id of their group, so they do not depend on row order.
 
-How a million answers are compared without comparing all pairs (mode "near"):
-1. Exact: identical answer texts (same 64-bit hash and length) and identical folded titles are merged first.
-2. Blocking: each text is reduced to a few content-anchored character shingles. The text is folded
-   (NFKC, lower case, punctuation/symbols/whitespace dropped, so "？" and "?" agree) and cut into
-   overlapping k-character shingles (answers: 24, long enough to span sentences, so a shingle belongs to
-   one text and its copies rather than to a stock sentence; titles: 3). A shingle is kept when the hash
-   of its first 8 characters is in the lowest 1/`*_sample` of the range (the choice depends on content
-   only, so a prefix that shifts the text keeps the same shingles); a text with none kept gets its
-   smallest shingle. Answers use `answer_window` characters from each end: a cross-post prefix only
-   touches the head and a suffix the tail, and a near-copy shares both. All (text, shingle) keys are
-   packed into integers and sorted once (numpy/polars, in chunks, no Python objects per row); texts that
-   share a key held by at most `max_bucket` texts are candidates (keys in more texts are boilerplate
-   such as "谢邀人在美国刚下飞机", stock phrases, famous quotes, and say nothing about a pair), kept when
-   their informative keys overlap (Jaccard) by at least `min_overlap`.
-3. Verification with rapidfuzz: `fuzz.ratio` (normalised Indel similarity, 0-100, = 100 * (1 -
-   (insertions + deletions) / (len_a + len_b))) on each candidate pair, `process.cpdist(workers=-1)`.
-   Answers are compared as written (whole normalised text, so two answers that share a long quote but
-   differ elsewhere stay apart); titles are compared folded, and two titles whose numbers differ
-   ("2022年" vs "2023年", "iPhone 14" vs "15") are never merged.
-4. Union-find over the accepted pairs gives the groups; each gets the smallest id of its members.
+Questions: two titles are the same question when they are equal after folding cosmetic differences
+(`question_key`): width (NFKC), case, whitespace, punctuation and symbols (so a doubled or missing "？"
+does not matter), a leading 请问/求问/想问一下/请教一下 and a trailing 吗/呢/啊/呀. Nothing else: once
+those are folded away, every character left is content (a CJK character, letter or digit), and titles
+that differ in even one of them are different questions as often as not. Zhihu titles share templates
+("电影的未来会怎样？" / "摄影的未来会怎样？", "2019年" / "2020年", "张伟" / "张玮"), so no fuzzy
+threshold, however strict and however long the title, separates a typo from a sibling question. A
+re-ask reworded with other content characters ("如何评价X" / "如何看待X") stays a separate group: that
+costs pairs across two ids of one question, while a false merge would pair answers to different questions.
 
-Mode "exact" stops after step 1; mode "off" gives every question and answer its own id.
+Answers (mode "near") — how a million answers are compared without comparing all pairs:
+1. Exact: identical answer texts (same 64-bit hash and length) are merged first.
+2. Body: a greeting or disclosure at the start ("谢邀。", "谢邀，人在美国，刚下飞机。", "利益相关，匿了。")
+   and edit or publication stamps at the end ("编辑于 2022-01-01", "发布于 2023-05-06 12:00・IP 属地北京",
+   "著作权归作者所有…") are what cross-posts add or drop; the steps below compare the body between them,
+   so a short answer keeps its cluster however long its greeting and stamp are.
+3. Blocking: each body is reduced to a few content-anchored character shingles. The text is folded
+   (NFKC, lower case, punctuation/symbols/whitespace dropped, so "？" and "?" agree, and paragraphs
+   joined by "\n\n" or by one space agree) and cut into overlapping 24-character shingles, long
+   enough to span sentences, so a shingle belongs to one text and its copies rather than to a stock
+   sentence. A shingle is kept when the hash of its first 8 characters is in the lowest 1/`answer_sample`
+   of the range (the choice depends on content only, so a prefix that shifts the text keeps the same
+   shingles); a text with none kept gets its smallest shingle. Only `answer_window` characters from each
+   end of the body are shingled: a near-copy shares both ends. All (text, shingle) keys are packed into
+   integers and sorted once (numpy/polars, in chunks, no Python objects per row); texts that share a
+   key held by at most `max_bucket` texts are candidates (keys in more texts are boilerplate, stock
+   phrases, famous quotes, and say nothing about a pair), kept when their informative keys overlap
+   (Jaccard) by at least `min_overlap`.
+4. Verification with rapidfuzz: `fuzz.ratio` (normalised Indel similarity, 0-100, = 100 * (1 -
+   (insertions + deletions) / (len_a + len_b))) on the bodies of each candidate pair,
+   `process.cpdist(workers=-1)`. Bodies are compared as written (whole, so two answers that share a long
+   quote but differ elsewhere stay apart).
+5. Union-find over the accepted pairs gives the clusters; each gets the smallest id of its members.
+
+Mode "exact" stops after step 1 for answers (questions are grouped the same way in both modes); mode
+"off" gives every question and answer its own id.
 """
 
 from __future__ import annotations
@@ -46,7 +61,6 @@ from typing import Literal
 import numpy as np
 import polars as pl
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import Indel
 
 from zhihu_rlhf.errors import UserError
 
@@ -55,8 +69,30 @@ DedupeMode = Literal["exact", "near", "off"]
 # Folding for comparison: what is left after NFKC and lower-casing, without punctuation (P*), symbols
 # (S*), separators/whitespace (Z*) and control characters (C*, which includes newlines).
 _DROP_PATTERN = r"[\p{P}\p{S}\p{Z}\p{C}]"
-_NUMBER_PATTERN = r"\d+"
 _CHUNK_ROWS = 10_000  # texts shingled at a time (bounds the memory of the numpy arrays)
+
+# Titles: punctuation and symbols are cosmetic except inside a name or a number, where they are content:
+# "c++" / "c#" (a letter or digit followed by + or #), a decimal point or slash between digits ("3.5",
+# "1/2"). The capture group keeps those; everything else the pattern matches is dropped.
+_TITLE_COSMETIC = r"([a-z0-9][+#]+|\d[./]\d)|" + _DROP_PATTERN
+# Particles that frame a question without changing it (matched after punctuation is dropped, so "请问，"
+# and "吗？" are found too). Not 吧: it ends words (酒吧, 网吧), and "好的酒吧" is not "好的酒".
+_LEADING_PARTICLES = r"^(?:请问|求问|想问一下|请教一下)"
+_TRAILING_PARTICLES = r"(?:吗|呢|啊|呀)$"
+
+# Answers: what cross-posts add around the same body. A greeting or disclosure opening the answer, ended by
+# punctuation or a line break within 20 characters ("谢邀。", "谢邀，人在美国，刚下飞机。", "利益相关，匿了。",
+# "泻药～\n"); one without such an end is left alone rather than cut into the body.
+_GREETING = r"^(?:谢邀|泻药|谢谢邀请|感谢邀请|利益相关)[^。！!？?\s]{0,20}(?:[。！!？?]|\s)\s*"
+# Stamps closing the answer, one or more: an edit or publication time ("编辑于 2022-01-01 12:00", "发布于
+# 2023-05-06 12:00・IP 属地北京", "编辑于 昨天 09:30") or the copyright notice. A time is required after
+# 编辑于/发布于, so a closing sentence such as "这篇文章发布于人民日报。" is body.
+_STAMPS = (
+    r"(?:\s*(?:(?:编辑于|发布于)\s*(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}|昨天|前天|今天|\d+\s*(?:分钟|小时)前)"
+    r"|著作权归作者所有)[^\n]{0,60})+$"
+)
+_STAMP_WORDS = "编辑于|发布于|著作权归作者所有"  # every stamp has one; the full pattern runs only where one is
+_STAMPS_SEARCH_CHARS = 160  # room for two stamps and a copyright notice
 
 
 @dataclass
@@ -64,36 +100,27 @@ class DedupeOptions:
     """How questions and answers are merged (see the module docstring for the method)."""
 
     mode: DedupeMode = "near"
-    """"near": exact + fuzzy near-duplicates; "exact": identical answer text, identical folded title only;
-    "off": every question_id and answer_id stands alone."""
+    """"near": exact + fuzzy near-duplicate answers; "exact": identical answer text only; "off": every
+    question_id and answer_id stands alone. Questions are grouped by their cosmetic fold in "near" and
+    "exact" alike."""
     answer_threshold: float = 90.0
-    """Two answers are near-duplicates when rapidfuzz fuzz.ratio on their full texts is at least this
-    (0-100). 90 keeps a 250-character answer with a 40-character greeting and edit stamp added, and
-    rejects two answers that share a quote but otherwise differ."""
-    question_threshold: float = 85.0
-    """Two titles are near-duplicates when fuzz.ratio on their folded forms is at least this (0-100) and
-    their numbers agree. 85 accepts one swapped phrase in a 20-character title ("如何评价" -> "如何看待")."""
+    """Two answers are near-duplicates when rapidfuzz fuzz.ratio on their bodies (greeting and stamps
+    removed) is at least this (0-100). 90 keeps a punctuation-edited copy and rejects two answers that
+    share a quote but otherwise differ."""
     answer_window: int = 80
-    """Characters taken from each end of an answer for blocking (the head sees prefixes, the tail suffixes);
-    long enough that a near-copy with an 18-character greeting still shares most of its head."""
+    """Characters taken from each end of an answer's body for blocking; long enough that a near-copy with
+    a few edited characters still shares most shingles of each end."""
     answer_shingle: int = 24
     """Shingle length, in folded characters, for answer blocking: long enough to span sentences, so that a
     shingle is specific to one text (and its copies), not to a stock sentence that many answers use."""
     answer_sample: int = 8
     """Keep about 1 in `answer_sample` answer shingles, chosen by content (see the module docstring)."""
-    question_shingle: int = 3
-    """Shingle length for title blocking (titles are short; every shingle is kept)."""
     max_bucket: int = 32
     """A shingle shared by more texts than this is treated as boilerplate and not used for blocking."""
     min_overlap: float = 0.2
     """Candidates must have at least this Jaccard overlap of their informative kept shingles (those in at
     most max_bucket texts) before rapidfuzz compares them (near-copies share most of them; texts that
     merely share one sentence share few)."""
-    common_bigram_share: float = 0.001
-    """Titles: a character bigram in at least this share of distinct titles (and at least 5) is stock
-    wording ("如何", "评价", "为什"). Two titles merge only if, on at least one side, every character that
-    the other title lacks sits in such a bigram: "现在后悔吗" -> "如今后悔吗" is a rewording, while
-    "如何评价张三" / "如何评价李四" (a name on both sides) are two questions."""
 
 
 def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, dict]:
@@ -101,7 +128,7 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
 
     Returns (table, stats) with stats = {"mode", "question_groups", "questions_merged" (question ids folded
     into another id's group), "answer_clusters", "answers_merged" (answers in a cluster with another
-    answer), "answer_threshold", "question_threshold"}.
+    answer), "answer_threshold"}.
     """
     _check(answers, opts)
     if opts.mode == "off":
@@ -109,10 +136,9 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     else:
         # Both steps return one id per row, so the (large) text table is never joined or copied. They are
         # independent and partly single-threaded (numpy, Python), so they run side by side.
-        near = opts.mode == "near"
         with ThreadPoolExecutor(max_workers=2) as pool:
-            groups = pool.submit(_question_groups, answers.select("question_id", "question"), opts, near)
-            clusters = pool.submit(_answer_clusters, answers, opts, near)
+            groups = pool.submit(_question_groups, answers.select("question_id", "question"))
+            clusters = pool.submit(_answer_clusters, answers, opts, opts.mode == "near")
             table = answers.with_columns(question_group=groups.result(), answer_cluster=clusters.result())
     return table, _stats(table, opts)
 
@@ -120,11 +146,9 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
 def _check(answers: pl.DataFrame, opts: DedupeOptions) -> None:
     if opts.mode not in ("exact", "near", "off"):
         raise UserError(f"--dedupe must be one of exact, near, off; got {opts.mode!r}")
-    for name in ("answer_threshold", "question_threshold"):
-        value = getattr(opts, name)
-        if not 0.0 <= value <= 100.0:
-            raise UserError(f"--{name.replace('_', '-')} must be a rapidfuzz score in [0, 100], got {value}")
-    for name in ("answer_window", "answer_shingle", "answer_sample", "question_shingle"):
+    if not 0.0 <= opts.answer_threshold <= 100.0:
+        raise UserError(f"--answer-threshold must be a rapidfuzz score in [0, 100], got {opts.answer_threshold}")
+    for name in ("answer_window", "answer_shingle", "answer_sample"):
         if getattr(opts, name) < 1:
             raise UserError(f"dedupe option {name} must be at least 1, got {getattr(opts, name)}")
     if opts.max_bucket < 2:
@@ -144,7 +168,6 @@ def _stats(table: pl.DataFrame, opts: DedupeOptions) -> dict:
         "answer_clusters": cluster_sizes.height,
         "answers_merged": int(cluster_sizes.filter(pl.col("len") > 1)["len"].sum()),
         "answer_threshold": opts.answer_threshold,
-        "question_threshold": opts.question_threshold,
     }
 
 
@@ -152,52 +175,66 @@ def _stats(table: pl.DataFrame, opts: DedupeOptions) -> dict:
 # Questions
 
 
-def _fold(text: pl.Expr) -> pl.Expr:
-    """The comparison key: NFKC (full-width -> half-width), lower case, no punctuation or whitespace."""
-    return text.str.normalize("NFKC").str.to_lowercase().str.replace_all(_DROP_PATTERN, "")
+def question_key(title: pl.Expr) -> pl.Expr:
+    """A title with its cosmetic differences folded away (see the module docstring): two titles ask the same
+    question exactly when their keys are equal. A title that folds to nothing is its own key."""
+    folded = title.str.normalize("NFKC").str.to_lowercase().str.replace_all(_TITLE_COSMETIC, "$1")
+    key = folded.str.replace(_LEADING_PARTICLES, "").str.replace(_TRAILING_PARTICLES, "")
+    return pl.when(key != "").then(key).otherwise(title)
 
 
-def _question_groups(questions: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.Series:
-    """The question_group of each row."""
+def _question_groups(questions: pl.DataFrame) -> pl.Series:
+    """The question_group of each row: the smallest question_id with the same title key."""
     ids = questions.group_by("question_id").agg(pl.col("question").min())  # one title per id
-    ids = ids.with_columns(key=_fold(pl.col("question")))
-    # An id whose title folds to nothing (only punctuation) is compared as written.
-    ids = ids.with_columns(key=pl.when(pl.col("key") == "").then(pl.col("question")).otherwise("key"))
-    keys = ids.group_by("key").agg(first_id=pl.col("question_id").min()).sort("first_id")
-    ids = ids.join(keys, on="key")
-    if near and keys.height > 1:
-        key_list = keys["key"]
-        rows, key_hashes = _shingle_keys(key_list, opts.question_shingle, 1)
-        a, b = _candidate_pairs(rows, key_hashes, keys.height, opts.max_bucket, opts.min_overlap)
-        accepted = _verify(key_list, key_list.str.len_chars().to_numpy(), a, b, opts.question_threshold)
-        a, b = a[accepted], b[accepted]
-        numbers_a = key_list.gather(a).str.extract_all(_NUMBER_PATTERN).list.join(",")
-        numbers_b = key_list.gather(b).str.extract_all(_NUMBER_PATTERN).list.join(",")
-        same_numbers = (numbers_a == numbers_b).to_numpy()
-        a, b = a[same_numbers], b[same_numbers]
-        wording_only = _differ_in_stock_wording(key_list, a, b, opts.common_bigram_share)
-        root = _union(keys.height, a[wording_only], b[wording_only])
-        first_id = keys["first_id"].to_numpy()
-        group_of_key = np.full(keys.height, np.iinfo(np.int64).max)
-        np.minimum.at(group_of_key, root, first_id)
-        keys = keys.with_columns(question_group=pl.Series(group_of_key[root], dtype=pl.Int64))
-    else:
-        keys = keys.with_columns(question_group=pl.col("first_id"))
-    group_of_id = ids.join(keys.select("key", "question_group"), on="key").select("question_id", "question_group")
-    return questions.select("question_id").join(group_of_id, on="question_id", how="left", maintain_order="left")[
-        "question_group"
-    ]
+    ids = ids.with_columns(key=question_key(pl.col("question")))
+    group_of_id = ids.with_columns(question_group=pl.col("question_id").min().over("key"))
+    return questions.select("question_id").join(
+        group_of_id.select("question_id", "question_group"), on="question_id", how="left", maintain_order="left"
+    )["question_group"]
 
 
 # ---------------------------------------------------------------------------------------------
 # Answers
 
 
+def _answer_ends(texts: pl.Series, chars: pl.Series, window: int) -> pl.DataFrame:
+    """Per answer (`chars`: its length): where its body starts ("start") and how long it is ("chars"),
+    greeting and stamps excluded, and the body's first and last `window` characters ("head", "tail").
+
+    Most answers have neither greeting nor stamps, so the windows are cut as if the whole text were the body,
+    and only the answers whose head window holds a greeting (at most about 27 characters) or whose tail
+    window holds a stamp's word (the last one lies within 75 characters of the end) are measured and cut
+    again. An answer that is nothing but greeting and stamps is its own body.
+    """
+    head, tail = texts.str.slice(0, window), texts.str.slice(-window)
+    greeting = head.str.extract(f"({_GREETING})").str.len_chars().fill_null(0).cast(pl.Int64)
+    ends = pl.DataFrame({"start": pl.zeros(len(texts), pl.Int64, eager=True), "chars": chars.cast(pl.Int64),
+                         "head": head, "tail": tail})
+    wrapped = ((greeting > 0) | tail.str.contains(_STAMP_WORDS)).arg_true()
+    if len(wrapped) == 0:
+        return ends
+    text = pl.col("text")
+    measured = pl.DataFrame({"text": texts.gather(wrapped), "chars": ends["chars"].gather(wrapped),
+                             "greeting": greeting.gather(wrapped)}).with_columns(
+        stamps=text.str.slice(-_STAMPS_SEARCH_CHARS).str.extract(f"({_STAMPS})").str.len_chars().fill_null(0).cast(pl.Int64)
+    )
+    has_body = pl.col("chars") > pl.col("greeting") + pl.col("stamps")
+    recut = (
+        measured.with_columns(start=pl.when(has_body).then("greeting").otherwise(0),
+                              stamps=pl.when(has_body).then("stamps").otherwise(0))
+        .with_columns(chars=pl.col("chars") - pl.col("start") - pl.col("stamps"))
+        .with_columns(window=pl.col("chars").clip(upper_bound=window))
+        .select("start", "chars", head=text.str.slice("start", "window"),
+                tail=text.str.slice(pl.col("start") + pl.col("chars") - pl.col("window"), "window"))
+    )
+    return ends.with_columns(ends[name].scatter(wrapped, recut[name]) for name in ends.columns)
+
+
 def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> pl.Series:
     """The answer_cluster of each row.
 
     Works on row numbers into the answer column: the texts themselves (gigabytes) are never copied;
-    blocking reads a short window at each end, verification only the texts of candidate pairs.
+    blocking reads a short window at each end of the body, verification only the bodies of candidate pairs.
     """
     texts = answers["answer"]
     chars = texts.str.len_chars()
@@ -218,17 +255,17 @@ def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> 
         return pl.Series(first_id[text_of_row], dtype=pl.Int64)
     first_row = distinct["first_row"].to_numpy()
     n_texts = len(first_row)
-    # Head and tail windows of every row (short strings; cheaper than gathering the distinct texts first);
-    # a row's shingles count for its distinct text. When the two windows overlap (a short text), the
-    # repeated shingles are dropped as duplicates in _candidate_pairs.
-    window = opts.answer_window
-    head_rows, head_keys = _shingle_keys(texts.str.slice(0, window), opts.answer_shingle, opts.answer_sample)
-    tail_rows, tail_keys = _shingle_keys(texts.str.slice(-window), opts.answer_shingle, opts.answer_sample)
+    # Head and tail windows of every row's body (short strings; cheaper than gathering the distinct texts
+    # first); a row's shingles count for its distinct text. When the two windows overlap (a short body),
+    # the repeated shingles are dropped as duplicates in _candidate_pairs.
+    ends = _answer_ends(texts, chars, opts.answer_window)
+    head_rows, head_keys = _shingle_keys(ends["head"], opts.answer_shingle, opts.answer_sample)
+    tail_rows, tail_keys = _shingle_keys(ends["tail"], opts.answer_shingle, opts.answer_sample)
     a, b = _candidate_pairs(
         text_of_row[np.concatenate([head_rows, tail_rows])], np.concatenate([head_keys, tail_keys]), n_texts,
         opts.max_bucket, opts.min_overlap,
     )
-    accepted = _verify(texts, chars.to_numpy(), first_row[a], first_row[b], opts.answer_threshold)
+    accepted = _verify(texts, ends, first_row[a], first_row[b], opts.answer_threshold)
     root = _union(n_texts, a[accepted], b[accepted])
     cluster_of_text = np.full(n_texts, np.iinfo(np.int64).max)
     np.minimum.at(cluster_of_text, root, first_id)
@@ -243,7 +280,7 @@ def _answer_clusters(answers: pl.DataFrame, opts: DedupeOptions, near: bool) -> 
 def _fold_table() -> np.ndarray:
     """Code point -> folded code point, for every code point (0 = dropped).
 
-    Same folding as `_fold` (NFKC, lower case, drop punctuation/symbols/separators/controls), per
+    The folding of `_DROP_PATTERN` (NFKC, lower case, drop punctuation/symbols/separators/controls), per
     character, so that blocking runs in numpy without a per-row Python loop. Only the Basic
     Multilingual Plane is folded; rarer planes (emoji, historic scripts) are kept as they are.
     """
@@ -393,10 +430,11 @@ def _runs(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # Verification and union-find
 
 
-def _verify(texts: pl.Series, chars: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """Which pairs of rows (a[i], b[i]) of `texts` (lengths in characters: `chars`) have a fuzz.ratio of at
-    least `threshold`."""
+def _verify(texts: pl.Series, ends: pl.DataFrame, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs of rows (a[i], b[i]) of `texts` have bodies (`start` and `chars` of `_answer_ends`) with a
+    fuzz.ratio of at least `threshold`."""
     accepted = np.zeros(len(a), dtype=bool)
+    chars = ends["chars"].to_numpy()
     len_a, len_b = chars[a].astype(np.float64), chars[b].astype(np.float64)
     # fuzz.ratio can reach at most 200 * shorter / (sum of lengths): skip pairs that cannot pass.
     possible = np.flatnonzero(200.0 * np.minimum(len_a, len_b) / np.maximum(len_a + len_b, 1.0) >= threshold)
@@ -404,45 +442,15 @@ def _verify(texts: pl.Series, chars: np.ndarray, a: np.ndarray, b: np.ndarray, t
         return accepted
     # Each text involved is fetched once; the pair lists hold references to the same Python strings.
     involved, position = np.unique(np.concatenate([a[possible], b[possible]]), return_inverse=True)
-    strings = texts.gather(involved).to_list()
+    bodies = pl.DataFrame({"text": texts.gather(involved), "start": ends["start"].gather(involved),
+                           "chars": ends["chars"].gather(involved)})
+    strings = bodies.select(pl.col("text").str.slice("start", "chars"))["text"].to_list()
     scores = process.cpdist(
         [strings[i] for i in position[: len(possible)]], [strings[i] for i in position[len(possible) :]],
         scorer=fuzz.ratio, score_cutoff=threshold, workers=-1,
     )
     accepted[possible] = scores >= threshold
     return accepted
-
-
-def _differ_in_stock_wording(keys: pl.Series, a: np.ndarray, b: np.ndarray, common_share: float) -> np.ndarray:
-    """For each title pair: is what differs stock wording (see DedupeOptions.common_bigram_share)?
-
-    A Python loop over verified title pairs only (a few per re-asked question), not over rows.
-    """
-    if len(a) == 0:
-        return np.zeros(0, dtype=bool)
-    # Distinct (title, bigram) pairs packed into one integer: bigram = two 21-bit code points.
-    codes, ends = _folded_codes(keys)
-    starts = np.flatnonzero(np.isin(np.arange(len(codes) - 1), ends - 1, invert=True))  # i, i+1 in one title
-    title = np.searchsorted(ends, starts, side="right").astype(np.uint64)
-    bigrams = (codes[starts].astype(np.uint64) << np.uint64(21)) | codes[starts + 1].astype(np.uint64)
-    title_bits = np.uint64(max(len(keys) - 1, 1).bit_length())
-    per_title = pl.Series((bigrams << title_bits) | title).unique().to_numpy()
-    counts = pl.Series(per_title >> title_bits).value_counts(name="titles")
-    min_titles = max(5.0, common_share * len(keys))
-    common = set(counts.filter(pl.col("titles") >= min_titles)[:, 0].to_list())
-
-    def stock(text: str, position: int) -> bool:
-        around = (text[max(position - 1, 0) : position + 1], text[position : position + 2])
-        return any(len(g) == 2 and ((ord(g[0]) << 21) | ord(g[1])) in common for g in around)
-
-    texts_a, texts_b = keys.gather(a).to_list(), keys.gather(b).to_list()
-    result = np.zeros(len(a), dtype=bool)
-    for i, (x, y) in enumerate(zip(texts_a, texts_b, strict=True)):
-        ops = Indel.editops(x, y)
-        removed = [stock(x, op.src_pos) for op in ops if op.tag == "delete"]
-        added = [stock(y, op.dest_pos) for op in ops if op.tag == "insert"]
-        result[i] = (bool(removed) and all(removed)) or (bool(added) and all(added))
-    return result
 
 
 def _union(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
