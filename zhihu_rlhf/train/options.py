@@ -82,8 +82,9 @@ OptionsT = TypeVar("OptionsT", bound=TrainOptions)
 
 def parse_options(cls: type[OptionsT], argv: Sequence[str] | None, prog: str, description: str) -> OptionsT:
     """argparse from the dataclass: --snake-case flags, help text and defaults from the fields; then validate()."""
+    # allow_abbrev=False: an abbreviated flag (--batch-tok) would be invisible to the tiny profile's "given" check.
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
