@@ -87,3 +87,12 @@ def test_abbreviated_flags_are_refused_so_the_tiny_profile_cannot_override_them(
     opts = options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", "--batch-tokens", "4096"], "sft", "")
     assert opts.batch_tokens == 4096
 
+
+def test_every_sizing_flag_is_documented_in_help(capsys):
+    with pytest.raises(SystemExit):
+        options.parse_options(PPOOptions, ["--help"], "ppo", "")
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--lora", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets", "--load-in-4bit",
+                 "--merge-lora", "--shard", "--save-dtype"):
+        assert f"{flag} " in help_text, flag
+    assert "(default: all-linear)" in help_text and "(default: bf16)" in help_text and "{bf16,fp16,fp32}" in help_text

@@ -4,8 +4,9 @@ Learn from chosen/rejected pairs directly, with no reward model (Rafailov et al.
 
 The implicit reward of a response y is beta * (log pi(y|x) - log pi_ref(y|x)); the sigmoid loss pushes
 the chosen response's implicit reward above the rejected one's. The reference log-probs come from the
-frozen starting model and are computed once, before training. Dropout is off in the trained policy too, so at
-step 0 (policy == reference) every pair's loss is exactly log 2 and no pair counts as ranked right.
+frozen starting model and are computed once, before training (with --lora: the model with its adapters switched
+off, so no second copy of the weights is ever held). Dropout is off in the trained policy too, so at step 0
+(policy == reference) every pair's loss is exactly log 2 and no pair counts as ranked right.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
+from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import disable_dropout, load_tokenizer_and_model
+from zhihu_rlhf.train.models import disable_dropout, load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_pair, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.runtime import Runtime, gathered, seed_everything, setup_runtime, shutdown_runtime
 
 
 @dataclass(kw_only=True)
@@ -164,24 +166,27 @@ def train(opts: DPOOptions) -> dict[str, float]:
     try:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
-        tokenizer, model = load_tokenizer_and_model(
-            opts.model, "causal-lm", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt
-        )
+        tokenizer, model = load_for_training(opts.model, "causal-lm", opts, rt)
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
         # The reference log-probs are computed in eval mode; the policy trains in train mode, so without this
         # a config's dropout (OPT, GPT-2: 0.1) makes policy != reference at step 0 and the loss starts off log 2.
         disable_dropout(model)
-        model.to(rt.device)
         pad_id = tokenizer.pad_token_id
         if rt.is_main:
             print(f"dpo: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}; reference log-probs ...")
-        ref_train = reference_logps(model, train_pairs, pad_id, rt, opts.batch_size)
-        ref_test = reference_logps(model, test_pairs, pad_id, rt, opts.batch_size)
+        # The reference is the starting model; with LoRA, the same weights with the adapters switched off.
+        reference = WithoutAdapters(model, model) if is_peft(model) else model
+        with gathered(model):
+            ref_train = reference_logps(reference, train_pairs, pad_id, rt, opts.batch_size)
+            ref_test = reference_logps(reference, test_pairs, pad_id, rt, opts.batch_size)
         results = _fit(opts, rt, model, pad_id, train_pairs, test_pairs, ref_train, ref_test)
+        save_final(
+            opts.out, model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
+            dtype=opts.save_dtype,
+        )
         if rt.is_main:
-            save_final(opts.out, model, tokenizer, _card(opts, template, results))
             plot_metrics(opts.out, title=f"DPO {opts.model}")
         rt.barrier()
         return results

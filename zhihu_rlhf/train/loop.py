@@ -25,18 +25,19 @@ The loss contract. Every loss_fn returns a SUM, and fit divides the gradients by
     fit(opts, rt, model, *, epoch_batches, loss_fn, evaluate, batch_tokens, out) -> last eval metrics
     make_optimizer(model, opts) / make_scheduler(optimizer, opts, total_steps)
     step_plan(n_batches, grad_accum, world_size) -> list[list[int]]
-    save_checkpoint / latest_checkpoint / load_checkpoint   OUT/checkpoints/step-XXXXXXXX
+    save_checkpoint / latest_checkpoint / load_checkpoint   OUT/checkpoints/step-XXXXXXXX (torch.distributed.checkpoint)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.errors import UserError, first_line
 from zhihu_rlhf.train.options import TrainOptions
 from zhihu_rlhf.train.report import MetricsLogger
-from zhihu_rlhf.train.runtime import Runtime, unwrap, wrap_ddp
+from zhihu_rlhf.train.runtime import Runtime, gathered, wrap_ddp
 
 
 Batch = Any  # whatever a command's loss_fn understands (e.g. a list of example indices)
@@ -130,9 +131,7 @@ def fit(
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(scale)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm).item() if opts.max_grad_norm > 0 else 0.0
-            )
+            grad_norm = clip_grad_norm(params, opts.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -160,7 +159,8 @@ def fit(
             at_epoch_end = step_in_epoch == len(plans[epoch]) - 1
             if at_epoch_end or (opts.eval_steps and global_step % opts.eval_steps == 0):
                 ddp_model.eval()
-                with torch.no_grad(), rt.autocast():
+                # gathered: ranks may evaluate unequal shares, which a sharded model's per-forward all-gather forbids.
+                with torch.no_grad(), rt.autocast(), gathered(model):
                     eval_metrics = evaluate(model)
                 logger.log(global_step, "eval", epoch=epoch + (step_in_epoch + 1) / len(plans[epoch]), **eval_metrics)
                 if rt.is_main:
@@ -192,6 +192,15 @@ def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the gradients' global norm to max_norm (0 = off); returns the norm before clipping."""
+    if max_norm <= 0:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # Sharded gradients give the norm as a DTensor (already reduced over the ranks).
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, total_steps: int):
     from transformers import get_cosine_schedule_with_warmup
 
@@ -218,34 +227,65 @@ def step_plan(n_batches: int, grad_accum: int, world_size: int) -> list[list[int
 CHECKPOINT_DIR = "checkpoints"
 
 
-def save_checkpoint(
-    out: Path, rt: Runtime, model: nn.Module, optimizer, scheduler, state: dict[str, Any], save_limit: int
-) -> Path | None:
-    """OUT/checkpoints/step-XXXXXXXX: weights, optimizer, scheduler, RNG states and `state` (step, data position).
+def _trained_state(
+    model: nn.Module, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, optimizer states) as checkpoints hold them, keyed by parameter name, sharded where the model is.
 
-    Written to a temporary folder and renamed, so a kill mid-save never leaves a half checkpoint.
+    Only trained weights: a frozen LoRA base is reloaded from where it came from, not copied into every checkpoint.
     """
-    if not rt.is_main:
-        rt.barrier()
-        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    weights, optimizer_state = get_state_dict(model, optimizers, options=StateDictOptions(ignore_frozen_params=True))
+    # A frozen weight under a second name (a tied lm_head) escapes ignore_frozen_params.
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in weights.items() if k not in frozen}, optimizer_state
+
+
+def save_checkpoint(
+    out: Path, rt: Runtime, model: nn.Module, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    scheduler, state: dict[str, Any], save_limit: int,
+) -> Path:
+    """OUT/checkpoints/step-XXXXXXXX: trained weights and optimizer states, scheduler, RNG states and `state`.
+
+    Call on every rank. Weights and optimizer states go through torch.distributed.checkpoint: each rank writes its
+    own shard when sharded (one copy when replicated), so a sharded run never gathers them; a run resumes on the
+    same number of processes. Written to a temporary folder that rank 0 renames when every rank is done, so a
+    kill mid-save never leaves a half checkpoint.
+    """
+    import torch.distributed.checkpoint as dcp
+
     root = out / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['global_step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    torch.save(unwrap(model).state_dict(), tmp / "model.pt")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in sorted(root.glob("step-*"))[:-save_limit] if save_limit > 0 else []:
-        shutil.rmtree(old)
+    tmp = root / f".tmp-{final.name}"
+    if rt.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    rt.barrier()
+    model_state, optimizer_state = _trained_state(model, optimizers)
+    with _single_process_is_meant():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp, no_dist=not rt.distributed)
+    if rt.is_main:
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({"scheduler": scheduler.state_dict(), "rng": rng}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[:-save_limit] if save_limit > 0 else []:
+            shutil.rmtree(old)
     rt.barrier()
     return final
+
+
+@contextlib.contextmanager
+def _single_process_is_meant() -> Iterator[None]:
+    """Silence DCP's warning that it works "in a single process" without a process group: that is what we asked."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -253,13 +293,29 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, rt: Runtime) -> dict[str, Any]:
-    """Restore everything save_checkpoint wrote; returns its `state` dict."""
-    unwrap(model).load_state_dict(torch.load(path / "model.pt", map_location=rt.device))
-    opt_state = torch.load(path / "optimizer.pt", map_location=rt.device, weights_only=False)
-    optimizer.load_state_dict(opt_state["optimizer"])
-    scheduler.load_state_dict(opt_state["scheduler"])
-    rng = torch.load(path / "rng.pt", weights_only=False)
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], scheduler,
+    rt: Runtime,
+) -> dict[str, Any]:
+    """Restore everything save_checkpoint wrote (every rank); returns its `state` dict."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    model_state, optimizer_state = _trained_state(model, optimizers)
+    try:
+        with _single_process_is_meant():
+            dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path, no_dist=not rt.distributed)
+    except Exception as err:  # noqa: BLE001 - DCP raises several types for "this checkpoint is another model's"
+        raise UserError(
+            f"--resume: {path} does not fit this model and options (same model, --lora settings and number of "
+            f"processes as the run that wrote it?): {first_line(err)}"
+        ) from None
+    # Not strict: frozen weights are not in a checkpoint.
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
+    set_state_dict(model, optimizers, model_state_dict=model_state, optim_state_dict=optimizer_state, options=options)
+    trainer = torch.load(path / "trainer.pt", weights_only=False)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rng = trainer["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])

@@ -2,9 +2,20 @@
 
     TINY_MODEL = "tiny"
     load_tokenizer(name) -> tokenizer            pad token always set
-    load_tokenizer_and_model(name, kind, *, attn_impl="sdpa", grad_ckpt=False) -> (tokenizer, model)
+    load_tokenizer_and_model(name, kind, *, attn_impl="sdpa", grad_ckpt=False, dtype=fp32, device="cpu",
+                             load_in_4bit=False) -> (tokenizer, model)
                                    kind "causal-lm" | "reward" (AutoModelForSequenceClassification, num_labels=1)
     disable_dropout(model)         dropout and layer drop off, for stages that compare against a frozen model
+    load_for_training(name, kind, opts, rt) -> (tokenizer, model)   the model a stage trains, loaded for its size
+    load_frozen(name, kind, opts, rt) -> (tokenizer, model)         an inference-only model (PPO's reference, RM)
+
+Loading for size: weights go straight from the checkpoint onto their device in the dtype they are used in
+(transformers' device_map loading: no fp32 copy on the host first). Trained weights are fp32 (AdamW's master copy;
+bf16 compute comes from autocast); a frozen LoRA base and inference-only models are bf16 on CUDA (fp32 on CPU), or
+4-bit NF4 with --load-in-4bit. Sharded (--shard): every rank builds the model on the meta device (no memory), shards
+it, and only rank 0 reads the checkpoint, broadcasting it one tensor at a time (runtime.load_from_rank0).
+
+A folder of LoRA adapters (a run saved without --merge-lora) loads as its base with the adapters merged in.
 
 Packed (padding-free) rows: call model(input_ids, position_ids=..., use_cache=False) with NO attention_mask and
 position ids restarting at 0 per example; transformers (masking_utils.find_packed_sequence_indices) then keeps
@@ -14,16 +25,25 @@ cache (use_cache=True) that detection is skipped, so the examples would attend t
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, first_line
+from zhihu_rlhf.train.runtime import Runtime, load_from_rank0, shard_model
+
+if TYPE_CHECKING:
+    from zhihu_rlhf.train.options import TrainOptions
 
 TINY_MODEL = "tiny"
+# The tiny model's weights are random but the same in every process and run, so a run's saved LoRA adapters can be
+# put back on the base they were trained on. 42: the weights the default --seed gave when the init drew from it.
+TINY_SEED = 42
 
 ModelKind = Literal["causal-lm", "reward"]
 
@@ -78,11 +98,20 @@ def load_tokenizer(name: str):
 
 
 def load_tokenizer_and_model(
-    name: str, kind: ModelKind, *, attn_impl: str = "sdpa", grad_ckpt: bool = False
+    name: str,
+    kind: ModelKind,
+    *,
+    attn_impl: str = "sdpa",
+    grad_ckpt: bool = False,
+    dtype: torch.dtype | Literal["auto"] = torch.float32,
+    device: torch.device | str = "cpu",
+    load_in_4bit: bool = False,
 ) -> tuple[Any, nn.Module]:
-    """`tiny` (random, offline), a Hub id or a local folder -> (tokenizer, fp32 model on CPU).
+    """`tiny` (random, offline), a Hub id, a local folder or a folder of LoRA adapters -> (tokenizer, model).
 
-    kind "reward" gives a one-output sequence classifier whose score is read at the last non-pad token.
+    The weights load straight onto `device` in `dtype` ("auto": as stored; 4-bit NF4 with bf16 compute when
+    load_in_4bit). kind "reward" gives a
+    one-output sequence classifier whose score is read at the last non-pad token.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -90,22 +119,40 @@ def load_tokenizer_and_model(
         raise ValueError(f"unknown model kind {kind!r}")
     tokenizer = load_tokenizer(name)
     auto_cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+    adapters_base = lora_base_of(name)
     if name == TINY_MODEL:
         config = _tiny_config(tokenizer, kind)
         config._attn_implementation = attn_impl
-        model = auto_cls.from_config(config, dtype=torch.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_SEED)
+            model = auto_cls.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype).to(device)
+    elif adapters_base is not None:
+        if load_in_4bit:
+            raise UserError(
+                f"--load-in-4bit: {name} holds LoRA adapters, which cannot be merged into a 4-bit base; "
+                "save that run with --merge-lora and start from it"
+            )
+        from zhihu_rlhf.train.lora import merge_adapters
+
+        _, base = load_tokenizer_and_model(adapters_base, kind, attn_impl=attn_impl, dtype=dtype, device=device)
+        model = merge_adapters(base, name)
     else:
-        extra = {"num_labels": 1} if kind == "reward" else {}
+        extra: dict[str, Any] = {"num_labels": 1} if kind == "reward" else {}
+        if load_in_4bit:
+            extra["quantization_config"] = _nf4_config()
         try:
-            model = auto_cls.from_pretrained(name, dtype=torch.float32, attn_implementation=attn_impl, **extra)
+            model = auto_cls.from_pretrained(
+                name, dtype=dtype, device_map=str(device), attn_implementation=attn_impl, **extra
+            )
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load model {name!r} as {kind}: {first_line(err)}") from None
     # The classifier reads its score at the last non-pad token; generation pads with this id too.
     model.config.pad_token_id = tokenizer.pad_token_id
     if grad_ckpt:
-        model.config.use_cache = False
-        model.activation_checkpointing_enable({"use_reentrant": False})
+        _enable_grad_ckpt(model)
     return tokenizer, model
+
+
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -122,6 +169,149 @@ def disable_dropout(model: nn.Module) -> None:
         for name, value in list(vars(module).items()):
             if "drop" in name and isinstance(value, float):
                 setattr(module, name, 0.0)
+
+
+Wrap = Callable[[nn.Module], nn.Module]
+
+
+def load_for_training(
+    name: str, kind: ModelKind, opts: TrainOptions, rt: Runtime, *, wrap: Wrap | None = None
+) -> tuple[Any, nn.Module]:
+    """The model a stage trains, loaded for its size (module docstring), with LoRA adapters when opts.lora.
+
+    Full fine-tuning: fp32 weights straight onto rt.device. --lora: the frozen base in bf16 on CUDA (4-bit with
+    --load-in-4bit), adapters (and an RM's score head) trainable in fp32. --shard: sharded over the processes.
+    wrap: a module put around the model before sharding, whose forward is then the one every call goes through
+    (PPO's TokenScorer returns what the loss uses; a sharded model's backward starts from its root's outputs).
+    """
+    if opts.shard:
+        return _load_sharded(name, kind, opts, rt, wrap=wrap)
+    if opts.load_in_4bit:
+        _check_4bit_possible(rt)
+    tokenizer, model = load_tokenizer_and_model(
+        name, kind, attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt, dtype=_weights_dtype(rt, frozen=opts.lora),
+        device=rt.device, load_in_4bit=opts.load_in_4bit,
+    )
+    if opts.lora:
+        from zhihu_rlhf.train.lora import add_adapters, describe
+
+        model = add_adapters(model, kind, opts, base_name=name)
+        if rt.is_main:
+            print(f"{name}: {describe(model)}")
+    return tokenizer, wrap(model) if wrap else model
+
+
+def load_frozen(
+    name: str, kind: ModelKind, opts: TrainOptions, rt: Runtime, *, wrap: Wrap | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Any, nn.Module]:
+    """An inference-only model (no grads, eval mode), sharded like the trained ones.
+
+    dtype: bf16 on CUDA and fp32 on the CPU unless given (PPO's reference takes the policy's, see ppo.make_reference).
+    """
+    dtype = dtype or _weights_dtype(rt, frozen=True)
+    if opts.shard:
+        tokenizer, model = _load_sharded(name, kind, opts, rt, wrap=wrap, trained=False, dtype=dtype)
+    else:
+        tokenizer, model = load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype=dtype, device=rt.device)
+        model = wrap(model) if wrap else model
+    model.requires_grad_(False)
+    model.eval()
+    return tokenizer, model
+
+
+def _load_sharded(
+    name: str, kind: ModelKind, opts: TrainOptions, rt: Runtime, *, wrap: Wrap | None, trained: bool = True,
+    dtype: torch.dtype | None = None,
+) -> tuple[Any, nn.Module]:
+    """Meta-device skeleton on every rank, sharded; rank 0 alone loads the checkpoint (in its stored dtype, on the
+    host) and broadcasts it into the shards (fp32 trained weights, bf16 frozen ones on CUDA). LoRA adapters are added
+    before sharding, so FSDP2 shards and reduces them like any weight; rank 0's adapter initialisation is the one
+    every rank gets.
+
+    (transformers' own load-time sharding, from_pretrained(distributed_config=...), shards before peft can add
+    adapters, which then stay unsharded and unsynchronised across ranks.)
+    """
+    from zhihu_rlhf.train.lora import add_adapters, describe
+
+    def build(model: nn.Module) -> nn.Module:
+        if trained and opts.grad_ckpt:
+            _enable_grad_ckpt(model)
+        if trained and opts.lora:
+            model = add_adapters(model, kind, opts, base_name=name)
+        return wrap(model) if wrap else model
+
+    tokenizer = load_tokenizer(name)
+    source = None
+    if rt.is_main:
+        source = build(load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype="auto", device="cpu")[1])
+    dtype = dtype or _weights_dtype(rt, frozen=opts.lora or not trained)
+    model = build(_skeleton(name, kind, tokenizer, opts.attn_impl, dtype))
+    shard_model(model, rt)
+    load_from_rank0(model, source, rt)
+    if rt.is_main and trained and opts.lora:
+        print(f"{name}: {describe(source)}")
+    return tokenizer, model
+
+
+def _weights_dtype(rt: Runtime, *, frozen: bool) -> torch.dtype:
+    """bf16 on CUDA for weights nothing updates (a frozen model, a LoRA base); fp32 for trained weights (AdamW's
+    master copy; compute is bf16 through autocast) and for everything on the CPU."""
+    return torch.bfloat16 if frozen and rt.device.type == "cuda" else torch.float32
+
+
+def _skeleton(name: str, kind: ModelKind, tokenizer, attn_impl: str, dtype: torch.dtype) -> nn.Module:
+    """The model's modules on the meta device, parameters in `dtype`: shapes only, no memory, nothing read."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto_cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
+    while (base := lora_base_of(name)) is not None:  # merged adapters leave the base's shapes
+        name = base
+    if name == TINY_MODEL:
+        config = _tiny_config(tokenizer, kind)
+    else:
+        config = AutoConfig.from_pretrained(name, **({"num_labels": 1} if kind == "reward" else {}))
+    with torch.device("meta"):
+        model = auto_cls.from_config(config, dtype=dtype, attn_implementation=attn_impl)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _enable_grad_ckpt(model: nn.Module) -> None:
+    model.config.use_cache = False
+    model.activation_checkpointing_enable({"use_reentrant": False})
+
+
+def _check_4bit_possible(rt: Runtime) -> None:
+    if rt.device.type != "cuda":
+        raise UserError("--load-in-4bit needs a CUDA GPU (bitsandbytes NF4); this run is on the CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("--load-in-4bit needs bitsandbytes: pip install 'zhihu-rlhf[qlora]'") from None
+
+
+def _nf4_config():
+    """QLoRA's quantisation (Dettmers et al. 2023): NF4 weights, double-quantised constants, bf16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def lora_base_of(name: str) -> str | None:
+    """The base model a folder of LoRA adapters was trained on, or None when `name` is not such a folder."""
+    config = Path(name).expanduser() / "adapter_config.json"
+    if name == TINY_MODEL or not config.is_file():
+        return None
+    base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{config}: no base_model_name_or_path, so the base these adapters belong to is unknown")
+    return base
 
 
 def _check_model_name(name: str) -> None:

@@ -57,6 +57,39 @@ class TrainOptions:
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in OUT/checkpoints"})
     eval_steps: int = field(default=0, metadata={"help": "also evaluate every N steps (0 = only at epoch ends)"})
 
+    # Sizes users run (7B-14B): adapters instead of every weight, a 4-bit frozen base, weights sharded over GPUs.
+    lora: bool = field(
+        default=False, metadata={"help": "train LoRA adapters (peft) on a frozen base instead of every weight"}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator: updates are scaled by alpha / r"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: str = field(
+        default="all-linear",
+        metadata={"help": "modules that get adapters: all-linear (every linear layer but the output head) or names, "
+                  "comma-separated (e.g. q_proj,v_proj)"},
+    )
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "QLoRA: keep the frozen base in 4-bit NF4 (bitsandbytes, CUDA only, pip install "
+                  "'zhihu-rlhf[qlora]'); needs --lora"},
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "save the base with the adapters merged in (a full model from_pretrained loads) instead of "
+                  "the adapters alone"},
+    )
+    shard: bool = field(
+        default=False,
+        metadata={"help": "FSDP2 under torchrun: shard weights, gradients and optimizer states over the processes, "
+                  "per transformer block (instead of a full copy on each, as data parallel keeps)"},
+    )
+    save_dtype: str = field(
+        default="bf16",
+        metadata={"help": "dtype of the saved model weights (LoRA adapters are saved as trained, in fp32)",
+                  "choices": ("bf16", "fp16", "fp32")},
+    )
+
     # The `tiny` model is for offline demos and tests on a CPU: options left unset take these values instead of
     # the defaults above (which suit 0.5B-7B models on a GPU), so a demo run takes seconds, not an hour.
     TINY_DEMO: ClassVar[dict[str, Any]] = {}
@@ -72,6 +105,18 @@ class TrainOptions:
         for name in ("save_steps", "save_limit", "eval_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.lora:
+            if self.lora_r < 1 or not self.lora_alpha > 0:
+                raise UserError(f"--lora-r must be >= 1 and --lora-alpha > 0, got {self.lora_r} and {self.lora_alpha}")
+            if not 0 <= self.lora_dropout < 1:
+                raise UserError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+            if not [name for name in self.lora_targets.split(",") if name.strip()]:
+                raise UserError("--lora-targets is empty (give all-linear or module names, e.g. q_proj,v_proj)")
+        for flag, given in (("--load-in-4bit", self.load_in_4bit), ("--merge-lora", self.merge_lora)):
+            if given and not self.lora:
+                raise UserError(f"{flag} only applies to LoRA training: add --lora")
+        if self.load_in_4bit and self.shard:
+            raise UserError("--load-in-4bit and --shard do not work together (FSDP2 cannot shard 4-bit weights)")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}

@@ -44,7 +44,8 @@ from zhihu_rlhf.train.loop import (
     make_scheduler,
     save_checkpoint,
 )
-from zhihu_rlhf.train.models import disable_dropout, load_tokenizer_and_model
+from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
+from zhihu_rlhf.train.models import disable_dropout, load_for_training, load_frozen, load_tokenizer
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import (
     TEMPLATES,
@@ -56,7 +57,16 @@ from zhihu_rlhf.train.prompts import (
 )
 from zhihu_rlhf.train.report import MetricsLogger, ModelCardInfo, plot_metrics, save_final
 from zhihu_rlhf.train.rm import TokenScorer, sequence_scores
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, unwrap, wrap_ddp
+from zhihu_rlhf.train.runtime import (
+    Runtime,
+    gathered,
+    is_sharded,
+    seed_everything,
+    setup_runtime,
+    shutdown_runtime,
+    unwrap,
+    wrap_ddp,
+)
 
 # A programmatic reward: (prompts, responses) -> one score per response (rule-based rewards: format, length, ...).
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
@@ -649,9 +659,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
         if reward_fn is None and opts.reward is None:
             raise UserError("no reward: give --reward (a reward model) or --reward-fn (module:function)")
         prompts = load_prompts(opts)
-        tokenizer, policy = load_tokenizer_and_model(
-            opts.policy, "causal-lm", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt
-        )
+        tokenizer, policy = load_for_training(opts.policy, "causal-lm", opts, rt)
         if not end_token_ids(tokenizer, policy.generation_config):
             raise UserError(f"policy {opts.policy!r}: no eos or end-of-turn token, so responses could never end")
         template = resolve_template(tokenizer, opts.template)
@@ -661,31 +669,31 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
         ]
         # PPO needs the same log-probs in the update (train mode) as at sampling time (eval mode).
         disable_dropout(policy)
-        ref_policy = make_reference(policy, rt)
-        policy.to(rt.device)
+        if is_peft(policy):  # the starting policy is the same weights with the adapters off: no copy
+            ref_policy = WithoutAdapters(policy, policy)
+        elif is_sharded(policy):  # loaded sharded like the policy, in its dtype (see make_reference)
+            ref_policy = load_frozen(opts.policy, "causal-lm", opts, rt, dtype=next(policy.parameters()).dtype)[1]
+        else:
+            ref_policy = make_reference(policy, rt)
 
         reward: nn.Module | RewardFn
         if reward_fn is not None:
             reward = reward_fn
-            value_name = opts.value_model or opts.policy
-            _, value_base = load_tokenizer_and_model(value_name, "reward", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt)
+            _, value_model = load_for_training(opts.value_model or opts.policy, "reward", opts, rt, wrap=TokenScorer)
         else:
-            reward_tokenizer, reward_base = load_tokenizer_and_model(opts.reward, "reward", attn_impl=opts.attn_impl)
-            if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+            if load_tokenizer(opts.reward).get_vocab() != tokenizer.get_vocab():
                 raise UserError(
                     f"reward model {opts.reward!r} uses another tokenizer than policy {opts.policy!r}: PPO scores the "
                     "policy's tokens directly, so train the RM from the same base model"
                 )
-            if opts.value_model is None:
-                value_base = copy.deepcopy(reward_base)
-                if opts.grad_ckpt:
-                    value_base.activation_checkpointing_enable({"use_reentrant": False})
+            _, value_model = load_for_training(opts.value_model or opts.reward, "reward", opts, rt, wrap=TokenScorer)
+            if is_peft(value_model.model) and opts.value_model is None:
+                # The value model is the RM plus adapters: with them off it is the frozen RM, no second copy.
+                reward = WithoutAdapters(value_model, value_model.model)
             else:
-                _, value_base = load_tokenizer_and_model(opts.value_model, "reward", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt)
-            # The RM is only read, never compared with itself: bf16 weights on a GPU halve its memory.
-            reward = TokenScorer(_frozen(reward_base, rt, rt.autocast_dtype or torch.float32))
-        disable_dropout(value_base)
-        value_model = TokenScorer(value_base).to(rt.device)
+                # The RM is only read, never compared with itself: bf16 weights on a GPU halve its memory.
+                reward = load_frozen(opts.reward, "reward", opts, rt, wrap=TokenScorer)[1]
+        disable_dropout(value_model)
         return _ppo_loop(opts, rt, tokenizer, template, prompts, prompt_ids, policy, ref_policy, value_model, reward)
     finally:
         shutdown_runtime(rt)
@@ -730,7 +738,7 @@ def _ppo_loop(
     if opts.resume:
         if ckpt is None:
             raise UserError(f"--resume: no checkpoint in {opts.out / CHECKPOINT_DIR}")
-        state = load_checkpoint(ckpt, trained, optimizers, schedulers, rt)
+        state = load_checkpoint(ckpt, trained, [optimizer, value_optimizer], schedulers, rt)
         start = resume_step = state["global_step"]
         kl_ctl.value = state["kl_coef"]
         moments.load_state_dict(state["reward_moments"])
@@ -755,10 +763,12 @@ def _ppo_loop(
         first = position * per_iteration + rt.rank * opts.rollout_batch_size
         rows = order[first : first + opts.rollout_batch_size].tolist()
         t0 = time.perf_counter()
-        rollout = generate_rollout(
-            policy, ref_policy, value_model, reward, tokenizer,
-            [prompts[i] for i in rows], [prompt_ids[i] for i in rows], opts, rt,
-        )
+        # gathered: generation runs a different number of forwards on each rank, which sharded models cannot.
+        with gathered(policy, ref_policy, value_model, reward):
+            rollout = generate_rollout(
+                policy, ref_policy, value_model, reward, tokenizer,
+                [prompts[i] for i in rows], [prompt_ids[i] for i in rows], opts, rt,
+            )
         t_rollout = time.perf_counter() - t0
 
         # 2. Rewards: shaped RM score on the last token, KL penalty on every token.
@@ -806,11 +816,14 @@ def _ppo_loop(
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{kl_per_response:.2f}", len=f"{metrics['response_length']:.0f}")
         if opts.save_steps and (iteration + 1) % opts.save_steps == 0 and iteration + 1 < n_iterations:
             state = {"global_step": iteration + 1, "kl_coef": kl_ctl.value, "reward_moments": moments.state_dict()}
-            save_checkpoint(opts.out, rt, trained, optimizers, schedulers, state, opts.save_limit)
+            save_checkpoint(opts.out, rt, trained, [optimizer, value_optimizer], schedulers, state, opts.save_limit)
     bar.close()
     logger.close()
+    save_final(
+        opts.out, policy, tokenizer, _card(opts, template, metrics), rt, merge_lora=opts.merge_lora,
+        dtype=opts.save_dtype,
+    )
     if rt.is_main:
-        save_final(opts.out, policy, tokenizer, _card(opts, template, metrics))
         plot_metrics(opts.out, title=f"PPO {opts.policy}")
         if not opts.keep_checkpoints:
             shutil.rmtree(opts.out / CHECKPOINT_DIR, ignore_errors=True)

@@ -3,7 +3,8 @@
     MetricsLogger(out, rt, resume_step)   OUT/metrics.jsonl (+ TensorBoard when installed)
     read_metrics(out) -> list[dict]
     plot_metrics(out) -> Path              OUT/curves.png
-    save_final(out, model, tokenizer, card) -> Path          HF-format model + tokenizer + README.md model card
+    save_final(out, model, tokenizer, card, rt, *, merge_lora, dtype) -> Path
+                                   HF-format model (or LoRA adapters) + tokenizer + README.md model card
     ModelCardInfo
 """
 
@@ -192,17 +193,58 @@ Training curves: `curves.png`; every logged step: `metrics.jsonl`.
     return ModelCard(content)
 
 
-def save_final(out: Path, model: nn.Module, tokenizer, card: ModelCardInfo) -> Path:
-    """Final model + tokenizer in HF format and README.md, into OUT (written beside, then moved in)."""
-    model = unwrap(model)
-    if model.can_generate():
-        # `generate` with the saved config (the card's snippet) stops on every end token, where SFT targets ended.
-        model.generation_config.eos_token_id = end_token_ids(tokenizer, model.generation_config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def save_final(
+    out: Path, model: nn.Module, tokenizer, card: ModelCardInfo, rt: Runtime | None = None, *,
+    merge_lora: bool = False, dtype: str = "bf16",
+) -> Path:
+    """Final model + tokenizer in HF format and README.md, into OUT (written beside, then moved in).
+
+    Call on every rank (rt None: one process): a sharded model is gathered to rank 0 one tensor at a time, and
+    only rank 0 writes. Full weights are saved in `dtype` (bf16 by default). A LoRA model saves its adapters
+    (fp32, as trained; the folder's adapter_config.json names the base), or with merge_lora the base reloaded in
+    `dtype` with the adapters merged in: a full model `from_pretrained` loads. The model card says which.
+    """
+    from zhihu_rlhf.train import lora
+
+    rt = rt or Runtime(device=torch.device("cpu"), autocast_dtype=None)
+    plain = unwrap(model)
+    peft = lora.is_peft(plain)
+    save_dtype = SAVE_DTYPES[dtype]
+    # A LoRA run needs only its trained tensors (adapters, score head); a full run needs everything.
+    weights = _state_on_rank0(plain, rt, trainable_only=peft, dtype=torch.float32 if peft else save_dtype)
+    if not rt.is_main:
+        return out
+    if peft and merge_lora:
+        card.extra += f"\n\nFine-tuned with {lora.describe(plain)}; the adapters are merged into the weights here."
+    elif peft:
+        base = plain.peft_config["default"].base_model_name_or_path
+        card.extra += (
+            f"\n\nThis folder holds LoRA adapters ({lora.describe(plain)}), not full weights. Base model: `{base}`. "
+            "Load with `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` (a reward model: "
+            "`AutoPeftModelForSequenceClassification`), or pass the folder as `--model`/`--policy`/`--reward` to "
+            "the next stage, which merges them into the base. `--merge-lora` saves merged full weights instead."
+        )
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
-        model.save_pretrained(tmp)
+        if peft and merge_lora:
+            merged = lora.merged_copy(plain, weights, save_dtype)
+            _stop_on_end_tokens(merged, tokenizer)
+            merged.save_pretrained(tmp)
+        elif peft:
+            # save_embedding_layers=False: embeddings never get adapters here, and "auto" would look up the base
+            # model's config on the Hub.
+            plain.save_pretrained(tmp, state_dict=weights, save_embedding_layers=False)
+        else:
+            _stop_on_end_tokens(plain, tokenizer)
+            plain.save_pretrained(tmp, state_dict=weights)
+            # save_pretrained records the live model's dtype (the fp32 master weights); the file holds save_dtype.
+            config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+            config["dtype"] = str(save_dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         tokenizer.save_pretrained(tmp)
         _model_card(card).save(tmp / "README.md")
         for item in tmp.iterdir():
@@ -210,3 +252,34 @@ def save_final(out: Path, model: nn.Module, tokenizer, card: ModelCardInfo) -> P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _stop_on_end_tokens(model: nn.Module, tokenizer) -> None:
+    """`generate` with the saved config (the card's snippet) stops on every end token, where SFT targets ended."""
+    if model.can_generate():
+        model.generation_config.eos_token_id = end_token_ids(tokenizer, model.generation_config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _state_on_rank0(model: nn.Module, rt: Runtime, *, trainable_only: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's state dict as CPU tensors in `dtype` (floating ones) on rank 0, {} elsewhere.
+
+    Sharded tensors are all-gathered one at a time (every rank takes part), so rank 0 holds the saved copy and
+    one full fp32 tensor at most. Tensors shared under two names (tied embeddings) stay shared.
+    """
+    from torch.distributed.tensor import DTensor
+
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # keep_vars: the Parameter objects themselves, so a tensor under two names is recognised (and gathered) once.
+    copies: dict[int, torch.Tensor | None] = {}
+    weights: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        if trainable_only and name not in trainable:
+            continue
+        if id(value) not in copies:
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            cast = dtype if full.is_floating_point() else full.dtype
+            copies[id(value)] = full.detach().to("cpu", dtype=cast) if rt.is_main else None
+        if rt.is_main:
+            weights[name] = copies[id(value)]
+    return weights

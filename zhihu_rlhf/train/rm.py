@@ -2,8 +2,8 @@
 
 A one-output AutoModelForSequenceClassification gives a scalar reward for prompt + response (same prompt format as
 SFT, see prompts.render_prompt), read where prompts.score_positions says: the last real token, the end token of a
-finished answer. TokenScorer runs the classifier's backbone and score head itself so that RM training, `score` and
-PPO (reward and value) all read the same way; the classifier's own forward would read at the last non-pad token,
+finished answer. TokenScorer keeps the score head's output at every position so that RM training, `score` and
+PPO (reward and value) all read the same way; the classifier's own pooled output is at the last non-pad token,
 one token earlier when pad == EOS. Each micro-batch puts the chosen and the rejected responses of its pairs in ONE
 forward pass ([2B, T]: chosen rows first), then
 
@@ -26,7 +26,7 @@ from torch import nn
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, position_ids_from, shuffled_batches
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, encode_pair, resolve_template, score_positions
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
@@ -81,9 +81,11 @@ class TokenScorer(nn.Module):
     """A one-label sequence classifier (RM or value model) read at EVERY position: forward -> (B, L) scores.
 
     AutoModelForSequenceClassification only returns the score at the last non-pad token; PPO needs the value of
-    every prefix, and every stage must read the RM at prompts.score_positions, so this runs the backbone and the
-    `score` head itself. A module (not a function) so DistributedDataParallel sees the forward. Position ids count
-    real tokens only, so left-padded (PPO) and right-padded (RM) rows of the same text get the same scores.
+    every prefix, and every stage must read the RM at prompts.score_positions. The classifier's own forward runs (so
+    DDP, FSDP2 and peft wrappers all see it) and a hook on its `score` head keeps the head's per-position output.
+    A module (not a function) so DistributedDataParallel sees the forward, and so it can be the root a sharded
+    model's backward starts from (models.load_for_training's `wrap`). Position ids count real tokens only, so
+    left-padded (PPO) and right-padded (RM) rows of the same text get the same scores.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -96,14 +98,18 @@ class TokenScorer(nn.Module):
         self.model = model
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(
-            input_ids=sequences,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from(attention_mask),
-            use_cache=False,
-        ).last_hidden_state
-        return self.model.score(hidden).squeeze(-1).float()
+        per_position: list[torch.Tensor] = []
+        hook = self.model.score.register_forward_hook(lambda _module, _inputs, output: per_position.append(output))
+        try:
+            self.model(
+                input_ids=sequences,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from(attention_mask),
+                use_cache=False,
+            )
+        finally:
+            hook.remove()
+        return per_position[0].squeeze(-1).float()
 
 
 def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -173,17 +179,19 @@ def train(opts: RMOptions) -> dict[str, float]:
     try:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
-        tokenizer, model = load_tokenizer_and_model(opts.model, "reward", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt)
+        tokenizer, scorer = load_for_training(opts.model, "reward", opts, rt, wrap=TokenScorer)
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
         if rt.is_main:
             print(f"rm: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}")
-        model.to(rt.device)
         # Trained through the scorer, so training reads the reward where `score` and PPO read it.
-        results = _fit(opts, rt, TokenScorer(model), tokenizer.pad_token_id, train_pairs, test_pairs)
+        results = _fit(opts, rt, scorer, tokenizer.pad_token_id, train_pairs, test_pairs)
+        save_final(
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
+            dtype=opts.save_dtype,
+        )
         if rt.is_main:
-            save_final(opts.out, model, tokenizer, _card(opts, template, results))
             plot_metrics(opts.out, title=f"Reward model {opts.model}")
         rt.barrier()
         return results

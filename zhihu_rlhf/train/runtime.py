@@ -1,11 +1,20 @@
-"""Where and how a training process runs: device, precision, the torchrun process group, DDP, seeding.
+"""Where and how a training process runs: device, precision, the torchrun process group, DDP or FSDP2, seeding.
 
     Runtime                        device, autocast dtype, rank/world size; .autocast(), .is_main, .all_reduce_sum(x),
                                    .no_sync(model, sync), .barrier()
     setup_runtime(device) -> Runtime     "auto" | "cuda" | "cpu"; inits the process group when WORLD_SIZE > 1
-    wrap_ddp(model, rt) / unwrap(model)  DistributedDataParallel wrapper when world_size > 1, and back
+    wrap_ddp(model, rt) / unwrap(model)  DistributedDataParallel wrapper when world_size > 1 (not for a sharded model)
+    shard_model(model, rt)               FSDP2: fully_shard each transformer block, then the whole model
+    load_from_rank0(model, source, rt)   fill a sharded skeleton with rank 0's weights, one tensor at a time
+    is_sharded(model) / gathered(*models)  whether FSDP2 holds it; full weights on every rank for inference
     shutdown_runtime(rt)
     seed_everything(seed)
+
+Data parallel (DDP) keeps a full copy of weights, gradients and AdamW states on every process. Sharding (FSDP2,
+torch.distributed.fsdp.fully_shard) keeps 1/N of each on each of N processes and all-gathers one block's weights
+at a time for its forward and backward: compute in bf16 on CUDA (fp32 on CPU), gradients reduced in fp32, the
+sharded fp32 weights are AdamW's master copy. Every rank must then run the same number of forward passes (each one
+all-gathers); inference with uneven work per rank (evaluation, generation) runs inside `gathered(model)`.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +111,7 @@ def shutdown_runtime(rt: Runtime) -> None:
 
 
 def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
-    if not rt.distributed:
+    if not rt.distributed or is_sharded(model):
         return model
     device_ids = [rt.local_rank] if rt.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -115,3 +125,96 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FSDP2 sharding
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when fully_shard manages (part of) the model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def shard_model(model: nn.Module, rt: Runtime) -> nn.Module:
+    """fully_shard every transformer block (the classes transformers keeps whole, `_no_split_modules`), then the root.
+
+    One block is all-gathered at a time, so a rank's peak is its shard of everything plus one full block. The
+    root's own parameters (embeddings, final norm, heads) form one more group. Works on a meta-device skeleton
+    (then fill it with load_from_rank0) and on peft models (adapters sit inside the blocks).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not rt.distributed:
+        raise UserError(
+            "--shard splits the model over processes: launch with torchrun --nproc-per-node N (N >= 2), "
+            "e.g. torchrun --nproc-per-node 8 -m zhihu_rlhf.train sft ... --shard"
+        )
+    mesh = init_device_mesh(rt.device.type, (rt.world_size,))
+    precision = MixedPrecisionPolicy(param_dtype=rt.autocast_dtype, reduce_dtype=torch.float32)
+    block_classes = set()
+    for module in model.modules():
+        block_classes |= set(getattr(module, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in block_classes]
+    if not blocks:
+        raise UserError(f"--shard: {type(model).__name__} names no transformer block class (_no_split_modules)")
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=precision)
+    # The root must be the module whose forward every call goes through: for a peft model that is the transformers
+    # model inside (generate() and the task wrappers call it directly, skipping the PeftModel's own forward).
+    from peft import PeftModel
+
+    fully_shard(model.get_base_model() if isinstance(model, PeftModel) else model, mesh=mesh, mp_policy=precision)
+    return model
+
+
+@torch.no_grad()
+def load_from_rank0(model: nn.Module, source: nn.Module | None, rt: Runtime) -> None:
+    """Fill a sharded model (built on the meta device) with the weights of `source`, a full model on rank 0 only.
+
+    Rank 0 broadcasts one tensor at a time and each rank keeps its shard, so no other process ever holds a full
+    copy. Buffers are not sharded and not all in the state dict (rotary inv_freq is not), so they are broadcast
+    one by one as well.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=rt.device)
+    full = source.state_dict() if rt.is_main and source is not None else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    source_buffers = dict(source.named_buffers()) if rt.is_main and source is not None else {}
+    for name, buffer in model.named_buffers():
+        if rt.is_main:
+            buffer.copy_(source_buffers[name])
+        torch.distributed.broadcast(buffer, src=0)
+
+
+@contextlib.contextmanager
+def gathered(*models: object) -> Iterator[None]:
+    """Inside: sharded models hold their full (compute-dtype) weights on every rank, so forwards need no collectives.
+
+    For inference where ranks do uneven work (evaluation shares, generation of different lengths): one all-gather
+    going in, instead of one per block per forward (and a hang when one rank runs fewer forwards). Costs one full
+    bf16 copy of the weights per GPU while inside. Anything not sharded (or not a module) is left alone; models
+    that share modules (LoRA's base with adapters off) are gathered once.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    groups: dict[int, FSDPModule] = {}
+    for model in models:
+        if isinstance(model, nn.Module):
+            groups.update((id(m), m) for m in model.modules() if isinstance(m, FSDPModule))
+    # Blocks free their full weights after each forward; a root (no FSDP module above it) keeps them, as fully_shard
+    # sets it up: its weights are needed again first thing in backward.
+    blocks = {id(sub) for group in groups.values() for sub in group.modules() if sub is not group and isinstance(sub, FSDPModule)}
+    for group in groups.values():
+        group.set_reshard_after_forward(False, recurse=False)
+        group.unshard()
+    try:
+        yield
+    finally:
+        for key, group in groups.items():
+            group.reshard()
+            group.set_reshard_after_forward(key in blocks, recurse=False)

@@ -23,7 +23,7 @@ from torch import nn
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import epoch_permutation, load_split, pad_ids
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import load_tokenizer_and_model
+from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
@@ -154,9 +154,7 @@ def train(opts: SFTOptions) -> dict[str, float]:
         # Data before model: bad data fails in a second, not after loading 7B weights.
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
-        tokenizer, model = load_tokenizer_and_model(
-            opts.model, "causal-lm", attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt
-        )
+        tokenizer, model = load_for_training(opts.model, "causal-lm", opts, rt)
         template = resolve_template(tokenizer, opts.template)
         train_examples = encode_rows(tokenizer, train_rows, template, opts.max_len)
         test_examples = encode_rows(tokenizer, test_rows, template, opts.max_len)
@@ -167,10 +165,12 @@ def train(opts: SFTOptions) -> dict[str, float]:
                 f"sft: {len(train_examples)} train / {len(test_examples)} test examples, {n_tokens:,} train tokens, "
                 f"{n_cut} at --max-len {opts.max_len}, template={template}"
             )
-        model.to(rt.device)
         results = _fit(opts, rt, model, tokenizer.pad_token_id, train_examples, test_examples)
+        save_final(
+            opts.out, model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
+            dtype=opts.save_dtype,
+        )
         if rt.is_main:
-            save_final(opts.out, model, tokenizer, _card(opts, template, results))
             plot_metrics(opts.out, title=f"SFT {opts.model}")
         rt.barrier()
         return results
