@@ -198,7 +198,8 @@ def test_lora_rm_trains_adapters_and_its_own_copy_of_the_score_head(tmp_path, mo
     tokenizer, reloaded = models.load_tokenizer_and_model(str(opts.out), "reward")
     prompts, chosen = ["问题：你好？"] * 2, ["谢谢邀请！", "不知道。"]
     torch.testing.assert_close(rm.score(reloaded, tokenizer, prompts, chosen, template="plain"),
-                               rm.score(model.eval(), tokenizer, prompts, chosen, template="plain"), atol=1e-5, rtol=1e-5)
+                               rm.score(model.eval(), tokenizer, prompts, chosen, template="plain"),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_lora_dpo_reference_is_the_base_with_adapters_off(tmp_path, monkeypatch):

@@ -80,11 +80,12 @@ def test_tiny_run_prints_one_line_naming_the_values_from_the_profile(capsys, mon
 def test_abbreviated_flags_are_refused_so_the_tiny_profile_cannot_override_them(capsys):
     # argparse would take --batch-tok for --batch-tokens, which the tiny profile's "given" check cannot see: the
     # user's 4096 would silently become the profile's 2048.
+    argv = ["--model", "tiny", "--data", "d", "--out", "o"]
     with pytest.raises(SystemExit) as exit_info:
-        options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", "--batch-tok", "4096"], "sft", "")
+        options.parse_options(SFTOptions, [*argv, "--batch-tok", "4096"], "sft", "")
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --batch-tok 4096" in capsys.readouterr().err
-    opts = options.parse_options(SFTOptions, ["--model", "tiny", "--data", "d", "--out", "o", "--batch-tokens", "4096"], "sft", "")
+    opts = options.parse_options(SFTOptions, [*argv, "--batch-tokens", "4096"], "sft", "")
     assert opts.batch_tokens == 4096
 
 

@@ -304,7 +304,9 @@ def load_checkpoint(
     model_state, optimizer_state = _trained_state(model, optimizers)
     try:
         with _single_process_is_meant():
-            dcp.load({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path, no_dist=not rt.distributed)
+            dcp.load(
+                {"model": model_state, "optimizer": optimizer_state}, checkpoint_id=path, no_dist=not rt.distributed
+            )
     except Exception as err:  # noqa: BLE001 - DCP raises several types for "this checkpoint is another model's"
         raise UserError(
             f"--resume: {path} does not fit this model and options (same model, --lora settings and number of "

@@ -3,7 +3,7 @@
     add_adapters(model, kind, opts, base_name) -> PeftModel      --lora-r/--lora-alpha/--lora-dropout/--lora-targets
     WithoutAdapters(model, peft_model)        the frozen base: `model` run with the adapters switched off
     merge_adapters(base, folder) -> model     a saved adapter folder merged into its base (plain transformers model)
-    merged_copy(peft_model, adapter_weights, dtype) -> model     a fresh base in `dtype` with the trained adapters merged
+    merged_copy(peft_model, adapter_weights, dtype) -> model     a fresh base in `dtype`, trained adapters merged in
     is_peft(model) / describe(peft_model)
 
 Only the adapters train (and a reward model's `score` head, which peft keeps as a trainable copy for SEQ_CLS). The

@@ -59,7 +59,9 @@ class TrainOptions:
 
     # Sizes users run (7B-14B): adapters instead of every weight, a 4-bit frozen base, weights sharded over GPUs.
     lora: bool = field(
-        default=False, metadata={"help": "train LoRA adapters (peft) on a frozen base instead of every weight"}
+        default=False,
+        metadata={"help": "train LoRA adapters (peft) on a frozen base instead of every weight (raise --lr: LoRA "
+                  "usually takes ~1e-4)"},
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator: updates are scaled by alpha / r"})

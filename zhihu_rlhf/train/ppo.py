@@ -447,7 +447,8 @@ def generate_rollout(
     input_ids, prompt_mask = left_pad(prompt_ids, tokenizer.pad_token_id, rt.device)
     prompt_len = input_ids.shape[1]
     policy.eval()
-    with rt.autocast():
+    # gathered: ranks stop generating at different lengths, and a sharded policy cannot run uneven forwards.
+    with rt.autocast(), gathered(policy):
         # Every sampling knob is set explicitly: a model's generation_config may carry top_k or a
         # repetition penalty, and then the sampled distribution would not be the one we compute log-probs of.
         sequences = policy.generate(
@@ -763,12 +764,10 @@ def _ppo_loop(
         first = position * per_iteration + rt.rank * opts.rollout_batch_size
         rows = order[first : first + opts.rollout_batch_size].tolist()
         t0 = time.perf_counter()
-        # gathered: generation runs a different number of forwards on each rank, which sharded models cannot.
-        with gathered(policy, ref_policy, value_model, reward):
-            rollout = generate_rollout(
-                policy, ref_policy, value_model, reward, tokenizer,
-                [prompts[i] for i in rows], [prompt_ids[i] for i in rows], opts, rt,
-            )
+        rollout = generate_rollout(
+            policy, ref_policy, value_model, reward, tokenizer,
+            [prompts[i] for i in rows], [prompt_ids[i] for i in rows], opts, rt,
+        )
         t_rollout = time.perf_counter() - t0
 
         # 2. Rewards: shaped RM score on the last token, KL penalty on every token.

@@ -261,7 +261,9 @@ def _stop_on_end_tokens(model: nn.Module, tokenizer) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def _state_on_rank0(model: nn.Module, rt: Runtime, *, trainable_only: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _state_on_rank0(
+    model: nn.Module, rt: Runtime, *, trainable_only: bool, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """The model's state dict as CPU tensors in `dtype` (floating ones) on rank 0, {} elsewhere.
 
     Sharded tensors are all-gathered one at a time (every rank takes part), so rank 0 holds the saved copy and

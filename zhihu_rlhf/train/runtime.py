@@ -146,8 +146,11 @@ def shard_model(model: nn.Module, rt: Runtime) -> nn.Module:
     (then fill it with load_from_rank0) and on peft models (adapters sit inside the blocks).
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:
+        raise UserError(f"--shard needs FSDP2 (torch >= 2.6); this is torch {torch.__version__}") from None
     if not rt.distributed:
         raise UserError(
             "--shard splits the model over processes: launch with torchrun --nproc-per-node N (N >= 2), "
@@ -208,7 +211,12 @@ def gathered(*models: object) -> Iterator[None]:
             groups.update((id(m), m) for m in model.modules() if isinstance(m, FSDPModule))
     # Blocks free their full weights after each forward; a root (no FSDP module above it) keeps them, as fully_shard
     # sets it up: its weights are needed again first thing in backward.
-    blocks = {id(sub) for group in groups.values() for sub in group.modules() if sub is not group and isinstance(sub, FSDPModule)}
+    blocks = {
+        id(sub)
+        for group in groups.values()
+        for sub in group.modules()
+        if sub is not group and isinstance(sub, FSDPModule)
+    }
     for group in groups.values():
         group.set_reshard_after_forward(False, recurse=False)
         group.unshard()
