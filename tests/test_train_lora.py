@@ -309,3 +309,19 @@ def test_load_in_4bit_without_bitsandbytes_names_the_extra(monkeypatch):
     cuda = runtime.Runtime(device=torch.device("cuda", 0), autocast_dtype=torch.bfloat16)
     with pytest.raises(UserError, match=r"pip install 'zhihu-rlhf\[qlora\]'"):
         models._check_4bit_possible(cuda)
+
+
+def test_readme_commands_for_large_models_use_real_flags():
+    """The README's 7B-14B commands only use flags the stages have (a renamed flag would leave them broken)."""
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Training at 7B-14B", 1)[1].split("\n### ", 1)[0]
+    commands = re.findall(r"zhihu_rlhf\.train (sft|rm|dpo|ppo) ((?:[^\n]|\\\n)*)", section)
+    assert {stage for stage, _ in commands} == {"sft", "rm", "dpo", "ppo"}
+    option_classes = {"sft": sft.SFTOptions, "rm": rm.RMOptions, "dpo": dpo.DPOOptions, "ppo": ppo.PPOOptions}
+    for stage, args in commands:
+        known = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(option_classes[stage])}
+        used = set(re.findall(r"(?<!\S)--[a-z0-9-]+", args.split("#", 1)[0]))
+        assert used and used <= known, (stage, used - known)
