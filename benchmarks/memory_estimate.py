@@ -10,8 +10,8 @@ quantises; embeddings, norms and the heads stay bf16).
 
 Bytes per parameter, as the trainer holds them:
     trained weight, full fine-tuning   16   fp32 weight 4 + fp32 gradient 4 + AdamW moments 8 (bf16 compute by autocast)
-    frozen weight (reference, RM,       2   bf16
-      LoRA base)
+    frozen weight (RM, LoRA base)       2   bf16
+    PPO's full-fine-tuning reference    4   fp32, the policy's own dtype, so KL at iteration 0 is exactly 0
     NF4 weight (QLoRA base)             0.516  4 bits + 8-bit absmax per 64 (double-quantised) + fp32 per 64x256
     LoRA adapter / RM score head       16   fp32, trained
 Stages: SFT and DPO hold one trained causal LM (DPO's reference log-probs are computed once, before training, by
@@ -35,7 +35,7 @@ import torch
 GB = 1e9
 GPU_GB = 80.0
 ACTIVATIONS_GB = 10.0
-TRAINED, FROZEN, NF4, ADAPTER = 16.0, 2.0, 0.5 + 1 / 64 + 4 / (64 * 256), 16.0
+TRAINED, FROZEN, REFERENCE, NF4, ADAPTER = 16.0, 2.0, 4.0, 0.5 + 1 / 64 + 4 / (64 * 256), 16.0
 
 # Shapes of the Qwen2.5 base configs: hidden, MLP, layers, attention heads, KV heads, vocabulary, tied embeddings.
 QWEN25 = {
@@ -72,9 +72,10 @@ def count(size: str, kind: str) -> dict[str, int]:
 def stage_bytes(stage: str, mode: str, gpus: int, lm: dict[str, int], cls: dict[str, int]) -> float:
     """Bytes one GPU holds for weights, gradients and optimizer states (plus the gathered copy when sharded)."""
     trained = [lm] if stage in ("SFT", "DPO") else [cls] if stage == "RM" else [lm, cls]
-    frozen = [lm, cls] if stage == "PPO" else []
     if mode == "full":
-        held = sum(TRAINED * m["total"] for m in trained) + sum(FROZEN * m["total"] for m in frozen)
+        held = sum(TRAINED * m["total"] for m in trained)
+        if stage == "PPO":  # the frozen reference (policy-shaped) and RM (classifier-shaped)
+            held += REFERENCE * lm["total"] + FROZEN * cls["total"]
     elif mode == "LoRA":
         held = sum(FROZEN * m["total"] + ADAPTER * m["lora"] for m in trained)
     else:  # QLoRA: the quantised blocks, the rest of the base in bf16, the adapters
