@@ -132,3 +132,21 @@ def test_sharded_lora_rm_with_grad_ckpt_matches_one_process(tmp_path):
     assert sharded.keys() == single.keys() and any("score" in name for name in sharded)
     for name, tensor in single.items():
         torch.testing.assert_close(sharded[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_sharded_lora_ppo_generates_scores_and_saves_adapters(tmp_path):
+    """PPO's four roles sharded: generation on the gathered policy (ranks stop at different lengths), reference and
+    RM as the shared bases with adapters off, value model through TokenScorer as the sharded root."""
+    from test_train_ppo import _write_prompts
+
+    _write_prompts(tmp_path / "prompts", 32)
+    torchrun("ppo", ["--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
+                     "--max-new-tokens", "8", "--rollout-batch-size", "8", "--micro-batch-size", "4", "--ppo-epochs", "2",
+                     "--epochs", "1", "--lr", "1e-3", "--shard", "--lora", "--lora-dropout", "0", "--save-steps", "1",
+                     "--out", str(tmp_path / "ppo")])
+    records = train_records(tmp_path / "ppo")
+    assert [r["step"] for r in records] == [1, 2]  # 32 prompts / (8 per rank x 2 ranks)
+    assert records[0]["kl"] == 0.0  # reference == policy with its zero-start adapters off, on every rank
+    assert all(r[k] is not None for r in records for k in ("reward_mean", "value_loss", "policy_loss", "entropy"))
+    assert (tmp_path / "ppo" / "adapter_model.safetensors").exists()
+    assert len((tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()) == 2 * 4
