@@ -2,8 +2,9 @@
 
 The RLHF step after SFT and RM (InstructGPT; DeepSpeed-Chat in the reference article). Four models:
 the policy (from SFT, trained), a frozen reference copy of it, a value model (initialised from the RM,
-trained) and the frozen RM. Each iteration samples prompts, generates responses, scores them, and runs
-a few PPO epochs over minibatches of that rollout.
+trained) and the frozen RM. With --lora, the reference is the policy's base and the RM the value model's base,
+each with its adapters switched off: two sets of weights instead of four. Each iteration samples prompts,
+generates responses, scores them, and runs a few PPO epochs over minibatches of that rollout.
 
 Shapes: B = rollout batch, T = response length (max new tokens), P = padded prompt length.
 All per-token tensors below are over RESPONSE tokens only, (B, T), with `mask` (B, T) = 1 on the
@@ -604,7 +605,8 @@ def ppo_update(
 
 
 class _Both:
-    """The policy's and the value model's optimizers (or schedulers) stepped and checkpointed as one."""
+    """The policy's and the value model's optimizers (or schedulers) stepped as one; the schedulers also
+    checkpointed as one (the optimizers go to save_checkpoint as a list, for torch.distributed.checkpoint)."""
 
     def __init__(self, policy: Any, value: Any) -> None:
         self.parts = {"policy": policy, "value": value}
