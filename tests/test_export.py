@@ -41,6 +41,7 @@ def pairs_frames(n_train: int = 6, n_test: int = 2) -> tuple[pl.DataFrame, pl.Da
                 "rejected_created_at": None if i == 1 else dt.datetime(2023, 1, 3, tzinfo=UTC),
                 "upvote_ratio": 3.0,
                 "confidence": 1.5 + i,
+                "p_chosen_better": 0.9,
                 "chosen_author_id": f"{SECRET_AUTHOR}{2 * i}",
                 "rejected_author_id": f"{SECRET_AUTHOR}{2 * i + 1}",
             })

@@ -1,0 +1,384 @@
+"""The vote model: what an answer's upvotes say about its quality once exposure and author reach are taken out.
+
+Zhihu votes are not a count of quality alone; the reference article says so itself (知乎的点赞受许多因素影响，例如
+答题人粉丝数，答题时间). Each answer's log upvotes are modelled as a sum:
+
+    log(upvotes + 1/2) = question + exposure + author + quality + luck + count noise
+          y_i          =   mu_q   +  b . x_i  +  a_A  +   q_i   + e_i  +    c_i
+
+- question mu_q: how many readers the question has. Answers are only ever compared within one question group,
+  so it is a free per-group constant, estimated and never interpreted.
+- exposure b . x_i: how long and how prominently the answer was shown before the crawl. x_i holds
+  log1p(answers to its question written before it), log1p(days after the question's first answer) and
+  log1p(days between writing and the crawl). The crawl time is not in the data: per source it is the latest
+  creation time. One coefficient vector b for the whole table, fitted within questions.
+- author a_A: the author's reach (followers, recommendation), a factor on every answer they write, which does
+  not shrink as votes grow. Where the source has follower counts (`author_followers`), log1p(followers) is a
+  measured part of it, fitted like the exposure terms. The rest is estimated per author with partial pooling
+  (empirical Bayes): the author's mean residual over their OTHER answers (other texts: a cross-post of the same
+  text is not another answer), shrunk towards 0 by omega^2 / (omega^2 + its variance). An author with one answer
+  gets no correction; one with hundreds gets nearly their own mean. omega^2, the spread of authors' effects, is
+  the mean product of residuals of two different answers by one author.
+- quality q_i ~ N(0, tau^2): what we want, relative to the question.
+- luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour).
+  Votes alone cannot tell luck from quality, so its size is an assumption (`luck_sd`). It is what keeps the model
+  from trusting large counts blindly: 20,000 over 10,000 votes is only as certain as luck allows.
+- count noise c_i: Poisson; on the log scale its variance is about 1 / (upvotes + 1/2).
+
+b, the author effects and the question constants are fitted together by alternating weighted least squares
+(each answer weighted by 1 / (its variance)), on the questions with at least two answers (a lone answer says
+nothing about anything but its question). Everything is numpy over dense integer codes: a million answers
+take a few seconds.
+
+Per answer the model then reports `estimated_quality` and `quality_sd`, the mean and sd of q_i given the votes:
+z_i = y_i - b . x_i - s * (author term from the other answers), whose noise variance is
+n_i = luck_sd^2 + 1 / (upvotes + 1/2) + s^2 * (variance of the author term), and
+estimated_quality = k_i (z_i - mu_q), quality_sd^2 = k_i n_i, k_i = tau^2 / (tau^2 + n_i),
+with mu_q the precision-weighted mean of z over the question and tau^2 the within-question variance of z left
+after the noise. A pair's `p_chosen_better` = P(q_chosen > q_rejected) = Phi(lead / sd of the lead).
+
+The author share s (`author_share`). An author's mean votes are partly how well they write: in a world where
+reach is pure popularity the whole author effect should go, in one where readers follow good writers part of it
+is quality, and votes alone cannot tell which. s is the share removed; the default is chosen by the worst case
+over the synthetic worlds (benchmarks/RESULTS.md, "Vote model").
+
+Levels (`model`): "raw" votes as they are (count noise and luck only: the article's plain votes); "exposure"
+removes exposure; "authors" removes the author effect; "full" removes both.
+
+What it cannot fix: an author effect is only learnt from repeated authors (or follower counts), so where authors
+never repeat it stays in the noise; luck is indistinguishable from quality; and where nothing but reach moves
+votes, there is no quality signal to find.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from zhihu_rlhf.errors import UserError
+
+VoteModel = Literal["raw", "exposure", "authors", "full"]
+VOTE_MODELS: tuple[VoteModel, ...] = ("raw", "exposure", "authors", "full")
+QUALITY_COLUMNS = ["estimated_quality", "quality_sd"]
+# Also added to the answer table, to inspect the model: the estimated log-vote terms removed (before the share).
+EFFECT_COLUMNS = ["exposure_effect", "author_effect"]
+
+SECONDS_PER_DAY = 86_400
+_MAX_ITERATIONS = 60
+_MAX_CG_STEPS = 500
+_TOLERANCE = 1e-5  # largest change of any fitted effect (log votes) that counts as converged
+_MIN_TAU2 = 1e-4  # quality variance floor: keeps k_i finite when votes carry no quality signal
+
+
+@dataclass
+class VoteModelOptions:
+    """How votes are turned into estimated quality (see the module docstring for the model)."""
+
+    model: VoteModel = "full"
+    """"raw": plain votes (the article's behaviour); "exposure": exposure removed; "authors": author effects
+    removed; "full": both."""
+    author_share: float = 0.5
+    """Share of the estimated author effect removed (0-1); the rest is kept as quality. Chosen by the worst case
+    over the synthetic worlds: reach that is pure popularity wants 1, reach that follows quality wants 0."""
+    luck_sd: float = 0.3
+    """Assumed sd of log votes that is neither quality, exposure, author nor count noise. Not identifiable from
+    votes; larger makes every probability more modest."""
+
+
+def check_vote_options(options: VoteModelOptions) -> None:
+    if options.model not in VOTE_MODELS:
+        raise UserError(f"--vote-model must be one of {', '.join(VOTE_MODELS)}, got {options.model!r}")
+    if not 0.0 <= options.author_share <= 1.0:
+        raise UserError(f"--author-share must be in [0, 1], got {options.author_share}")
+    if options.luck_sd < 0:
+        raise UserError(f"--luck-sd must be at least 0, got {options.luck_sd}")
+
+
+def quality_lead(chosen_prefix: str, rejected_prefix: str) -> pl.Expr:
+    """How many sds the first answer's estimated quality leads the second's, from their QUALITY_COLUMNS."""
+    chosen, chosen_sd = pl.col(f"{chosen_prefix}estimated_quality"), pl.col(f"{chosen_prefix}quality_sd")
+    rejected, rejected_sd = pl.col(f"{rejected_prefix}estimated_quality"), pl.col(f"{rejected_prefix}quality_sd")
+    return (chosen - rejected) / (chosen_sd.pow(2) + rejected_sd.pow(2)).sqrt()
+
+
+def normal_cdf(z: pl.Expr) -> pl.Expr:
+    """Phi(z): turns a lead in sds into P(first is truly better)."""
+    return (-z / np.sqrt(2.0)).erfc() / 2
+
+
+# Exposure is a function of time whose shape is unknown: each time is given at three scales (a day, a month, a
+# year), so votes that saturate within days and votes that keep coming for years are both fitted.
+TIME_SCALES_DAYS = (1, 30, 365)
+EXPOSURE_FEATURES = [
+    "log1p(earlier answers)",
+    *(f"log1p(days after the first answer / {d})" for d in TIME_SCALES_DAYS),
+    *(f"log1p(days before the crawl / {d})" for d in TIME_SCALES_DAYS),
+]
+
+
+def exposure_features(answers: pl.DataFrame) -> pl.DataFrame:
+    """Per answer, EXPOSURE_FEATURES: earlier answers to its question, days after the question's first answer,
+    days before the crawl. Null where the creation time is unknown. The crawl time of each source is its latest
+    creation time (no answer can be newer than the crawl that found it)."""
+    created = pl.col("created_at")
+    after_first = (created - created.min().over("question_group")).dt.total_seconds() / SECONDS_PER_DAY
+    before_crawl = (created.max().over("source") - created).dt.total_seconds() / SECONDS_PER_DAY
+    columns = [(created.rank("min").over("question_group") - 1).cast(pl.Float64).log1p()]
+    columns += [(after_first / d).log1p() for d in TIME_SCALES_DAYS] + [(before_crawl / d).log1p() for d in TIME_SCALES_DAYS]
+    return answers.select(c.alias(name) for c, name in zip(columns, EXPOSURE_FEATURES, strict=True))
+
+
+def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[pl.DataFrame, dict]:
+    """answers + `estimated_quality`, `quality_sd`; and the fitted model for stats.json and the card."""
+    check_vote_options(options)
+    use_exposure = options.model in ("exposure", "full")
+    use_authors = options.model in ("authors", "full")
+    share = options.author_share if use_authors else 0.0
+    rows = answers.height
+
+    votes = answers["upvotes"].cast(pl.Float64).to_numpy()
+    question = _codes(answers["question_group"])
+    n_questions = int(question.max(initial=-1)) + 1
+
+    # Covariates: the exposure columns and, with the author terms, log1p(followers) where the source has them.
+    # Centred within questions over the known values; an unknown value sits at its question's mean (no adjustment).
+    exposure = exposure_features(answers).to_numpy() if use_exposure else np.zeros((rows, 0))
+    has_followers = use_authors and "author_followers" in answers.columns and answers["author_followers"].null_count() < rows
+    followers = answers["author_followers"].cast(pl.Float64).log1p().to_numpy()[:, None] if has_followers else np.zeros((rows, 0))
+    covariates = np.hstack([exposure, followers])
+    known = ~np.isnan(covariates)
+    covariates = np.where(known, _demean(question, np.where(known, covariates, 0.0), known.astype(float), n_questions), 0.0)
+    n_exposure = exposure.shape[1]
+
+    # Authors: an unknown author stands alone; a "text" is one author's answer cluster (cross-posts are one text).
+    author = _codes(answers.select(
+        pl.when(pl.col("author_id").is_null()).then(pl.format("\0{}", pl.col("answer_id"))).otherwise("author_id")
+    ).to_series())
+    text = _codes(pl.DataFrame({"author": author, "cluster": answers["answer_cluster"]}).select(pl.struct("author", "cluster")).to_series())
+    fit = _fit(votes, _Design(question, covariates, author, text, use_authors))
+
+    # Each answer's author term from the author's OTHER texts: the posterior mean and variance of a_A.
+    slopes = fit.slopes
+    others_weight = np.zeros(rows)
+    author_term, author_var = np.zeros(rows), np.zeros(rows)
+    if fit.author_variance > 0:
+        residual = fit.working_log_rate - fit.question_effect[question] - covariates @ slopes
+        others_weight, others_sum = _other_texts(author, text, fit.weight, residual)
+        author_var = 1.0 / (others_weight + 1.0 / fit.author_variance)
+        author_term = others_sum * author_var
+    author_term = author_term + covariates[:, n_exposure:] @ slopes[n_exposure:]
+    exposure_term = covariates[:, :n_exposure] @ slopes[:n_exposure]
+
+    z = fit.working_log_rate - exposure_term - share * author_term
+    noise = options.luck_sd**2 + fit.count_variance + share**2 * author_var
+    if n_exposure and known[:, 0].any():  # an unknown creation time leaves the exposure term unknown
+        noise = noise + np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
+    # Quality: the answer-level variance less luck, plus the share of the author effect kept as quality.
+    tau2 = max(fit.answer_variance - options.luck_sd**2 + (1 - share) ** 2 * fit.author_variance, _MIN_TAU2)
+
+    level = _group_mean(question, z, 1.0 / (tau2 + noise), n_questions)[question]
+    keep = tau2 / (tau2 + noise)
+    summary = {
+        "model": options.model,
+        "author_share": share,
+        "luck_sd": options.luck_sd,
+        "quality_sd": round(float(np.sqrt(tau2)), 4),
+        "answer_sd": round(float(np.sqrt(fit.answer_variance)), 4),
+        "exposure_effect_sd": round(float(np.std(exposure_term)), 4) if n_exposure else None,
+        "exposure_slopes": dict(zip(EXPOSURE_FEATURES, np.round(slopes[:n_exposure], 4).tolist(), strict=True)) if n_exposure else {},
+        "followers_slope": round(float(slopes[n_exposure]), 4) if has_followers else None,
+        "author_effect_sd": round(float(np.sqrt(fit.author_variance)), 4) if use_authors else None,
+        "answers_with_author_correction": int((others_weight > 0).sum()),
+        "iterations": fit.iterations,
+    }
+    return answers.with_columns(
+        estimated_quality=pl.Series(keep * (z - level)),
+        quality_sd=pl.Series(np.sqrt(keep * noise)),
+        exposure_effect=pl.Series(exposure_term),
+        author_effect=pl.Series(author_term),
+    ), summary
+
+
+def _codes(values: pl.Series) -> np.ndarray:
+    """Dense integer codes 0..k-1 (equal values, equal code)."""
+    return (values.rank("dense").to_numpy() - 1).astype(np.int64)
+
+
+def _group_mean(codes: np.ndarray, values: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
+    total = np.bincount(codes, weights, minlength=groups)
+    return np.bincount(codes, weights * values, minlength=groups) / np.where(total > 0, total, 1)
+
+
+def _demean(codes: np.ndarray, values: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
+    """values (a vector, or columns) minus their weighted mean within their group (weights per row or per cell)."""
+    if values.ndim == 1:
+        return values - _group_mean(codes, values, weights, groups)[codes]
+    weights = np.broadcast_to(weights.reshape(len(values), -1), values.shape)
+    centred = np.empty_like(values)
+    for j in range(values.shape[1]):
+        centred[:, j] = _demean(codes, values[:, j], weights[:, j], groups)
+    return centred
+
+
+@dataclass
+class _Design:
+    question: np.ndarray  # per answer: question group code
+    covariates: np.ndarray  # answers x features, centred within questions
+    author: np.ndarray  # per answer: author code
+    text: np.ndarray  # per answer: (author, answer cluster) code
+    author_effects: bool  # fit author effects at all
+
+
+@dataclass
+class _Fit:
+    working_log_rate: np.ndarray  # per answer: Gaussian stand-in for the count, on the log scale
+    count_variance: np.ndarray  # its variance from count noise
+    question_effect: np.ndarray
+    slopes: np.ndarray
+    author_variance: float  # omega^2
+    answer_variance: float  # quality + luck
+    weight: np.ndarray  # per answer: 1 / (answer variance + count variance), 0 outside the fit
+    iterations: int
+
+
+def _fit(votes: np.ndarray, design: _Design) -> _Fit:
+    """The Poisson log-normal model, fitted by penalised quasi-likelihood.
+
+    Each round: (1) every count becomes a Gaussian working observation of its log rate theta_i,
+    y_i = theta_i + (v_i - e^theta_i) / e^theta_i with variance e^-theta_i (so 0 votes in a busy question is strong
+    evidence and 0 votes in a quiet one none, where log(0 + 1/2) would claim the same for both); (2) slopes and
+    author effects solve the weighted least squares on y, question constants profiled out (conjugate gradients);
+    (3) theta_i moves to the mode of its posterior given v_i and the prediction eta_i (Newton steps), and the
+    answer-level variance u2 is re-estimated from those posteriors. Only questions with two or more answers and
+    some votes are fitted: a lone answer says nothing beyond its own question's constant.
+    """
+    question, covariates, author = design.question, design.covariates, design.author
+    n_questions = int(question.max(initial=-1)) + 1
+    size = np.bincount(question, minlength=n_questions)
+    voted = np.bincount(question, votes, minlength=n_questions)
+    in_fit = (size[question] >= 2) & (voted[question] > 0)
+
+    theta = np.log(votes + 0.5)
+    deviation = np.zeros(len(votes))
+    coefficients = np.zeros(covariates.shape[1] + (int(author.max(initial=-1)) + 1 if design.author_effects else 0))
+    u2, omega2 = 1.0, 0.0
+    for iteration in range(1, _MAX_ITERATIONS + 1):
+        rate = np.exp(theta)
+        y = theta + (votes - rate) / rate
+        weight = np.where(in_fit, 1.0 / (u2 + 1.0 / rate), 0.0)
+        new = _solve(design, y, weight, omega2, coefficients)
+        slopes, author_effect = new[: covariates.shape[1]], new[covariates.shape[1]:]
+        predicted = covariates @ slopes + (author_effect[author] if len(author_effect) else 0.0)
+        question_effect = _group_mean(question, y - predicted, weight, n_questions)
+        if design.author_effects:
+            omega2 = _author_variance(y - question_effect[question] - covariates @ slopes, in_fit, author, design.text)
+        eta = question_effect[question] + predicted
+        deviation, deviation_var = _posterior_deviation(votes, eta, u2, np.where(in_fit, theta - eta, 0.0))
+        theta = np.where(in_fit, eta + deviation, theta)
+        # EM update of u2. The question constant is fitted from the same answers, so each deviation also carries
+        # its share of that constant's uncertainty, (1 - V/u2)^2 / (the question's total weight).
+        constant_var = (1.0 - deviation_var / u2) ** 2 / np.maximum(np.bincount(question, weight, minlength=n_questions), 1e-12)[question]
+        new_u2 = max(float((deviation**2 + deviation_var + constant_var)[in_fit].mean()), 1e-3) if in_fit.any() else 1.0
+        change = max(np.abs(new - coefficients).max(initial=0.0), abs(new_u2 - u2))
+        coefficients, u2 = new, new_u2
+        if change < _TOLERANCE:
+            break
+    rate = np.exp(theta)
+    return _Fit(
+        working_log_rate=theta + (votes - rate) / rate,
+        count_variance=1.0 / rate,
+        question_effect=question_effect,
+        slopes=coefficients[: covariates.shape[1]],
+        author_variance=omega2,
+        answer_variance=u2,
+        weight=np.where(in_fit, 1.0 / (u2 + 1.0 / rate), 0.0),
+        iterations=iteration,
+    )
+
+
+def _solve(design: _Design, y: np.ndarray, weight: np.ndarray, omega2: float, start: np.ndarray) -> np.ndarray:
+    """(slopes, author effects) minimising sum_i w_i (P(y - X b - a_A))_i^2 + |a|^2 / omega2.
+
+    P subtracts the weighted mean within each question, which is the same as fitting a free constant per question.
+    Preconditioned conjugate gradients on the normal equations, from `start` (last round's answer); each step is
+    a few bincounts. Without author effects (or omega2 = 0) only the slopes remain: a small dense solve.
+    """
+    question, covariates, author = design.question, design.covariates, design.author
+    n_questions, k = int(question.max(initial=-1)) + 1, covariates.shape[1]
+    x = _demean(question, covariates, weight, n_questions) if k else covariates
+    target = weight * _demean(question, y, weight, n_questions)
+    if not design.author_effects or omega2 <= 0:
+        slopes = np.linalg.lstsq((x * weight[:, None]).T @ x, x.T @ target, rcond=None)[0] if k else np.zeros(0)
+        return np.concatenate([slopes, np.zeros(len(start) - k)])
+    n_authors = len(start) - k
+
+    def normal_matrix_times(coefficients: np.ndarray) -> np.ndarray:
+        fitted = weight * _demean(question, x @ coefficients[:k] + coefficients[k:][author], weight, n_questions)
+        return np.concatenate([x.T @ fitted, np.bincount(author, fitted, minlength=n_authors) + coefficients[k:] / omega2])
+
+    question_weight = np.bincount(question, weight, minlength=n_questions)[question]
+    own_share = np.divide(weight, question_weight, out=np.zeros_like(weight), where=question_weight > 0)
+    diagonal = np.concatenate([
+        (weight[:, None] * x**2).sum(axis=0) + 1e-12,
+        np.bincount(author, weight * (1.0 - own_share), minlength=n_authors) + 1.0 / omega2,
+    ])
+    rhs = np.concatenate([x.T @ target, np.bincount(author, target, minlength=n_authors)])
+    solution = start.copy()
+    residual = rhs - normal_matrix_times(solution)
+    preconditioned = residual / diagonal
+    direction = preconditioned.copy()
+    rz = residual @ preconditioned
+    tolerance = _TOLERANCE * np.sqrt(rhs @ rhs) + 1e-300
+    for _ in range(_MAX_CG_STEPS):
+        if np.sqrt(residual @ residual) <= tolerance:
+            break
+        product = normal_matrix_times(direction)
+        step = rz / (direction @ product)
+        solution += step * direction
+        residual -= step * product
+        preconditioned = residual / diagonal
+        rz, previous = residual @ preconditioned, rz
+        direction = preconditioned + (rz / previous) * direction
+    return solution
+
+
+def _posterior_deviation(votes, eta, prior_var, start) -> tuple[np.ndarray, np.ndarray]:
+    """Mode and curvature variance of d in v ~ Poisson(exp(eta + d)), d ~ N(0, prior_var) (Newton; concave)."""
+    d = start
+    for _ in range(4):
+        rate = np.exp(np.minimum(eta + d, 20.0))
+        d = d + np.clip((votes - rate - d / prior_var) / (rate + 1.0 / prior_var), -2.0, 2.0)
+    rate = np.exp(np.minimum(eta + d, 20.0))
+    return d, 1.0 / (rate + 1.0 / prior_var)
+
+
+def _other_texts(author: np.ndarray, text: np.ndarray, weight: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per answer: total weight and weighted residual sum of its author's OTHER texts."""
+    n_authors, n_texts = int(author.max(initial=-1)) + 1, int(text.max(initial=-1)) + 1
+    weighted = weight * residual
+    author_weight, author_sum = np.bincount(author, weight, minlength=n_authors), np.bincount(author, weighted, minlength=n_authors)
+    text_weight, text_sum = np.bincount(text, weight, minlength=n_texts), np.bincount(text, weighted, minlength=n_texts)
+    return np.maximum(author_weight[author] - text_weight[text], 0.0), author_sum[author] - text_sum[text]
+
+
+def _author_variance(residual: np.ndarray, used: np.ndarray, author: np.ndarray, text: np.ndarray) -> float:
+    """omega^2 = mean product of the residuals of two different texts by one author (authors with >= 2 texts).
+
+    A product of two different answers carries no answer-level noise, so this needs no noise model. Each author
+    with m texts counts m - 1 times, so one prolific KOL does not drown everyone else.
+    """
+    n_authors, n_texts = int(author.max(initial=-1)) + 1, int(text.max(initial=-1)) + 1
+    r, n = np.where(used, residual, 0.0), used.astype(float)
+    text_sum, text_n = np.bincount(text, r, minlength=n_texts), np.bincount(text, n, minlength=n_texts)
+    text_author = np.zeros(n_texts, dtype=np.int64)
+    text_author[text] = author
+    texts = np.bincount(text_author, text_n > 0, minlength=n_authors)
+    cross = np.bincount(text_author, text_sum, minlength=n_authors) ** 2 - np.bincount(text_author, text_sum**2, minlength=n_authors)
+    pairs = np.bincount(text_author, text_n, minlength=n_authors) ** 2 - np.bincount(text_author, text_n**2, minlength=n_authors)
+    repeat = (texts >= 2) & (pairs > 0)
+    if not repeat.any():
+        return 0.0
+    return max(float(np.average(cross[repeat] / pairs[repeat], weights=texts[repeat] - 1)), 0.0)
