@@ -69,7 +69,7 @@ EFFECT_COLUMNS = ["exposure_effect", "author_effect"]
 SECONDS_PER_DAY = 86_400
 _MAX_ITERATIONS = 60
 _MAX_CG_STEPS = 500
-_TOLERANCE = 1e-5  # largest change of any fitted effect (log votes) that counts as converged
+_TOLERANCE = 1e-4  # largest change of any fitted effect (log votes) that counts as converged
 _MIN_TAU2 = 1e-4  # quality variance floor: keeps k_i finite when votes carry no quality signal
 
 
@@ -132,40 +132,47 @@ def exposure_features(answers: pl.DataFrame) -> pl.DataFrame:
 
 
 def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[pl.DataFrame, dict]:
-    """answers + `estimated_quality`, `quality_sd`; and the fitted model for stats.json and the card."""
+    """answers + QUALITY_COLUMNS + EFFECT_COLUMNS; and the fitted model, for stats.json and the card."""
     check_vote_options(options)
     use_exposure = options.model in ("exposure", "full")
     use_authors = options.model in ("authors", "full")
     share = options.author_share if use_authors else 0.0
     rows = answers.height
+    if rows == 0:
+        return answers.with_columns(pl.lit(None, pl.Float64).alias(c) for c in QUALITY_COLUMNS + EFFECT_COLUMNS), {}
 
-    votes = answers["upvotes"].cast(pl.Float64).to_numpy()
-    question = _codes(answers["question_group"])
-    n_questions = int(question.max(initial=-1)) + 1
+    # Everything below runs on rows sorted by question group, so each question is one contiguous run.
+    question_code = _codes(answers["question_group"])
+    order = np.argsort(question_code, kind="stable")
+    questions = _Runs.of(question_code[order])
+    votes = answers["upvotes"].cast(pl.Float64).to_numpy()[order]
 
     # Covariates: the exposure columns and, with the author terms, log1p(followers) where the source has them.
     # Centred within questions over the known values; an unknown value sits at its question's mean (no adjustment).
-    exposure = exposure_features(answers).to_numpy() if use_exposure else np.zeros((rows, 0))
+    exposure = exposure_features(answers).to_numpy()[order] if use_exposure else np.zeros((rows, 0))
     has_followers = use_authors and "author_followers" in answers.columns and answers["author_followers"].null_count() < rows
-    followers = answers["author_followers"].cast(pl.Float64).log1p().to_numpy()[:, None] if has_followers else np.zeros((rows, 0))
+    followers = (
+        answers["author_followers"].cast(pl.Float64).log1p().to_numpy()[order, None] if has_followers else np.zeros((rows, 0))
+    )
     covariates = np.hstack([exposure, followers])
     known = ~np.isnan(covariates)
-    covariates = np.where(known, _demean(question, np.where(known, covariates, 0.0), known.astype(float), n_questions), 0.0)
+    covariates = np.where(known, questions.demean(np.where(known, covariates, 0.0), known.astype(float)), 0.0)
     n_exposure = exposure.shape[1]
 
     # Authors: an unknown author stands alone; a "text" is one author's answer cluster (cross-posts are one text).
-    author = _codes(answers.select(
+    author_key = answers.select(
         pl.when(pl.col("author_id").is_null()).then(pl.format("\0{}", pl.col("answer_id"))).otherwise("author_id")
-    ).to_series())
-    text = _codes(pl.DataFrame({"author": author, "cluster": answers["answer_cluster"]}).select(pl.struct("author", "cluster")).to_series())
-    fit = _fit(votes, _Design(question, covariates, author, text, use_authors))
+    ).to_series()
+    author = _codes(author_key)[order]
+    text = _codes(pl.DataFrame({"author": author_key, "cluster": answers["answer_cluster"]}).select(pl.struct("author", "cluster")).to_series())[order]
+    fit = _fit(votes, _Design(questions, covariates, author, text, use_authors))
 
     # Each answer's author term from the author's OTHER texts: the posterior mean and variance of a_A.
     slopes = fit.slopes
     others_weight = np.zeros(rows)
     author_term, author_var = np.zeros(rows), np.zeros(rows)
     if fit.author_variance > 0:
-        residual = fit.working_log_rate - fit.question_effect[question] - covariates @ slopes
+        residual = fit.working_log_rate - questions.spread(fit.question_effect) - covariates @ slopes
         others_weight, others_sum = _other_texts(author, text, fit.weight, residual)
         author_var = 1.0 / (others_weight + 1.0 / fit.author_variance)
         author_term = others_sum * author_var
@@ -179,8 +186,8 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     # Quality: the answer-level variance less luck, plus the share of the author effect kept as quality.
     tau2 = max(fit.answer_variance - options.luck_sd**2 + (1 - share) ** 2 * fit.author_variance, _MIN_TAU2)
 
-    level = _group_mean(question, z, 1.0 / (tau2 + noise), n_questions)[question]
     keep = tau2 / (tau2 + noise)
+    estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / (tau2 + noise))))
     summary = {
         "model": options.model,
         "author_share": share,
@@ -194,11 +201,12 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
         "answers_with_author_correction": int((others_weight > 0).sum()),
         "iterations": fit.iterations,
     }
+    unsorted = lambda values: pl.Series(values[np.argsort(order)])  # noqa: E731
     return answers.with_columns(
-        estimated_quality=pl.Series(keep * (z - level)),
-        quality_sd=pl.Series(np.sqrt(keep * noise)),
-        exposure_effect=pl.Series(exposure_term),
-        author_effect=pl.Series(author_term),
+        estimated_quality=unsorted(estimated),
+        quality_sd=unsorted(np.sqrt(keep * noise)),
+        exposure_effect=unsorted(exposure_term),
+        author_effect=unsorted(author_term),
     ), summary
 
 
@@ -207,25 +215,44 @@ def _codes(values: pl.Series) -> np.ndarray:
     return (values.rank("dense").to_numpy() - 1).astype(np.int64)
 
 
-def _group_mean(codes: np.ndarray, values: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
-    total = np.bincount(codes, weights, minlength=groups)
-    return np.bincount(codes, weights * values, minlength=groups) / np.where(total > 0, total, 1)
+@dataclass(frozen=True)
+class _Runs:
+    """Rows sorted so that each question is one contiguous run: per-question sums are one np.add.reduceat."""
 
+    starts: np.ndarray
+    sizes: np.ndarray
 
-def _demean(codes: np.ndarray, values: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
-    """values (a vector, or columns) minus their weighted mean within their group (weights per row or per cell)."""
-    if values.ndim == 1:
-        return values - _group_mean(codes, values, weights, groups)[codes]
-    weights = np.broadcast_to(weights.reshape(len(values), -1), values.shape)
-    centred = np.empty_like(values)
-    for j in range(values.shape[1]):
-        centred[:, j] = _demean(codes, values[:, j], weights[:, j], groups)
-    return centred
+    @classmethod
+    def of(cls, sorted_codes: np.ndarray) -> _Runs:
+        starts = np.flatnonzero(np.diff(sorted_codes, prepend=-1))
+        return cls(starts, np.diff(starts, append=len(sorted_codes)))
+
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, self.starts, axis=0)
+
+    def spread(self, per_run: np.ndarray) -> np.ndarray:
+        """One value per run -> that value on every row of the run."""
+        return np.repeat(per_run, self.sizes, axis=0)
+
+    def mean(self, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Weighted mean per run (0 where a run has no weight); values may be columns, weights per row or per cell."""
+        total = self.sums(weights)
+        if weights.ndim < values.ndim:
+            weights, total = weights[:, None], total[:, None]
+        return self.sums(weights * values) / np.where(total > 0, total, 1.0)
+
+    def demean(self, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return values - self.spread(self.mean(values, weights))
+
+    def subset(self, keep_runs: np.ndarray) -> _Runs:
+        """The runs where keep_runs (one bool per run) holds, as rows of the filtered array."""
+        sizes = self.sizes[keep_runs]
+        return _Runs(np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64), sizes)
 
 
 @dataclass
 class _Design:
-    question: np.ndarray  # per answer: question group code
+    questions: _Runs
     covariates: np.ndarray  # answers x features, centred within questions
     author: np.ndarray  # per answer: author code
     text: np.ndarray  # per answer: (author, answer cluster) code
@@ -236,11 +263,11 @@ class _Design:
 class _Fit:
     working_log_rate: np.ndarray  # per answer: Gaussian stand-in for the count, on the log scale
     count_variance: np.ndarray  # its variance from count noise
-    question_effect: np.ndarray
+    question_effect: np.ndarray  # per question (0 outside the fit)
     slopes: np.ndarray
     author_variance: float  # omega^2
-    answer_variance: float  # quality + luck
-    weight: np.ndarray  # per answer: 1 / (answer variance + count variance), 0 outside the fit
+    answer_variance: float  # u^2 = quality + luck
+    weight: np.ndarray  # per answer: 1 / (u^2 + count variance), 0 outside the fit
     iterations: int
 
 
@@ -255,43 +282,50 @@ def _fit(votes: np.ndarray, design: _Design) -> _Fit:
     answer-level variance u2 is re-estimated from those posteriors. Only questions with two or more answers and
     some votes are fitted: a lone answer says nothing beyond its own question's constant.
     """
-    question, covariates, author = design.question, design.covariates, design.author
-    n_questions = int(question.max(initial=-1)) + 1
-    size = np.bincount(question, minlength=n_questions)
-    voted = np.bincount(question, votes, minlength=n_questions)
-    in_fit = (size[question] >= 2) & (voted[question] > 0)
+    all_questions = design.questions
+    fitted_question = (all_questions.sizes >= 2) & (all_questions.sums(votes) > 0)
+    in_fit = all_questions.spread(fitted_question)
+    questions = all_questions.subset(fitted_question)
+    v, x, author, text = votes[in_fit], design.covariates[in_fit], design.author[in_fit], design.text[in_fit]
+    part = _Design(questions, x, author, text, design.author_effects)
 
-    theta = np.log(votes + 0.5)
-    deviation = np.zeros(len(votes))
-    coefficients = np.zeros(covariates.shape[1] + (int(author.max(initial=-1)) + 1 if design.author_effects else 0))
+    theta = np.log(v + 0.5)
+    coefficients = np.zeros(x.shape[1] + (int(design.author.max()) + 1 if design.author_effects else 0))
+    question_effect = np.zeros(len(questions.sizes))
     u2, omega2 = 1.0, 0.0
+    iteration = 0
     for iteration in range(1, _MAX_ITERATIONS + 1):
         rate = np.exp(theta)
-        y = theta + (votes - rate) / rate
-        weight = np.where(in_fit, 1.0 / (u2 + 1.0 / rate), 0.0)
-        new = _solve(design, y, weight, omega2, coefficients)
-        slopes, author_effect = new[: covariates.shape[1]], new[covariates.shape[1]:]
-        predicted = covariates @ slopes + (author_effect[author] if len(author_effect) else 0.0)
-        question_effect = _group_mean(question, y - predicted, weight, n_questions)
+        y = theta + (v - rate) / rate
+        weight = 1.0 / (u2 + 1.0 / rate)
+        new = _solve(part, y, weight, omega2, coefficients)
+        slopes, author_effect = new[: x.shape[1]], new[x.shape[1]:]
+        predicted = x @ slopes + (author_effect[author] if len(author_effect) else 0.0)
+        question_effect = questions.mean(y - predicted, weight)
         if design.author_effects:
-            omega2 = _author_variance(y - question_effect[question] - covariates @ slopes, in_fit, author, design.text)
-        eta = question_effect[question] + predicted
-        deviation, deviation_var = _posterior_deviation(votes, eta, u2, np.where(in_fit, theta - eta, 0.0))
-        theta = np.where(in_fit, eta + deviation, theta)
+            omega2 = _author_variance(y - questions.spread(question_effect) - x @ slopes, author, text)
+        eta = questions.spread(question_effect) + predicted
+        deviation, deviation_var = _posterior_deviation(v, eta, u2, theta - eta)
+        theta = eta + deviation
         # EM update of u2. The question constant is fitted from the same answers, so each deviation also carries
         # its share of that constant's uncertainty, (1 - V/u2)^2 / (the question's total weight).
-        constant_var = (1.0 - deviation_var / u2) ** 2 / np.maximum(np.bincount(question, weight, minlength=n_questions), 1e-12)[question]
-        new_u2 = max(float((deviation**2 + deviation_var + constant_var)[in_fit].mean()), 1e-3) if in_fit.any() else 1.0
+        constant_var = (1.0 - deviation_var / u2) ** 2 / questions.spread(questions.sums(weight))
+        new_u2 = max(float((deviation**2 + deviation_var + constant_var).mean()), 1e-3) if len(v) else 1.0
         change = max(np.abs(new - coefficients).max(initial=0.0), abs(new_u2 - u2))
         coefficients, u2 = new, new_u2
         if change < _TOLERANCE:
             break
-    rate = np.exp(theta)
+
+    all_theta = np.log(votes + 0.5)
+    all_theta[in_fit] = theta
+    rate = np.exp(all_theta)
+    all_question_effect = np.zeros(len(all_questions.sizes))
+    all_question_effect[fitted_question] = question_effect
     return _Fit(
-        working_log_rate=theta + (votes - rate) / rate,
+        working_log_rate=all_theta + (votes - rate) / rate,
         count_variance=1.0 / rate,
-        question_effect=question_effect,
-        slopes=coefficients[: covariates.shape[1]],
+        question_effect=all_question_effect,
+        slopes=coefficients[: x.shape[1]],
         author_variance=omega2,
         answer_variance=u2,
         weight=np.where(in_fit, 1.0 / (u2 + 1.0 / rate), 0.0),
@@ -304,23 +338,21 @@ def _solve(design: _Design, y: np.ndarray, weight: np.ndarray, omega2: float, st
 
     P subtracts the weighted mean within each question, which is the same as fitting a free constant per question.
     Preconditioned conjugate gradients on the normal equations, from `start` (last round's answer); each step is
-    a few bincounts. Without author effects (or omega2 = 0) only the slopes remain: a small dense solve.
+    a few sums over the rows. Without author effects (or omega2 = 0) only the slopes remain: a small dense solve.
     """
-    question, covariates, author = design.question, design.covariates, design.author
-    n_questions, k = int(question.max(initial=-1)) + 1, covariates.shape[1]
-    x = _demean(question, covariates, weight, n_questions) if k else covariates
-    target = weight * _demean(question, y, weight, n_questions)
+    questions, author, k = design.questions, design.author, design.covariates.shape[1]
+    x = questions.demean(design.covariates, weight) if k else design.covariates
+    target = weight * questions.demean(y, weight)
     if not design.author_effects or omega2 <= 0:
         slopes = np.linalg.lstsq((x * weight[:, None]).T @ x, x.T @ target, rcond=None)[0] if k else np.zeros(0)
         return np.concatenate([slopes, np.zeros(len(start) - k)])
     n_authors = len(start) - k
 
     def normal_matrix_times(coefficients: np.ndarray) -> np.ndarray:
-        fitted = weight * _demean(question, x @ coefficients[:k] + coefficients[k:][author], weight, n_questions)
+        fitted = weight * questions.demean(x @ coefficients[:k] + coefficients[k:][author], weight)
         return np.concatenate([x.T @ fitted, np.bincount(author, fitted, minlength=n_authors) + coefficients[k:] / omega2])
 
-    question_weight = np.bincount(question, weight, minlength=n_questions)[question]
-    own_share = np.divide(weight, question_weight, out=np.zeros_like(weight), where=question_weight > 0)
+    own_share = weight / questions.spread(questions.sums(weight))
     diagonal = np.concatenate([
         (weight[:, None] * x**2).sum(axis=0) + 1e-12,
         np.bincount(author, weight * (1.0 - own_share), minlength=n_authors) + 1.0 / omega2,
@@ -331,7 +363,7 @@ def _solve(design: _Design, y: np.ndarray, weight: np.ndarray, omega2: float, st
     preconditioned = residual / diagonal
     direction = preconditioned.copy()
     rz = residual @ preconditioned
-    tolerance = _TOLERANCE * np.sqrt(rhs @ rhs) + 1e-300
+    tolerance = _TOLERANCE * np.sqrt(rhs @ rhs)
     for _ in range(_MAX_CG_STEPS):
         if np.sqrt(residual @ residual) <= tolerance:
             break
@@ -357,22 +389,21 @@ def _posterior_deviation(votes, eta, prior_var, start) -> tuple[np.ndarray, np.n
 
 def _other_texts(author: np.ndarray, text: np.ndarray, weight: np.ndarray, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per answer: total weight and weighted residual sum of its author's OTHER texts."""
-    n_authors, n_texts = int(author.max(initial=-1)) + 1, int(text.max(initial=-1)) + 1
+    n_authors, n_texts = int(author.max()) + 1, int(text.max()) + 1
     weighted = weight * residual
     author_weight, author_sum = np.bincount(author, weight, minlength=n_authors), np.bincount(author, weighted, minlength=n_authors)
     text_weight, text_sum = np.bincount(text, weight, minlength=n_texts), np.bincount(text, weighted, minlength=n_texts)
     return np.maximum(author_weight[author] - text_weight[text], 0.0), author_sum[author] - text_sum[text]
 
 
-def _author_variance(residual: np.ndarray, used: np.ndarray, author: np.ndarray, text: np.ndarray) -> float:
+def _author_variance(residual: np.ndarray, author: np.ndarray, text: np.ndarray) -> float:
     """omega^2 = mean product of the residuals of two different texts by one author (authors with >= 2 texts).
 
     A product of two different answers carries no answer-level noise, so this needs no noise model. Each author
     with m texts counts m - 1 times, so one prolific KOL does not drown everyone else.
     """
-    n_authors, n_texts = int(author.max(initial=-1)) + 1, int(text.max(initial=-1)) + 1
-    r, n = np.where(used, residual, 0.0), used.astype(float)
-    text_sum, text_n = np.bincount(text, r, minlength=n_texts), np.bincount(text, n, minlength=n_texts)
+    n_authors, n_texts = int(author.max()) + 1, int(text.max()) + 1
+    text_sum, text_n = np.bincount(text, residual, minlength=n_texts), np.bincount(text, minlength=n_texts).astype(float)
     text_author = np.zeros(n_texts, dtype=np.int64)
     text_author[text] = author
     texts = np.bincount(text_author, text_n > 0, minlength=n_authors)
