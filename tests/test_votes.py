@@ -189,3 +189,17 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
     assert (train["p_chosen_better"] > 0.5).mean() > 0.9
     card = (out / "README.md").read_text()
     assert "## Vote model" in card and "Mean `p_chosen_better`" in card and "plots/p_chosen_better.png" in card
+
+
+def test_degenerate_tables_give_finite_estimates() -> None:
+    answers, _ = planted_world(seed=4, questions=300)
+    lone = answers.unique("question_group", keep="first", maintain_order=True)
+    no_time = answers.with_columns(created_at=pl.lit(None, pl.Datetime("us", "UTC")))
+    for table in (answers.head(0), lone, no_time, answers.with_columns(upvotes=0)):
+        estimated, _ = estimate_quality(table, VoteModelOptions())
+        assert estimated.height == table.height
+        assert estimated.select(pl.col("estimated_quality", "quality_sd").is_finite().all()).row(0) in ((True, True), (None, None))
+    # A lone answer has nothing to be compared with; no votes anywhere, nothing to learn.
+    assert (estimate_quality(lone, VoteModelOptions())[0]["estimated_quality"].abs() < 1e-9).all()
+    assert (estimate_quality(answers.with_columns(upvotes=0), VoteModelOptions())[0]["estimated_quality"] == 0).all()
+    assert (estimate_quality(no_time, VoteModelOptions())[0]["exposure_effect"] == 0).all()

@@ -70,6 +70,7 @@ SECONDS_PER_DAY = 86_400
 _MAX_ITERATIONS = 60
 _MAX_CG_STEPS = 500
 _TOLERANCE = 1e-4  # largest change of any fitted effect (log votes) that counts as converged
+_MIN_ANSWERS_PER_SLOPE = 20
 _MIN_TAU2 = 1e-4  # quality variance floor: keeps k_i finite when votes carry no quality signal
 
 
@@ -247,7 +248,7 @@ class _Runs:
     def subset(self, keep_runs: np.ndarray) -> _Runs:
         """The runs where keep_runs (one bool per run) holds, as rows of the filtered array."""
         sizes = self.sizes[keep_runs]
-        return _Runs(np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64), sizes)
+        return _Runs(np.cumsum(sizes) - sizes, sizes)
 
 
 @dataclass
@@ -287,6 +288,8 @@ def _fit(votes: np.ndarray, design: _Design) -> _Fit:
     in_fit = all_questions.spread(fitted_question)
     questions = all_questions.subset(fitted_question)
     v, x, author, text = votes[in_fit], design.covariates[in_fit], design.author[in_fit], design.text[in_fit]
+    if len(v) < _MIN_ANSWERS_PER_SLOPE * x.shape[1]:  # too few answers to fit the slopes: no adjustment
+        x = np.zeros_like(x)
     part = _Design(questions, x, author, text, design.author_effects)
 
     theta = np.log(v + 0.5)
@@ -294,7 +297,7 @@ def _fit(votes: np.ndarray, design: _Design) -> _Fit:
     question_effect = np.zeros(len(questions.sizes))
     u2, omega2 = 1.0, 0.0
     iteration = 0
-    for iteration in range(1, _MAX_ITERATIONS + 1):
+    for iteration in range(1, _MAX_ITERATIONS + 1 if len(v) else 1):
         rate = np.exp(theta)
         y = theta + (v - rate) / rate
         weight = 1.0 / (u2 + 1.0 / rate)
