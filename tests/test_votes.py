@@ -178,11 +178,20 @@ def test_cli_vote_model_flags_reach_the_recipe(tmp_path: Path) -> None:
 
 
 def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
-    out = build("pairs", BuildOptions(source="sample", out=tmp_path, formats=["trl", "zhihu_rlhf_3k"]), log=lambda _: None)["pairs"]
-    for parquet in sorted(out.rglob("*.parquet")):
-        frame = pl.read_parquet(parquet)
-        if "upvote_ratio" in frame.columns:  # every file that carries pair metadata carries the probability
-            assert "p_chosen_better" in frame.columns, parquet
+    formats = ["trl", "trl-chat", "llamafactory", "deepspeed-chat", "zhihu_rlhf_3k"]
+    out = build("pairs", BuildOptions(source="sample", out=tmp_path, formats=formats), log=lambda _: None)["pairs"]
+    carrying = 0
+    for path in sorted([*out.rglob("*.parquet"), *(out / "formats").rglob("*.json")]):
+        if path.suffix == ".parquet":
+            columns = pl.read_parquet(path).columns
+        else:  # a JSON array of rows, JSON lines, or an object (dataset_info.json)
+            text = path.read_text(encoding="utf-8")
+            first = json.loads(text) if text.lstrip().startswith(("[", "{\n")) else json.loads(text.splitlines()[0])
+            columns = list(first[0]) if isinstance(first, list) else [] if path.name == "dataset_info.json" else list(first)
+        if "upvote_ratio" in columns:  # every file that carries pair metadata carries the probability
+            assert "p_chosen_better" in columns, path
+            carrying += 1
+    assert carrying >= 2  # at least the canonical train and test files
     train = pl.read_parquet(out / "data" / "train-00000-of-00001.parquet")
     assert train.columns == PAIRS_COLUMNS
     assert train["p_chosen_better"].is_between(0, 1).all()
