@@ -161,7 +161,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliabi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", default="default", help="synthetic world preset to generate (ignored with --data)")
+    parser.add_argument("--world", default="default", choices=list(synth.WORLDS), help="synthetic world to generate (ignored with --data)")
     parser.add_argument("--rows", type=int, default=200_000, help="synthetic rows to generate (ignored with --data)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, help="an existing synthetic file (its .truth.parquet beside it)")
@@ -173,7 +173,7 @@ def main() -> None:
             data, truth_path = args.data, synth.truth_path_for(args.data)
             label = args.data.name
         else:
-            data, truth_path = synth.write(args.rows, Path(tmp) / "synth.parquet", args.seed)
+            data, truth_path = synth.write(args.rows, Path(tmp) / "synth.parquet", args.seed, world=args.world)
             label = f"{args.world}, {args.rows:,} rows, seed {args.seed}"
         truth = pl.read_parquet(truth_path)
         planted = [c for c in ("author_log_reach", "log_exposure") if c in truth.columns]
