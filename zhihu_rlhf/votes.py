@@ -71,7 +71,7 @@ _MAX_ITERATIONS = 60
 _MAX_CG_STEPS = 500
 _TOLERANCE = 1e-4  # largest change of any fitted effect (log votes) that counts as converged
 _MIN_ANSWERS_PER_SLOPE = 20
-_MIN_TAU2 = 1e-4  # quality variance floor: keeps k_i finite when votes carry no quality signal
+_MIN_TAU2 = 1e-4
 
 
 @dataclass
@@ -168,32 +168,44 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     text = _codes(pl.DataFrame({"author": author_key, "cluster": answers["answer_cluster"]}).select(pl.struct("author", "cluster")).to_series())[order]
     fit = _fit(votes, _Design(questions, covariates, author, text, use_authors))
 
-    # Each answer's author term from the author's OTHER texts: the posterior mean and variance of a_A.
-    slopes = fit.slopes
-    others_weight = np.zeros(rows)
-    author_term, author_var = np.zeros(rows), np.zeros(rows)
-    if fit.author_variance > 0:
+    # Each answer's author effect from the author's OTHER texts: alpha_hat = B * (their weighted mean residual), with
+    # B = omega2 / (omega2 + that mean's variance): 0 for an author with no other text, near 1 for hundreds.
+    slopes, omega2 = fit.slopes, fit.author_variance
+    others_weight, shrink, author_term = np.zeros(rows), np.zeros(rows), np.zeros(rows)
+    if omega2 > 0:
         residual = fit.working_log_rate - questions.spread(fit.question_effect) - covariates @ slopes
         others_weight, others_sum = _other_texts(author, text, fit.weight, residual)
-        author_var = 1.0 / (others_weight + 1.0 / fit.author_variance)
-        author_term = others_sum * author_var
-    author_term = author_term + covariates[:, n_exposure:] @ slopes[n_exposure:]
+        shrink = others_weight / (others_weight + 1.0 / omega2)
+        author_term = others_sum / (others_weight + 1.0 / omega2)
+    followers_term = covariates[:, n_exposure:] @ slopes[n_exposure:]  # measured reach: known exactly (B = 1)
+    followers_var = float(np.var(followers_term))
+    author_term = author_term + followers_term
     exposure_term = covariates[:, :n_exposure] @ slopes[:n_exposure]
 
+    # z = y - exposure - s * (author effect) measures mu_q + Q, where Q is the answer's own quality plus the share
+    # (1 - s) of its author's effect that counts as quality. Per answer, with B the author effect's shrink factor:
+    #   Var(z - mu_q)    = u2 + count variance + omega2 (1 - s B (2 - s))     (what z varies by)
+    #   Cov(Q, z - mu_q) = u2 - luck^2 + (1 - s) omega2 (1 - s B)            (how much of that is quality)
+    #   Var(Q)           = u2 - luck^2 + (1 - s)^2 omega2
+    # (followers' part likewise, with B = 1), so E[Q - mu_q | z] = Cov / Var(z) * (z - mu_q) and the variance
+    # left is Var(Q) - Cov^2 / Var(z).
+    kept = 1 - share
+    own_quality = max(fit.answer_variance - options.luck_sd**2, _MIN_TAU2)
     z = fit.working_log_rate - exposure_term - share * author_term
-    noise = options.luck_sd**2 + fit.count_variance + share**2 * author_var
+    z_var = (fit.answer_variance + fit.count_variance + omega2 * (1 - share * shrink * (2 - share))
+             + followers_var * kept**2)
     if n_exposure and known[:, 0].any():  # an unknown creation time leaves the exposure term unknown
-        noise = noise + np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
-    # Quality: the answer-level variance less luck, plus the share of the author effect kept as quality.
-    tau2 = max(fit.answer_variance - options.luck_sd**2 + (1 - share) ** 2 * fit.author_variance, _MIN_TAU2)
-
-    keep = tau2 / (tau2 + noise)
-    estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / (tau2 + noise))))
+        z_var = z_var + np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
+    quality_cov = own_quality + kept * (omega2 * (1 - share * shrink) + followers_var * kept)
+    quality_var = own_quality + kept**2 * (omega2 + followers_var)
+    keep = quality_cov / z_var
+    estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / z_var)))
+    quality_sd = np.sqrt(np.maximum(quality_var - keep * quality_cov, _MIN_TAU2))
     summary = {
         "model": options.model,
         "author_share": share,
         "luck_sd": options.luck_sd,
-        "quality_sd": round(float(np.sqrt(tau2)), 4),
+        "quality_sd": round(float(np.sqrt(quality_var)), 4),
         "answer_sd": round(float(np.sqrt(fit.answer_variance)), 4),
         "exposure_effect_sd": round(float(np.std(exposure_term)), 4) if n_exposure else None,
         "exposure_slopes": dict(zip(EXPOSURE_FEATURES, np.round(slopes[:n_exposure], 4).tolist(), strict=True)) if n_exposure else {},
@@ -205,7 +217,7 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     unsorted = lambda values: pl.Series(values[np.argsort(order)])  # noqa: E731
     return answers.with_columns(
         estimated_quality=unsorted(estimated),
-        quality_sd=unsorted(np.sqrt(keep * noise)),
+        quality_sd=unsorted(quality_sd),
         exposure_effect=unsorted(exposure_term),
         author_effect=unsorted(author_term),
     ), summary
