@@ -1,53 +1,58 @@
 """The vote model: what an answer's upvotes say about its quality once exposure and author reach are taken out.
 
 Zhihu votes are not a count of quality alone; the reference article says so itself (知乎的点赞受许多因素影响，例如
-答题人粉丝数，答题时间). Each answer's log upvotes are modelled as a sum:
+答题人粉丝数，答题时间). Each answer's upvotes v_i are modelled as Poisson counts around a log rate that is a sum:
 
-    log(upvotes + 1/2) = question + exposure + author + quality + luck + count noise
-          y_i          =   mu_q   +  b . x_i  +  a_A  +   q_i   + e_i  +    c_i
+    log E[v_i] = question + exposure + author + quality + luck
+               =   mu_q   +  b . x_i  +  a_A  +   q_i   + e_i
 
-- question mu_q: how many readers the question has. Answers are only ever compared within one question group,
-  so it is a free per-group constant, estimated and never interpreted.
-- exposure b . x_i: how long and how prominently the answer was shown before the crawl. x_i holds
-  log1p(answers to its question written before it), log1p(days after the question's first answer) and
-  log1p(days between writing and the crawl). The crawl time is not in the data: per source it is the latest
-  creation time. One coefficient vector b for the whole table, fitted within questions.
-- author a_A: the author's reach (followers, recommendation), a factor on every answer they write, which does
-  not shrink as votes grow. Where the source has follower counts (`author_followers`), log1p(followers) is a
-  measured part of it, fitted like the exposure terms. The rest is estimated per author with partial pooling
-  (empirical Bayes): the author's mean residual over their OTHER answers (other texts: a cross-post of the same
-  text is not another answer), shrunk towards 0 by omega^2 / (omega^2 + its variance). An author with one answer
-  gets no correction; one with hundreds gets nearly their own mean. omega^2, the spread of authors' effects, is
-  the mean product of residuals of two different answers by one author.
-- quality q_i ~ N(0, tau^2): what we want, relative to the question.
-- luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour).
-  Votes alone cannot tell luck from quality, so its size is an assumption (`luck_sd`). It is what keeps the model
-  from trusting large counts blindly: 20,000 over 10,000 votes is only as certain as luck allows.
-- count noise c_i: Poisson; on the log scale its variance is about 1 / (upvotes + 1/2).
+- question mu_q: how many readers the question has. Answers are only compared within one question group, so it is
+  a free constant per group, estimated and never interpreted.
+- exposure b . x_i: how long and how prominently the answer was shown before the crawl. x_i is EXPOSURE_FEATURES:
+  log1p(answers to the question written before it), and the days after the question's first answer and the days
+  before the crawl, each at three time scales (the shape of exposure over time is not known). The crawl time is
+  not in the data: per source it is the latest creation time. One b for the whole table.
+- author a_A ~ N(0, omega^2): the author's reach (followers, the feed), a factor on the votes of every answer they
+  write that does not shrink as votes grow. Where the source has follower counts (`author_followers`),
+  log1p(followers) is a measured part of it, with its own slope. The rest is learnt from the author's OTHER
+  answers (other texts: a cross-post of the same text is not another answer), with partial pooling: the author's
+  mean residual there, shrunk by B = omega^2 / (omega^2 + that mean's variance). An author with no other answer
+  gets B = 0, no correction; one with hundreds gets B near 1, nearly their own mean. omega^2 is the mean product
+  of the residuals of two different answers by one author (no noise model needed for that).
+- quality q_i: what we want, relative to the question.
+- luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour). Votes
+  cannot tell luck from quality, so its size is an assumption (`luck_sd`). It keeps the model from trusting large
+  counts blindly: 20,000 over 10,000 votes is only as certain as luck allows. The Poisson count noise on top
+  makes few votes say little.
 
-b, the author effects and the question constants are fitted together by alternating weighted least squares
-(each answer weighted by 1 / (its variance)), on the questions with at least two answers (a lone answer says
-nothing about anything but its question). Everything is numpy over dense integer codes: a million answers
-take a few seconds.
+Fitting (`_fit`), numpy over rows sorted by question: penalised quasi-likelihood for this Poisson log-normal
+model. Each round turns every count into a Gaussian working observation of its log rate theta_i,
+y_i = theta_i + (v_i - e^theta_i) / e^theta_i with variance e^-theta_i, so that 0 votes in a busy question is strong
+evidence and 0 votes in a quiet one none (log(0 + 1/2) would say the same for both); fits b and the author effects
+by weighted least squares with the question constants profiled out (conjugate gradients); and moves theta_i to the
+mode of its posterior. The answer-level variance u2 = Var(q + e) comes from those posteriors, counting that each
+question's constant is fitted from its own answers. Only questions with two or more answers and some votes are
+fitted. A million answers take seconds (benchmarks/RESULTS.md).
 
-Per answer the model then reports `estimated_quality` and `quality_sd`, the mean and sd of q_i given the votes:
-z_i = y_i - b . x_i - s * (author term from the other answers), whose noise variance is
-n_i = luck_sd^2 + 1 / (upvotes + 1/2) + s^2 * (variance of the author term), and
-estimated_quality = k_i (z_i - mu_q), quality_sd^2 = k_i n_i, k_i = tau^2 / (tau^2 + n_i),
-with mu_q the precision-weighted mean of z over the question and tau^2 the within-question variance of z left
-after the noise. A pair's `p_chosen_better` = P(q_chosen > q_rejected) = Phi(lead / sd of the lead).
+Scoring. z_i = y_i - b . x_i - s * (the author's estimated effect) measures mu_q + Q_i, where Q_i, the quality we
+report, is q_i plus the share (1 - s) of the author's effect taken to be quality. Everything is Gaussian given the
+fit, so each answer gets the posterior mean and sd of Q_i - mu_q: `estimated_quality` and `quality_sd` (the exact
+covariances are written out in `estimate_quality`; an author effect known from few other answers adds its own
+variance). A pair's `p_chosen_better` = P(Q_chosen > Q_rejected) = Phi(lead / sd of the lead), its `confidence`
+the lead in sds.
 
-The author share s (`author_share`). An author's mean votes are partly how well they write: in a world where
-reach is pure popularity the whole author effect should go, in one where readers follow good writers part of it
-is quality, and votes alone cannot tell which. s is the share removed; the default is chosen by the worst case
-over the synthetic worlds (benchmarks/RESULTS.md, "Vote model").
+The author share s (`author_share`). An author's mean votes are partly how well they write: where reach is pure
+popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
+cannot tell which. The default, 0.75, is the share with the best worst case over the synthetic worlds (kol:
+reach half quality; popularity: none; default: follower counts) in pair accuracy, calibration and the instruct
+choice: benchmarks/RESULTS.md, "Vote model".
 
-Levels (`model`): "raw" votes as they are (count noise and luck only: the article's plain votes); "exposure"
-removes exposure; "authors" removes the author effect; "full" removes both.
+Levels (`model`): "raw" takes the votes as they are (count noise and luck only: the article's plain votes, ranked
+by a probability); "exposure" removes exposure; "authors" removes author effects; "full" removes both.
 
-What it cannot fix: an author effect is only learnt from repeated authors (or follower counts), so where authors
-never repeat it stays in the noise; luck is indistinguishable from quality; and where nothing but reach moves
-votes, there is no quality signal to find.
+What it cannot fix: an author's reach is only learnt from their other answers (or follower counts), so where
+authors never repeat it stays in the noise, unrecognised, and the probabilities are too sure; luck looks like
+quality; and where nothing but reach and exposure move votes there is no quality signal to find.
 """
 
 from __future__ import annotations
@@ -81,9 +86,10 @@ class VoteModelOptions:
     model: VoteModel = "full"
     """"raw": plain votes (the article's behaviour); "exposure": exposure removed; "authors": author effects
     removed; "full": both."""
-    author_share: float = 0.5
-    """Share of the estimated author effect removed (0-1); the rest is kept as quality. Chosen by the worst case
-    over the synthetic worlds: reach that is pure popularity wants 1, reach that follows quality wants 0."""
+    author_share: float = 0.75
+    """Share of the estimated author effect removed (0-1); the rest counts as quality. Reach that is pure popularity
+    wants 1, reach earned by writing well wants less, and votes cannot tell them apart: 0.75 has the best worst
+    case over the synthetic worlds (benchmarks/RESULTS.md, "Vote model")."""
     luck_sd: float = 0.3
     """Assumed sd of log votes that is neither quality, exposure, author nor count noise. Not identifiable from
     votes; larger makes every probability more modest."""
