@@ -1,4 +1,4 @@
-"""Recipe step shared by every set: read the source and merge near-duplicates."""
+"""Recipe step shared by every set: read the source, merge near-duplicates, estimate each answer's quality."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import polars as pl
 
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
 from zhihu_rlhf.sources import load_answers
+from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 
-def prepare_answers(source: str, dedupe_options: DedupeOptions) -> tuple[pl.DataFrame, dict]:
-    """Canonical answer table with `question_group` and `answer_cluster`; stats of both steps."""
+def prepare_answers(
+    source: str, dedupe_options: DedupeOptions, vote_options: VoteModelOptions | None = None
+) -> tuple[pl.DataFrame, dict]:
+    """Canonical answer table with `question_group`, `answer_cluster` and the vote model's quality columns."""
     answers, stats = load_answers(source)
     answers, stats["dedupe"] = dedupe(answers, dedupe_options)
     stats["answers_per_question"] = answers_per_question(answers)
+    answers, stats["vote_model"] = estimate_quality(answers, vote_options or VoteModelOptions())
     return answers, stats
 
 
@@ -34,4 +38,5 @@ def set_stats(source_stats: dict, rows_kept: int, dropped_here: dict[str, int], 
         "splits": {"train": train.height, "test": test.height},
         "dedupe": source_stats["dedupe"],
         "answers_per_question": source_stats["answers_per_question"],
+        "vote_model": source_stats["vote_model"],
     }

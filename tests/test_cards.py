@@ -101,7 +101,7 @@ def test_instruct_card_has_no_pair_sections(folders):
 
 @pytest.mark.parametrize(("kind", "plots"), [
     ("instruct", {"lengths", "answers_per_question"}),
-    ("pairs", {"lengths", "upvote_ratio", "time_gap", "answers_per_question"}),
+    ("pairs", {"lengths", "upvote_ratio", "time_gap", "p_chosen_better", "answers_per_question"}),
 ])
 def test_plots_are_png_files_embedded_in_the_card(folders, kind, plots):
     text = (folders[kind] / "README.md").read_text(encoding="utf-8")

@@ -41,6 +41,7 @@ def pairs_frames(n_train: int = 6, n_test: int = 2) -> tuple[pl.DataFrame, pl.Da
                 "rejected_created_at": None if i == 1 else dt.datetime(2023, 1, 3, tzinfo=UTC),
                 "upvote_ratio": 3.0,
                 "confidence": 1.5 + i,
+                "p_chosen_better": 0.9,
                 "chosen_author_id": f"{SECRET_AUTHOR}{2 * i}",
                 "rejected_author_id": f"{SECRET_AUTHOR}{2 * i + 1}",
             })
@@ -335,16 +336,16 @@ def test_stats_and_params_are_written_as_given(tmp_path):
 
 
 def test_a_column_added_to_pairs_columns_reaches_the_parquet_and_the_card(tmp_path, monkeypatch):
-    # The vote model adds p_chosen_better to pairs.PAIRS_COLUMNS; export.py must need no edit for it.
-    monkeypatch.setattr(pairs, "PAIRS_COLUMNS", [*pairs.PAIRS_COLUMNS, "p_chosen_better"])
-    train, test = (frame.with_columns(p_chosen_better=pl.lit(0.875)) for frame in pairs_frames())
+    # A column appended to pairs.PAIRS_COLUMNS (as the vote model appended p_chosen_better) needs no edit here.
+    monkeypatch.setattr(pairs, "PAIRS_COLUMNS", [*pairs.PAIRS_COLUMNS, "new_score"])
+    train, test = (frame.with_columns(new_score=pl.lit(0.875)) for frame in pairs_frames())
     out = export.write_dataset(tmp_path / "out", "pairs", train, test, make_stats("pairs", train, test), PARAMS,
                                formats=ALL_FORMATS)
     ds = load(out, tmp_path / "cache")
-    assert ds["train"].column_names[-1] == "p_chosen_better"
-    assert set(ds["test"]["p_chosen_better"]) == {0.875}
-    assert "| `p_chosen_better` |" in (out / "README.md").read_text(encoding="utf-8")
-    with pytest.raises(ValueError, match="p_chosen_better"):  # the contract is checked against the same list
+    assert ds["train"].column_names[-1] == "new_score"
+    assert set(ds["test"]["new_score"]) == {0.875}
+    assert "| `new_score` |" in (out / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="new_score"):  # the contract is checked against the same list
         export.write_dataset(tmp_path / "bad", "pairs", *pairs_frames(), {}, PARAMS)
 
 

@@ -1,8 +1,9 @@
-"""Each pair rule, the confidence ranking, the one-use matching, and the instruct selection."""
+"""Each pair rule, the ranking, the one-use matching, and the instruct selection (the vote model: test_votes.py)."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
-from zhihu_rlhf.pairs import PairOptions, candidate_pairs, confidence, select_one_use_per_response, select_pairs
+from zhihu_rlhf.pairs import PairOptions, candidate_pairs, select_one_use_per_response, select_pairs
 from zhihu_rlhf.split import split_by_question, unit_hash
 
 T0 = datetime(2022, 1, 1, tzinfo=UTC)
@@ -18,7 +19,11 @@ TEXT = "这是一个足够长的回答，用来通过长度过滤。" * 3
 
 
 def answers(rows: list[dict]) -> pl.DataFrame:
-    """Canonical, deduplicated answer rows; omitted fields get neutral defaults."""
+    """Canonical, deduplicated answer rows; omitted fields get neutral defaults.
+
+    The quality columns are fixed here, ln(upvotes + 1) with sd 1 / sqrt(upvotes + 1), so a pair's confidence is
+    the plain Poisson Wald statistic and these tests check the rules whatever the vote model estimates.
+    """
     full = []
     for i, row in enumerate(rows):
         answer_id = row.get("answer_id", i + 1)
@@ -36,7 +41,9 @@ def answers(rows: list[dict]) -> pl.DataFrame:
                 "answer_cluster": row.get("answer_cluster", answer_id),
             }
         )
-    return pl.DataFrame(full, schema_overrides={"created_at": pl.Datetime("us", "UTC"), "author_id": pl.String})
+    return pl.DataFrame(full, schema_overrides={"created_at": pl.Datetime("us", "UTC"), "author_id": pl.String}).with_columns(
+        estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5)
+    )
 
 
 NO_EXTRA_RULES = dict(min_chosen_upvotes=0, limit=0)
@@ -46,11 +53,20 @@ def pair_ids(frame: pl.DataFrame) -> set[tuple[int, int]]:
     return set(zip(frame["chosen_answer_id"], frame["rejected_answer_id"], strict=True))
 
 
-def test_confidence_prefers_many_votes_over_a_bare_ratio() -> None:
-    scores = pl.DataFrame({"c": [2000, 4, 100, 100], "r": [1000, 2, 10, 50]}).select(confidence(pl.col("c"), pl.col("r")))
-    strong, weak, big_ratio, small_ratio = scores.to_series().to_list()
-    assert strong > 10 * weak
-    assert big_ratio > small_ratio
+def wald(chosen_upvotes: pl.Expr, rejected_upvotes: pl.Expr) -> pl.Expr:
+    """The confidence that the quality columns of `answers` give: the Poisson Wald statistic."""
+    c, r = chosen_upvotes.cast(pl.Float64) + 1, rejected_upvotes.cast(pl.Float64) + 1
+    return (c / r).log() / (1 / c + 1 / r).sqrt()
+
+
+def test_pairs_carry_confidence_and_p_chosen_better_from_the_quality_columns() -> None:
+    rows = answers([{"upvotes": 2000}, {"upvotes": 1000}, {"upvotes": 4, "question_id": 2}, {"upvotes": 2, "question_id": 2}])
+    pairs, _, _ = select_pairs(rows, PairOptions(min_chosen_upvotes=0, limit=0))
+    assert pairs["chosen_answer_id"].to_list() == [1, 3]  # 2000 over 1000 is the far surer lead
+    expected = pairs.select(wald(pl.col("chosen_upvotes"), pl.col("rejected_upvotes"))).to_series()
+    assert pairs["confidence"].to_list() == pytest.approx(expected.to_list())
+    # p = Phi(confidence), by the error function of the standard library
+    assert pairs["p_chosen_better"].to_list() == pytest.approx([0.5 * (1 + math.erf(z / math.sqrt(2))) for z in expected])
 
 
 def test_ratio_rule() -> None:
@@ -145,7 +161,7 @@ def test_vectorised_matching_equals_sequential_greedy(seed: int) -> None:
     table = answers(rows)
     candidates = candidate_pairs(table.lazy()).collect().filter(pl.col("chosen_upvotes") > pl.col("rejected_upvotes"))
     candidates = candidates.filter(pl.col("chosen_cluster") != pl.col("rejected_cluster")).with_columns(
-        confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes"))
+        confidence=wald(pl.col("chosen_upvotes"), pl.col("rejected_upvotes"))
     )
     for cap in (1, 3, 1000):
         assert pair_ids(select_one_use_per_response(candidates, cap)) == _sequential_greedy(candidates, cap)

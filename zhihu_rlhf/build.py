@@ -26,6 +26,7 @@ from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
 from zhihu_rlhf.pipelines.pairs import build_pairs_set
 from zhihu_rlhf.sources import DEFAULT_SOURCE
+from zhihu_rlhf.votes import VOTE_MODELS, VoteModelOptions, check_vote_options
 
 What = Literal["instruct", "pairs", "all"]
 
@@ -43,6 +44,7 @@ class BuildOptions:
     keep_author_ids: bool = False
     """Author ids are personal data: dropped from the outputs unless asked for."""
     dedupe: DedupeOptions = field(default_factory=DedupeOptions)
+    votes: VoteModelOptions = field(default_factory=VoteModelOptions)
     instruct: InstructOptions = field(default_factory=InstructOptions)
     pairs: PairOptions = field(default_factory=PairOptions)
 
@@ -52,9 +54,10 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     if not 0.0 <= options.test_fraction < 1.0:
         raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
     check_formats(options.formats)
+    check_vote_options(options.votes)
     started = time.perf_counter()
     log(f"reading {options.source} ...")
-    answers, source_stats = prepare_answers(options.source, options.dedupe)
+    answers, source_stats = prepare_answers(options.source, options.dedupe, options.votes)
     dropped = sum(source_stats["rows_dropped"].values())
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
@@ -135,6 +138,13 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                           "merged in both when their titles differ only cosmetically")
     sub.add_argument("--answer-threshold", type=float, default=dedupe.answer_threshold,
                      help="rapidfuzz similarity (0-100) above which two answers are near-duplicates")
+    votes = VoteModelOptions()
+    sub.add_argument("--vote-model", default=votes.model, choices=VOTE_MODELS,
+                     help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both)")
+    sub.add_argument("--author-share", type=float, default=votes.author_share,
+                     help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality)")
+    sub.add_argument("--luck-sd", type=float, default=votes.luck_sd,
+                     help="assumed sd of log votes due to luck (how far an answer happened to spread)")
     sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
     sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
 
@@ -149,7 +159,7 @@ def _add_instruct(sub: argparse.ArgumentParser, limit_flag: str) -> None:
 def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
     defaults = PairOptions()
     sub.add_argument(limit_flag, dest="pairs_limit", type=int, default=defaults.limit,
-                     help="pairs to keep, most confident first (0 = all)")
+                     help="pairs to keep, highest p_chosen_better first (0 = all)")
     sub.add_argument("--max-days-apart", type=float, default=defaults.max_days_apart,
                      help="chosen and rejected were created at most this many days apart")
     sub.add_argument("--min-ratio", type=float, default=defaults.min_ratio,
@@ -171,6 +181,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         keep_author_ids=args.keep_author_ids,
         dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
+        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd),
     )
     if args.what in ("instruct", "all"):
         options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)

@@ -46,7 +46,8 @@ COLUMN_MEANINGS = {
     "chosen_created_at": "when the chosen answer was written (UTC; may be null)",
     "rejected_created_at": "when the rejected answer was written (UTC; may be null)",
     "upvote_ratio": "chosen_upvotes / max(rejected_upvotes, 1)",
-    "confidence": "how sure the vote lead is (the pairs are ranked by it; see below)",
+    "confidence": "the vote model's quality lead of chosen over rejected, in standard deviations (pairs are ranked by it)",
+    "p_chosen_better": "the vote model's probability that chosen is truly the better answer, Φ(confidence); see \"Vote model\"",
     "author_id": "Zhihu profile id of the author, **kept on request** (`--keep-author-ids`)",
     "chosen_author_id": "Zhihu profile id of the chosen answer's author, **kept on request** (`--keep-author-ids`)",
     "rejected_author_id": "Zhihu profile id of the rejected answer's author, **kept on request** (`--keep-author-ids`)",
@@ -154,6 +155,24 @@ def _time_gap_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
                 "Pairs with a positive gap are the safe ones: the chosen answer won despite less time to collect votes.")
 
 
+# --- vote model (issue 11) ---------------------------------------------------------------------------------------
+
+def _p_chosen_better_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
+    p = frame["p_chosen_better"].drop_nulls().to_numpy() if "p_chosen_better" in frame.columns else np.array([])
+    if p.size == 0:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.hist(p, bins=np.linspace(0, 1, 41), color="tab:purple")
+    ax.set_xlabel("p_chosen_better: the vote model's P(chosen is truly the better answer)")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"How sure the vote model is of each pair (mean {p.mean():.3f})")
+    return Plot("p_chosen_better", _save(fig, folder, "p_chosen_better"),
+                "The mean is the model's estimate of the share of pairs whose chosen answer is truly the better one.")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+
 def _answers_per_question_plot(folder: Path, counts: dict) -> Plot:
     pairs = sorted((int(answers), int(questions)) for answers, questions in counts.items())
     fig = _figure()
@@ -177,7 +196,7 @@ def write_plots(folder: Path, kind: str, splits: dict[str, pl.DataFrame], stats:
         return []
     plots: list[Plot | None] = [_length_plot(folder, kind, frame)]
     if kind == "pairs":
-        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame)]
+        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame), _p_chosen_better_plot(folder, frame)]
     if stats.get("answers_per_question"):
         plots.append(_answers_per_question_plot(folder, stats["answers_per_question"]))
     return [plot for plot in plots if plot is not None]
@@ -293,5 +312,7 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         plots=plots,
         repo_id=REPO_PLACEHOLDER,
         llamafactory_name=f"zhihu_rlhf_{kind}",
+        vote_model=stats.get("vote_model"),
+        mean_p_chosen_better=every_split["p_chosen_better"].mean() if kind == "pairs" and rows else None,
     )
     return str(card) + "\n"

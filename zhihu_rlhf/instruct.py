@@ -1,8 +1,9 @@
-"""The instruct set: one answer per question, the best-upvoted one that passes the quality filters.
+"""The instruct set: one answer per question, the best one that passes the quality filters.
 
-Input is the deduplicated answer table (with `question_group` and `answer_cluster`), so "one per
-question" means one per group of re-asked questions, and a cross-posted answer (one cluster) is
-used for at most one question.
+Input is the deduplicated answer table (with `question_group` and `answer_cluster`) with the vote model's
+`estimated_quality` (zhihu_rlhf.votes), so "one per question" means one per group of re-asked questions, "the
+best" is the highest estimated quality (with `--vote-model raw`: the most upvotes), and a cross-posted answer
+(one cluster) is used for at most one question.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def select_instruct(answers: pl.DataFrame, opts: InstructOptions) -> tuple[pl.Da
     by, descending = BEST_FIRST
     # Rank a slim copy (no texts: sorting two gigabytes of strings is the slow part); texts join back at the end.
     ranked = answers.select(
-        "answer_id", "question_group", "answer_cluster", "upvotes", "created_at",
+        "answer_id", "question_group", "answer_cluster", "upvotes", "created_at", "estimated_quality",
         drop_reason=pl.coalesce(
             length_drop_reason(opts),
             pl.when(pl.col("upvotes") < opts.min_upvotes).then(pl.lit("below_min_upvotes")),
@@ -64,7 +65,11 @@ def select_instruct(answers: pl.DataFrame, opts: InstructOptions) -> tuple[pl.Da
     ranked = ranked.with_columns(
         drop_reason=pl.when(eligible & ~best_of_cluster).then(pl.lit("near_copy_of_a_better_answer")).otherwise("drop_reason")
     )
-    best_of_question = pl.col("answer_id") == pl.col("answer_id").filter(eligible).first().over("question_group")
+    # Within a question the vote model decides: votes alone favour the earliest answer and the biggest author.
+    by_quality = pl.col("answer_id").filter(eligible).sort_by(
+        pl.col("estimated_quality").filter(eligible), descending=True, maintain_order=True
+    )
+    best_of_question = pl.col("answer_id") == by_quality.first().over("question_group")
     ranked = ranked.with_columns(
         drop_reason=pl.when(eligible & ~best_of_question).then(pl.lit("not_best_in_question")).otherwise("drop_reason")
     )

@@ -16,14 +16,17 @@ The rules, in the order the funnel in stats.json reports them:
    resolved greedily by confidence, most confident pair first.
 8. limit: the `limit` most confident pairs are kept.
 
-Confidence. A 2x lead of 2000 over 1000 votes is far more certain than 4 over 2. Treat each
-answer's upvotes as a Poisson count whose rate reflects its quality; the Wald statistic for the log
-rate ratio is
+Confidence. Votes are not quality: exposure and the author's reach multiply them too (the article: 点赞受
+许多因素影响，例如答题人粉丝数，答题时间). The vote model (zhihu_rlhf.votes) turns each answer's votes into an
+estimated quality with an sd, and a pair's
 
-    confidence = ln((u_c + 1) / (u_r + 1)) / sqrt(1 / (u_c + 1) + 1 / (u_r + 1))
+    confidence      = (quality_c - quality_r) / sqrt(sd_c^2 + sd_r^2)    the model's lead in sds
+    p_chosen_better = Phi(confidence)                                   P(chosen is truly the better answer)
 
-(+1 smoothing keeps zero counts finite). It grows with the ratio *and* with the number of votes
-behind it: 2000 vs 1000 scores 17.9, 4 vs 2 scores 0.7. Pairs are ranked by it.
+Pairs are ranked by it (`confidence` orders exactly as `p_chosen_better` and still separates pairs whose
+probability rounds to 1). A 2x lead of 2000 over 1000 votes is far more certain than 4 over 2, but not more
+certain than the luck of an answer's spread allows; and a lead that the chosen author's reach or a head start
+explains counts for little. With `--vote-model raw` the votes are taken as they are.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 import polars as pl
 
 from zhihu_rlhf.instruct import AnswerFilters, length_drop_reason
+from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
 PAIRS_COLUMNS = [
     "question_id",
@@ -49,6 +53,7 @@ PAIRS_COLUMNS = [
     "rejected_created_at",
     "upvote_ratio",
     "confidence",
+    "p_chosen_better",
 ]
 
 SECONDS_PER_DAY = 86_400
@@ -68,13 +73,6 @@ class PairOptions(AnswerFilters):
     """Spread the pairs over many questions instead of a few very popular ones."""
     chosen_not_earlier: bool = False
     """Stanford SHP's rule: the chosen answer was written no earlier than the rejected one."""
-
-
-def confidence(chosen_upvotes: pl.Expr, rejected_upvotes: pl.Expr) -> pl.Expr:
-    """Wald statistic of the Poisson log rate ratio (see the module docstring)."""
-    c = chosen_upvotes.cast(pl.Float64) + 1
-    r = rejected_upvotes.cast(pl.Float64) + 1
-    return (c / r).log() / (1 / c + 1 / r).sqrt()
 
 
 def candidate_pairs(answers: pl.LazyFrame) -> pl.LazyFrame:
@@ -197,13 +195,17 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
     candidates = candidate_pairs(usable.lazy())
     # Two streaming passes over the candidates: sharing one pass would cache all of them in memory.
     failures = candidates.group_by(first_failed.alias("rule")).len().collect(engine="streaming")
+    quality = answers.lazy().select("answer_id", *QUALITY_COLUMNS)
     candidates = (
         candidates.filter(*(keep for _, _, keep in rules))
+        .join(quality.rename(lambda c: f"chosen_{c}"), on="chosen_answer_id", how="left")
+        .join(quality.rename(lambda c: f"rejected_{c}"), on="rejected_answer_id", how="left")
         .with_columns(
             # finite even over zero votes, so every export format can carry it
             upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
-            confidence=confidence(pl.col("chosen_upvotes"), pl.col("rejected_upvotes")),
+            confidence=quality_lead("chosen_", "rejected_"),
         )
+        .with_columns(p_chosen_better=normal_cdf(pl.col("confidence")))
         .collect(engine="streaming")
     )
     failed_at = dict(zip(failures["rule"], failures["len"], strict=True))
