@@ -13,7 +13,8 @@ Both ids are the smallest id of their group, so they do not depend on row order.
 
 Questions: two titles are the same question when they are equal after folding cosmetic differences
 (`question_key`): width (NFKC), case, whitespace, punctuation and symbols (so a doubled or missing "？"
-does not matter), a leading 请问/求问/想问一下/请教一下 and a trailing 吗/呢/啊/呀. Nothing else: once
+does not matter; but not "+" or "#" in a name such as C++ or C#, nor "." or "/" in a number), a leading
+请问/求问/想问一下/请教一下 and a trailing 吗/呢/啊/呀. Nothing else: once
 those are folded away, every character left is content (a CJK character, letter or digit), and titles
 that differ in even one of them are different questions as often as not. Zhihu titles share templates
 ("电影的未来会怎样？" / "摄影的未来会怎样？", "2019年" / "2020年", "张伟" / "张玮"), so no fuzzy
