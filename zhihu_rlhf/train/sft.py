@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +95,19 @@ def pack(order: list[int], lengths: list[int], batch_tokens: int) -> list[list[i
     return rows
 
 
+# Architectures whose packed rows (position ids restarting per example, no attention mask) give the same logits as
+# each example alone, checked over tests/model_fixtures.py with sdpa and eager attention. OPT builds its causal mask
+# without position ids and BLOOM has none (ALiBi), so packed examples attend to each other there.
+PACKING_EXACT = frozenset({"llama", "qwen2", "gpt2", "gpt_neox"})
+
+
+def padded_unless_packing_is_exact(opts: SFTOptions, model_type: str) -> SFTOptions:
+    """`opts` as given, or with padded batches of about --batch-tokens tokens where packing would leak."""
+    if opts.batch_size > 0 or model_type in PACKING_EXACT:
+        return opts
+    return replace(opts, batch_size=max(1, opts.batch_tokens // opts.max_len))
+
+
 def make_batches(examples: list[Example], order: list[int], opts: SFTOptions) -> list[list[int]]:
     if opts.batch_size > 0:
         return [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
@@ -155,6 +168,15 @@ def train(opts: SFTOptions) -> dict[str, float]:
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
         tokenizer, model = load_for_training(opts.model, "causal-lm", opts, rt)
+        model_type = model.config.model_type
+        padded = padded_unless_packing_is_exact(opts, model_type)
+        if padded is not opts:
+            if rt.is_main:
+                print(
+                    f"sft: packing is not exact for model type {model_type!r} (packed examples would attend to each "
+                    f"other): padded batches of {padded.batch_size} examples instead (--batch-size)"
+                )
+            opts = padded
         template = resolve_template(tokenizer, opts.template)
         train_examples = encode_rows(tokenizer, train_rows, template, opts.max_len)
         test_examples = encode_rows(tokenizer, test_rows, template, opts.max_len)
