@@ -45,7 +45,7 @@ The author share s (`author_share`). An author's mean votes are partly how well 
 popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
 cannot tell which. The default, 0.75, is the share with the best worst case over the synthetic worlds (kol:
 reach half quality; popularity: none; default: follower counts) in pair accuracy, calibration and the instruct
-choice: benchmarks/RESULTS.md, "Vote model".
+choice, measured at 200k rows: benchmarks/RESULTS.md, "Vote model".
 
 Levels (`model`): "raw" takes the votes as they are (count noise and luck only: the article's plain votes, ranked
 by a probability); "exposure" removes exposure; "authors" removes author effects; "full" removes both.
