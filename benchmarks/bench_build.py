@@ -1,15 +1,21 @@
 """`build all` against a bare polars scan of the same file, in one run; peak RSS of the build.
 
-    python -m zhihu_rlhf.synth --rows 1006218 --out bench_data/zhihu_kol_full.parquet --seed 0
     python benchmarks/bench_build.py bench_data/zhihu_kol_full.parquet [--dedupe near|exact|off]
+    python benchmarks/bench_build.py --world hot                    # bench_data/hot_1006218.parquet, made if missing
+    python benchmarks/bench_build.py --world default,hot --sizes 250000,500000,1006218,2000000
 
 The baseline reads every column of every row (string lengths summed, so nothing is skipped) with
 polars' streaming engine. The build runs as `python -m zhihu_rlhf.build all` in a child process, so
 its wall time includes start-up and writing the folders, and its peak RSS is the child's own.
 
-Also timed, in the same run and also in a child process: the canonical answer table alone (reading,
-parsing METADATA and normalising the texts, the first step every build needs), to show how much of
-the budget that step leaves to deduplication, selection and writing.
+One file: also timed, in the same run and also in a child process, the canonical answer table alone
+(reading, parsing METADATA and normalising the texts, the first step every build needs), to show how
+much of the budget that step leaves to deduplication, selection and writing.
+
+`--sizes`: a table of preset world x size -> build time, its ratio to the bare scan of the same file
+(measured in the same run), the build's peak RSS, and both per row, to check that time and memory grow
+linearly with the rows. A missing `bench_data/<world>_<rows>.parquet` is first made with
+`python -m zhihu_rlhf.synth --world <world> --rows <rows> --seed 0` (not timed).
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ import time
 from pathlib import Path
 
 import polars as pl
+
+FULL_ROWS = 1_006_218  # the real Zhihu-KOL
+RATIO_BUDGET = 10  # issue 10: build all <= 10x the bare scan, peak RSS <= 6 GiB, on every preset
+RSS_BUDGET_GIB = 6
 
 
 def bare_scan(path: Path) -> float:
@@ -53,27 +63,69 @@ def canonical_table(path: Path) -> float:
     return run_child([sys.executable, "-c", code])[0]
 
 
+def world_file(data_dir: Path, world: str, rows: int) -> Path:
+    """bench_data/<world>_<rows>.parquet, generated with the synth CLI (seed 0) if it is missing."""
+    path = data_dir / f"{world}_{rows}.parquet"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        print(f"generating {path} ...", flush=True)
+        command = [sys.executable, "-m", "zhihu_rlhf.synth", "--world", world, "--rows", str(rows), "--seed", "0", "--out", str(path)]
+        subprocess.run(command, check=True)
+    return path
+
+
+def rows_in(path: Path) -> int:
+    return pl.scan_parquet(path).select(pl.len()).collect().item()
+
+
+def one_file(path: Path, dedupe: str, repeat: int) -> None:
+    scans, tables, builds = [], [], []
+    for _ in range(repeat):  # interleaved, so all see the same machine state
+        scans.append(bare_scan(path))
+        tables.append(canonical_table(path))
+        builds.append(build_all(path, dedupe))
+    scan, table = min(scans), min(tables)
+    build = min(b for b, _ in builds)
+    print(f"\nfile: {path} ({path.stat().st_size / 2**30:.2f} GiB parquet, {rows_in(path):,} rows), "
+          f"cores: {os.cpu_count()}, dedupe: {dedupe}")
+    print(f"bare scan: {scan:.1f}s (runs: {', '.join(f'{s:.1f}' for s in scans)})")
+    print(f"canonical table alone: {table:.1f}s (runs: {', '.join(f'{t:.1f}' for t in tables)}), {table / scan:.2f}x the bare scan")
+    print(f"build all: {build:.1f}s (runs: {', '.join(f'{b:.1f}' for b, _ in builds)}), peak RSS {max(r for _, r in builds):.2f} GiB")
+    print(f"ratio: {build / scan:.2f}x the bare scan (budget {RATIO_BUDGET}x), peak RSS budget {RSS_BUDGET_GIB} GiB")
+
+
+def size_table(data_dir: Path, worlds: list[str], sizes: list[int], dedupe: str, repeat: int) -> None:
+    files = {(world, rows): world_file(data_dir, world, rows) for world in worlds for rows in sizes}
+    print(f"\ncores: {os.cpu_count()}, dedupe: {dedupe}, best of {repeat} (scan and build interleaved)")
+    print("| world | rows | bare scan | build all | ratio | peak RSS | build per row | RSS per row |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (world, rows), path in files.items():
+        scans, builds = [], []
+        for _ in range(repeat):
+            scans.append(bare_scan(path))
+            builds.append(build_all(path, dedupe))
+        scan, build, rss = min(scans), min(b for b, _ in builds), max(r for _, r in builds)
+        print(f"| {world} | {rows:,} | {scan:.2f} s | {build:.1f} s | {build / scan:.1f}x | {rss:.2f} GiB "
+              f"| {build / rows * 1e6:.1f} µs | {rss * 2**20 / rows:.2f} KiB |", flush=True)
+    print(f"budgets: ratio <= {RATIO_BUDGET}x, peak RSS <= {RSS_BUDGET_GIB} GiB; per-row figures within ±25% across sizes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", type=Path)
+    parser.add_argument("data", type=Path, nargs="?", help="a parquet file (default: the --world file)")
+    parser.add_argument("--world", default="default", help="synth preset(s), comma-separated with --sizes (default: default)")
+    parser.add_argument("--rows", type=int, default=FULL_ROWS, help="rows of the --world file (default: %(default)s)")
+    parser.add_argument("--sizes", help="comma-separated row counts: print the world x size table")
+    parser.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where world files live (default: bench_data)")
     parser.add_argument("--dedupe", default="near", choices=["near", "exact", "off"])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
     args = parser.parse_args()
 
-    rows = pl.scan_parquet(args.data).select(pl.len()).collect().item()
-    scans, tables, builds = [], [], []
-    for _ in range(args.repeat):  # interleaved, so all see the same machine state
-        scans.append(bare_scan(args.data))
-        tables.append(canonical_table(args.data))
-        builds.append(build_all(args.data, args.dedupe))
-    scan, table = min(scans), min(tables)
-    build = min(b for b, _ in builds)
-    print(f"\nfile: {args.data} ({args.data.stat().st_size / 2**30:.2f} GiB parquet, {rows:,} rows), "
-          f"cores: {os.cpu_count()}, dedupe: {args.dedupe}")
-    print(f"bare scan: {scan:.1f}s (runs: {', '.join(f'{s:.1f}' for s in scans)})")
-    print(f"canonical table alone: {table:.1f}s (runs: {', '.join(f'{t:.1f}' for t in tables)}), {table / scan:.2f}x the bare scan")
-    print(f"build all: {build:.1f}s (runs: {', '.join(f'{b:.1f}' for b, _ in builds)}), peak RSS {max(r for _, r in builds):.2f} GiB")
-    print(f"ratio: {build / scan:.2f}x the bare scan (budget 5x), peak RSS budget 6 GiB")
+    worlds = args.world.split(",")
+    if args.sizes:
+        size_table(args.data_dir, worlds, [int(size) for size in args.sizes.split(",")], args.dedupe, args.repeat)
+    else:
+        one_file(args.data or world_file(args.data_dir, worlds[0], args.rows), args.dedupe, args.repeat)
 
 
 if __name__ == "__main__":

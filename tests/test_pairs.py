@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 import random
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 
+from zhihu_rlhf import pairs as pairs_module
+from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
-from zhihu_rlhf.pairs import PairOptions, candidate_pairs, select_one_use_per_response, select_pairs
+from zhihu_rlhf.pairs import PairOptions, one_use_greedy, select_pairs
 from zhihu_rlhf.split import split_by_question, unit_hash
+from zhihu_rlhf.votes import QUALITY_COLUMNS, quality_lead
 
 T0 = datetime(2022, 1, 1, tzinfo=UTC)
 TEXT = "这是一个足够长的回答，用来通过长度过滤。" * 3
@@ -135,19 +139,41 @@ def test_each_response_used_once_over_clusters_and_the_cap() -> None:
     assert per_question["len"].max() <= 2
 
 
-def _sequential_greedy(candidates: pl.DataFrame, cap: int) -> set[tuple[int, int]]:
-    """The obvious one-at-a-time greedy, to check the vectorised rounds against."""
+def every_pair(table: pl.LazyFrame) -> pl.LazyFrame:
+    """Every two answers of one question group, `chosen` = more upvotes: the exhaustive construction."""
+    slim = table.select("question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS)
+    both = slim.join(slim, on="question_group", suffix="_b").filter(pl.col("answer_id") < pl.col("answer_id_b"))
+    a_wins = pl.col("upvotes") >= pl.col("upvotes_b")
+    columns = {}
+    fields = [("answer_id", "answer_id"), ("answer_cluster", "cluster"), ("upvotes", "upvotes"), ("created_at", "created_at")]
+    for field, name in fields + [(column, column) for column in QUALITY_COLUMNS]:
+        columns[f"chosen_{name}"] = pl.when(a_wins).then(pl.col(field)).otherwise(pl.col(f"{field}_b"))
+        columns[f"rejected_{name}"] = pl.when(a_wins).then(pl.col(f"{field}_b")).otherwise(pl.col(field))
+    return both.select("question_group", **columns)
+
+
+def _sequential_greedy(candidates: pl.DataFrame, cap: int) -> list[tuple[int, int]]:
+    """The obvious one-at-a-time greedy, best first, to check the vectorised rounds against."""
     ordered = candidates.sort(["confidence", "chosen_answer_id", "rejected_answer_id"], descending=[True, False, False])
-    used, per_question, kept = set(), {}, set()
-    for row in ordered.iter_rows(named=True):
-        if row["chosen_cluster"] in used or row["rejected_cluster"] in used:
+    used, per_question, kept = set(), {}, []
+    for group, chosen, rejected, chosen_cluster, rejected_cluster in ordered.select(
+        "question_group", "chosen_answer_id", "rejected_answer_id", "chosen_cluster", "rejected_cluster"
+    ).iter_rows():
+        if chosen_cluster in used or rejected_cluster in used or per_question.get(group, 0) >= cap:
             continue
-        if per_question.get(row["question_group"], 0) >= cap:
-            continue
-        used |= {row["chosen_cluster"], row["rejected_cluster"]}
-        per_question[row["question_group"]] = per_question.get(row["question_group"], 0) + 1
-        kept.add((row["chosen_answer_id"], row["rejected_answer_id"]))
+        used |= {chosen_cluster, rejected_cluster}
+        per_question[group] = per_question.get(group, 0) + 1
+        kept.append((chosen, rejected))
     return kept
+
+
+def vectorised_greedy(candidates: pl.DataFrame, cap: int) -> list[tuple[int, int]]:
+    """one_use_greedy over a candidate frame: rank it, code its clusters and questions."""
+    ranked = candidates.sort(["confidence", "chosen_answer_id", "rejected_answer_id"], descending=[True, False, False])
+    clusters = pl.concat([ranked["chosen_cluster"], ranked["rejected_cluster"]]).rank("dense").to_numpy() - 1
+    question = ranked["question_group"].rank("dense").to_numpy() - 1
+    accepted = one_use_greedy(clusters[: ranked.height], clusters[ranked.height :], question, cap)
+    return list(ranked.filter(pl.Series(accepted)).select("chosen_answer_id", "rejected_answer_id").iter_rows())
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -159,12 +185,20 @@ def test_vectorised_matching_equals_sequential_greedy(seed: int) -> None:
         rows.append({"answer_id": answer_id, "question_id": question, "upvotes": int(rng.paretovariate(1.0) * 5),
                      "answer_cluster": rng.choice([answer_id] * 9 + [rng.randint(1, 399)])})
     table = answers(rows)
-    candidates = candidate_pairs(table.lazy()).collect().filter(pl.col("chosen_upvotes") > pl.col("rejected_upvotes"))
+    candidates = every_pair(table.lazy()).collect().filter(pl.col("chosen_upvotes") > pl.col("rejected_upvotes"))
     candidates = candidates.filter(pl.col("chosen_cluster") != pl.col("rejected_cluster")).with_columns(
         confidence=wald(pl.col("chosen_upvotes"), pl.col("rejected_upvotes"))
     )
     for cap in (1, 3, 1000):
-        assert pair_ids(select_one_use_per_response(candidates, cap)) == _sequential_greedy(candidates, cap)
+        assert vectorised_greedy(candidates, cap) == _sequential_greedy(candidates, cap)
+
+
+def test_a_pair_waiting_on_another_question_keeps_its_place_under_the_cap() -> None:
+    # Best first, cap 1. a takes cluster 7, so x (question 2) is refused, which frees y: y is question 1's
+    # pair, not d, although d was free from the start and y had to wait for x.
+    a, x, y, d = (3, 6, 7), (2, 7, 2), (1, 2, 3), (1, 4, 5)
+    question, chosen, rejected = (np.array(column) for column in zip(a, x, y, d, strict=True))
+    assert one_use_greedy(chosen, rejected, question, cap=1).tolist() == [True, False, True, False]
 
 
 def test_limit_keeps_the_most_confident_and_rows_add_up() -> None:
@@ -211,7 +245,130 @@ def test_split_is_by_question_group_and_stable() -> None:
     assert pl.select(unit_hash(pl.lit(7, pl.Int64))).item() == pytest.approx(expected, abs=1e-15)
 
 
-def test_candidate_pairs_cover_every_two_answers_once() -> None:
-    rows = answers([{"upvotes": u} for u in (1, 2, 3, 4)])
-    got = {tuple(sorted(p)) for p in pair_ids(candidate_pairs(rows.lazy()).collect())}
-    assert got == set(itertools.combinations(range(1, 5), 2))
+# ---------------------------------------------------------------------------------------------------------------
+# The band join and the per-question budgets against the exhaustive construction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def exhaustive_selection(table: pl.DataFrame, opts: PairOptions) -> tuple[list[tuple[int, int]], list[int]]:
+    """The rules written out over every pair: (selected (chosen, rejected) ids best first, funnel 'left' counts)."""
+    length = pl.col("answer").str.len_chars()
+    usable = table.lazy().filter(length.is_between(opts.min_answer_chars, opts.max_answer_chars))
+    days_apart = (pl.col("chosen_created_at") - pl.col("rejected_created_at")).dt.total_seconds().abs() / 86_400
+    rules = [
+        pl.col("chosen_upvotes") > pl.col("rejected_upvotes"),
+        pl.col("chosen_cluster") != pl.col("rejected_cluster"),
+        days_apart <= opts.max_days_apart,  # null (a missing time) fails
+    ]
+    if opts.chosen_not_earlier:
+        rules.append(pl.col("chosen_created_at") >= pl.col("rejected_created_at"))
+    rules += [pl.col("chosen_upvotes") >= opts.min_chosen_upvotes, pl.col("chosen_upvotes") >= opts.min_ratio * pl.col("rejected_upvotes")]
+    rules = [rule.fill_null(False) for rule in rules]
+    candidates = every_pair(usable)
+    lefts = candidates.select(
+        pl.len().alias("all"), *(pl.all_horizontal(rules[: i + 1]).sum().alias(str(i)) for i in range(len(rules)))
+    ).collect(engine="streaming").row(0)
+    passed = candidates.filter(*rules).with_columns(confidence=quality_lead("chosen_", "rejected_"))
+    chosen_once = _sequential_greedy(passed.collect(engine="streaming"), opts.max_pairs_per_question)
+    kept = chosen_once[: opts.limit] if opts.limit else chosen_once
+    return kept, [*lefts, len(chosen_once), len(kept)]
+
+
+def hot_world(seed: int) -> pl.DataFrame:
+    """Three questions with 3,000 answers each over a year, and 400 small ones (2-40 answers).
+
+    The vote model's quality columns are votes plus noise, with sds of their own, so the rank differs
+    from the vote order (a pair with the bigger vote lead is not always the surer one).
+
+    Votes heavy-tailed with many ties; near-duplicate clusters inside questions and across them
+    (cross-posts); ~5% of answers without a creation time; times on whole days (so many pairs are
+    exactly at the window's edge) or anywhere to the microsecond; a few answers too short to use.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.r_[[3_000] * 3, rng.integers(2, 41, 400)]
+    group = np.repeat(np.arange(1, len(sizes) + 1), sizes)
+    n = len(group)
+    answer_id = rng.permutation(n) + 1
+    whole_days = rng.integers(0, 365, n) * 86_400_000_000
+    anywhere = rng.integers(0, 365 * 86_400_000_000, n)
+    created = np.where(rng.random(n) < 0.5, whole_days, anywhere) + 1_640_995_200_000_000  # 2022-01-01
+    upvotes = np.floor(rng.pareto(0.8, n) * 4).astype(np.int64)
+    cluster = answer_id.copy()
+    copies = rng.random(n) < 0.1  # a copy of another answer: mostly of its own question, sometimes anywhere
+    same_question = np.minimum(np.arange(n) + rng.integers(1, 4, n), n - 1)
+    anywhere_else = rng.integers(0, n, n)
+    source = np.where(rng.random(n) < 0.8, same_question, anywhere_else)
+    cluster[copies] = cluster[source[copies]]
+    table = pl.DataFrame(
+        {
+            "question_id": group, "answer_id": answer_id, "question": [f"问题{g}？" for g in group],
+            "answer": np.where(rng.random(n) < 0.01, "太短", TEXT), "upvotes": upvotes,
+            "created_at": pl.Series(created).cast(pl.Datetime("us", "UTC")), "author_id": pl.Series([None] * n, dtype=pl.String),
+            "source": "test", "question_group": group, "answer_cluster": cluster,
+        }
+    )
+    return table.with_columns(
+        created_at=pl.when(pl.lit(rng.random(n) < 0.05)).then(None).otherwise("created_at"),
+        estimated_quality=np.log1p(upvotes) + rng.normal(0, 0.5, n),
+        quality_sd=rng.uniform(0.1, 1.0, n),
+    )
+
+
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many small batches and pruning after each: the big questions (~300k candidates each, budget 33k)
+    are cut to their budgets while their pairs are made."""
+    monkeypatch.setattr(pairs_module, "PAIRS_PER_BATCH", 20_000)
+    monkeypatch.setattr(pairs_module, "PRUNE_ABOVE", 5_000)
+
+
+def one_candidate_per_question(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first budget of one candidate per question: every question with more must be widened again and
+    again before the matching is exact."""
+    monkeypatch.setattr(pairs_module, "candidate_budget", lambda in_order, cap: np.ones(in_order["group"].max() + 1, np.int64))
+
+
+@pytest.mark.parametrize(("seed", "chosen_not_earlier"), [(0, False), (1, True), (2, False), (3, True)])
+def test_band_join_and_budgets_equal_the_exhaustive_rules(seed: int, chosen_not_earlier: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = hot_world(seed)
+    options = PairOptions(chosen_not_earlier=chosen_not_earlier, max_days_apart=30, limit=0)
+    expected, expected_lefts = exhaustive_selection(table, options)
+    assert len(expected) > 300 and expected_lefts[3] > 1_000_000  # the big questions give millions of pairs
+
+    def check(limit: int) -> pl.DataFrame:
+        got, _, funnel = select_pairs(table, dataclasses.replace(options, limit=limit))
+        assert list(zip(got["chosen_answer_id"], got["rejected_answer_id"], strict=True)) == (expected[:limit] if limit else expected)
+        assert [step["left"] for step in funnel] == expected_lefts[:-1] + [len(expected[:limit]) if limit else len(expected)]
+        return got
+
+    everything = check(limit=0)
+    assert everything.group_by("question_group").len()["len"].max() == options.max_pairs_per_question  # big questions fill their cap
+    check(limit=40)
+    small_batches(monkeypatch)
+    check(limit=0)
+    one_candidate_per_question(monkeypatch)
+    check(limit=0)
+
+
+def test_answers_without_a_creation_time_are_counted_not_paired() -> None:
+    rows = answers([{"upvotes": 100, "day": 0}, {"upvotes": 10, "day": 3}, {"upvotes": 1, "day": None},
+                    {"upvotes": 500, "day": None}, {"upvotes": 7, "question_id": 2, "day": None}])
+    pairs, dropped, funnel = select_pairs(rows, PairOptions(**NO_EXTRA_RULES))
+    assert pair_ids(pairs) == {(1, 2)}
+    # The answer alone in its question says so first; the two others of question 1 cannot be in a timed pair.
+    assert dropped == {"only_answer_to_its_question": 1, "no_creation_time": 2}
+    time_step = next(step for step in funnel if step["rule"] == "created_close_in_time")
+    assert time_step["removed"] == 5  # of the 6 pairs of question 1 (no ties, no near-copies) only (1, 2) has both times
+
+
+def test_an_unbounded_window_pairs_answers_without_times_too() -> None:
+    rows = answers([{"upvotes": 100, "day": None}, {"upvotes": 10, "day": 900}])
+    unbounded, dropped, _ = select_pairs(rows, PairOptions(max_days_apart=math.inf, **NO_EXTRA_RULES))
+    assert pair_ids(unbounded) == {(1, 2)} and dropped == {}
+    bounded, dropped, _ = select_pairs(rows, PairOptions(max_days_apart=1e6, **NO_EXTRA_RULES))
+    assert bounded.height == 0 and dropped == {"no_creation_time": 1, "not_in_a_selected_pair": 1}
+
+
+@pytest.mark.parametrize("days", [float("nan"), -1.0])
+def test_a_window_that_is_not_a_number_of_days_is_refused(days: float) -> None:
+    with pytest.raises(UserError, match="--max-days-apart"):
+        select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_days_apart=days))

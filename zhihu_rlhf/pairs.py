@@ -13,8 +13,8 @@ The rules, in the order the funnel in stats.json reports them:
 6. upvote ratio: chosen has at least `min_ratio` times the rejected's upvotes.
 7. each response once: a response (a near-duplicate cluster) appears in at most one pair, in
    either slot, and a question gives at most `max_pairs_per_question` pairs. Conflicts are
-   resolved greedily by confidence, most confident pair first.
-8. limit: the `limit` most confident pairs are kept.
+   resolved greedily by rank, best pair first.
+8. limit: the `limit` best-ranked pairs are kept.
 
 Confidence. Votes are not quality: exposure and the author's reach multiply them too (the article: 点赞受
 许多因素影响，例如答题人粉丝数，答题时间). The vote model (zhihu_rlhf.votes) turns each answer's votes into an
@@ -23,20 +23,52 @@ estimated quality with an sd, and a pair's
     confidence      = (quality_c - quality_r) / sqrt(sd_c^2 + sd_r^2)    the model's lead in sds
     p_chosen_better = Phi(confidence)                                   P(chosen is truly the better answer)
 
-Pairs are ranked by it (`confidence` orders exactly as `p_chosen_better` and still separates pairs whose
+Pairs are ranked by it (`RANK_BY`; `confidence` orders exactly as `p_chosen_better` and still separates pairs whose
 probability rounds to 1). A 2x lead of 2000 over 1000 votes is far more certain than 4 over 2, but not more
 certain than the luck of an answer's spread allows; and a lead that the chosen author's reach or a head start
 explains counts for little. With `--vote-model raw` the votes are taken as they are.
+
+Bounded memory. A hot question has 10,000+ answers, so "every two answers of a question" is 50M+
+candidates for it alone. They are never all kept, and those that cannot pass are never made:
+
+- Band join. With a question's answers sorted by creation time, the answers close enough in time to
+  one are a run of its successors, found with one `searchsorted`. Only those pairs are made, about
+  PAIRS_PER_BATCH at a time, and rules 1-6 are applied to each batch as it is made. Answers without
+  a creation time cannot pass rule 3 and are not paired at all. Pairs outside the bands are only
+  counted: tied pairs and same-cluster pairs follow from group sizes, and every other pair outside a
+  band fails rule 3, so the funnel keeps the exact counts of the exhaustive construction.
+- Best candidates per question. Of the pairs that pass, a question keeps at first its best
+  `(2 * max_pairs_per_question + 1) * answers` by rank, and any tied with the last of those: always
+  all of its candidates down to some rank (its floor, raised as batches come). The one-use
+  matching then runs on what is kept. A question that lost candidates and still fell short of its
+  cap gets its budget doubled, its bands joined again and the matching re-run, until none is left.
+
+  Why that is exact. Run the greedy over all candidates A and over the kept ones T side by side, in
+  rank order. They hold the same state (used clusters, pairs per question) until the first dropped
+  candidate x (in A, not in T) that the greedy over A accepts: before it, dropped candidates were
+  all refused by it and changed nothing, and T's greedy never saw them. Every candidate T kept
+  for x's question ranks above x, so when x comes, that question has accepted exactly the pairs it
+  accepts in T's final result; if that is the cap, x is refused. So when each question that lost
+  candidates reached its cap in T's result, no such x exists, and both runs accept the same pairs
+  (the pairs of every other question, and one-use across questions via cross-posted clusters,
+  included). The budget bounds how far down a question's list the greedy usually goes: each pair
+  it refuses before the cap has a cluster already used, by one of the <= 2 * cap clusters of the
+  question's own pairs (each in fewer than `answers` of its pairs) or by another question's pair.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
+from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import AnswerFilters, length_drop_reason
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
@@ -57,6 +89,12 @@ PAIRS_COLUMNS = [
 ]
 
 SECONDS_PER_DAY = 86_400
+# Pairs made and filtered at a time: each column of a batch (2 MB) stays in the CPU's cache between the
+# numpy passes over it, and the per-batch overhead is still small against the work.
+PAIRS_PER_BATCH = 1 << 18
+# Candidates that pass the rules are ranked and cut to each question's budget once this many have piled
+# up (16-24 bytes each).
+PRUNE_ABOVE = 4_000_000
 
 
 @dataclass
@@ -75,154 +113,381 @@ class PairOptions(AnswerFilters):
     """Stanford SHP's rule: the chosen answer was written no earlier than the rejected one."""
 
 
-def candidate_pairs(answers: pl.LazyFrame) -> pl.LazyFrame:
-    """Every two answers of one question group, oriented so `chosen` has more upvotes (rule 1).
-
-    Lazy: tens of millions of candidates are filtered as they are produced, never stored.
-    """
-    slim = answers.select("question_group", "answer_id", "answer_cluster", "upvotes", "created_at")
-    both = slim.join(slim, on="question_group", suffix="_b").filter(pl.col("answer_id") < pl.col("answer_id_b"))
-    a_wins = pl.col("upvotes") >= pl.col("upvotes_b")
-
-    def side(field: str, winner: bool) -> pl.Expr:
-        first, second = (pl.col(field), pl.col(f"{field}_b")) if winner else (pl.col(f"{field}_b"), pl.col(field))
-        return pl.when(a_wins).then(first).otherwise(second)
-
-    return both.select(
-        "question_group",
-        chosen_answer_id=side("answer_id", True),
-        rejected_answer_id=side("answer_id", False),
-        chosen_cluster=side("answer_cluster", True),
-        rejected_cluster=side("answer_cluster", False),
-        chosen_upvotes=side("upvotes", True),
-        rejected_upvotes=side("upvotes", False),
-        chosen_created_at=side("created_at", True),
-        rejected_created_at=side("created_at", False),
-    )
+# Pairs are ranked best first by RANK_KEY, an expression over chosen_*/rejected_* QUALITY_COLUMNS; the answer ids
+# make the order total, so every run selects the same pairs.
+RANK_KEY = quality_lead("chosen_", "rejected_").alias("confidence")
+RANK_BY = [RANK_KEY.meta.output_name(), "chosen_answer_id", "rejected_answer_id"]
+RANK_DESCENDING = [True, False, False]
 
 
-def pair_rules(opts: PairOptions) -> list[tuple[str, str, pl.Expr]]:
-    """(name, description, keep-condition) for rules 1-6, in funnel order."""
-    days_apart = (pl.col("chosen_created_at") - pl.col("rejected_created_at")).dt.total_seconds().abs() / SECONDS_PER_DAY
-    rules = [
-        ("distinct_upvotes", "tied upvotes carry no preference", pl.col("chosen_upvotes") > pl.col("rejected_upvotes")),
-        ("not_near_copies", "chosen and rejected are not near-duplicates", pl.col("chosen_cluster") != pl.col("rejected_cluster")),
-        (
-            "created_close_in_time",
-            f"both have a creation time, at most {opts.max_days_apart:g} days apart",
-            days_apart.fill_null(math.inf) <= opts.max_days_apart,
-        ),
+class BandedAnswers(NamedTuple):
+    """The answers that can be paired, as numpy columns in band order (see `time_bands`)."""
+
+    answer_id: np.ndarray
+    group: np.ndarray  # 0, 1, 2, ... one number per question group
+    upvotes: np.ndarray
+    estimated_quality: np.ndarray  # the vote model's QUALITY_COLUMNS, for the rank key
+    quality_sd: np.ndarray
+    cluster: np.ndarray  # 0, 1, 2, ... one number per near-duplicate cluster (across groups)
+    created_us: np.ndarray  # microseconds since 1970; 0 where `timed` is False
+    timed: np.ndarray  # has a creation time
+    band_end: np.ndarray  # the position after the last later answer of the same group close enough in time
+
+
+class PairBatch(NamedTuple):
+    """Pairs of answers of one group, as numpy columns: the earlier and the later in band order (by time,
+    answers without a time last), and the chosen one, the one with more upvotes (of tied ones, the earlier)."""
+
+    chosen_upvotes: np.ndarray
+    rejected_upvotes: np.ndarray
+    chosen_is_later: np.ndarray
+    earlier_cluster: np.ndarray
+    later_cluster: np.ndarray
+    earlier_created_us: np.ndarray
+    later_created_us: np.ndarray
+    both_timed: np.ndarray
+
+
+# A rule says which pairs of a batch pass it.
+Rule = Callable[[PairBatch], np.ndarray]
+
+
+def pair_rules(opts: PairOptions) -> list[tuple[str, str, Rule]]:
+    """(name, description, rule) for rules 1-6, in funnel order."""
+
+    def close_in_time(p: PairBatch) -> np.ndarray:
+        # Whole seconds apart (sub-second parts truncated), then days: the comparison the funnel has always used.
+        days_apart = np.abs(p.later_created_us - p.earlier_created_us) // 1_000_000 / SECONDS_PER_DAY
+        # A missing time is infinitely far from any other: only an unbounded window keeps it.
+        return (days_apart <= opts.max_days_apart) & (p.both_timed | (opts.max_days_apart == math.inf))
+
+    rules: list[tuple[str, str, Rule]] = [
+        ("distinct_upvotes", "tied upvotes carry no preference", lambda p: p.chosen_upvotes > p.rejected_upvotes),
+        ("not_near_copies", "chosen and rejected are not near-duplicates", lambda p: p.earlier_cluster != p.later_cluster),
+        ("created_close_in_time", f"both have a creation time, at most {opts.max_days_apart:g} days apart", close_in_time),
     ]
     if opts.chosen_not_earlier:
         rules.append(
             (
                 "chosen_not_earlier",
                 "the chosen answer was written no earlier than the rejected one",
-                pl.col("chosen_created_at") >= pl.col("rejected_created_at"),
+                lambda p: (p.chosen_is_later | (p.later_created_us == p.earlier_created_us)) & p.both_timed,
             )
         )
     rules += [
         (
             "min_chosen_upvotes",
             f"the chosen answer has at least {opts.min_chosen_upvotes} upvotes",
-            pl.col("chosen_upvotes") >= opts.min_chosen_upvotes,
+            lambda p: p.chosen_upvotes >= opts.min_chosen_upvotes,
         ),
         (
             "upvote_ratio",
             f"chosen has at least {opts.min_ratio:g}x the rejected's upvotes",
-            pl.col("chosen_upvotes") >= opts.min_ratio * pl.col("rejected_upvotes"),
+            lambda p: p.chosen_upvotes >= opts.min_ratio * p.rejected_upvotes,
         ),
     ]
     return rules
 
 
-def select_one_use_per_response(candidates: pl.DataFrame, max_pairs_per_question: int) -> pl.DataFrame:
-    """Greedy matching by confidence: each response (cluster) in at most one pair (rule 7).
+# ---------------------------------------------------------------------------------------------------------------
+# Candidates: the band join with rules 1-6 on the way, and counts for the pairs outside the band
+# ---------------------------------------------------------------------------------------------------------------
 
-    Sequential greedy over millions of candidates would be a Python loop; instead each round keeps
-    every pair that is the most confident remaining pair of *both* its responses ("locally
-    dominant"). Those pairs are exactly the ones sequential greedy accepts next, so the result is
-    identical, in a handful of vectorised rounds. The per-question cap is applied in rank order.
+
+def _pairs_within(answers: pl.DataFrame, keys: list[str]) -> int:
+    """How many two-answer pairs share all of `keys`."""
+    sizes = answers.group_by(keys).len()["len"].cast(pl.Int64)
+    return int((sizes * (sizes - 1) // 2).sum())
+
+
+def _left_before_the_band(usable: pl.DataFrame) -> list[int]:
+    """Pairs of every question group left after "same question", "distinct upvotes" and "not near-copies",
+    counted from group sizes: in all, minus tied pairs, minus same-cluster pairs with distinct votes."""
+    all_pairs = _pairs_within(usable, ["question_group"])
+    untied = all_pairs - _pairs_within(usable, ["question_group", "upvotes"])
+    same_cluster = _pairs_within(usable, ["question_group", "answer_cluster"])
+    same_cluster_tied = _pairs_within(usable, ["question_group", "answer_cluster", "upvotes"])
+    return [all_pairs, untied, untied - (same_cluster - same_cluster_tied)]
+
+
+def time_bands(usable: pl.DataFrame, max_days_apart: float) -> tuple[pl.DataFrame, BandedAnswers]:
+    """The answers that can pass the time rule, sorted by (question_group, created_at, answer_id), and their
+    bands: for each answer, the later answers of its group it could pass the rule with.
+
+    A band is a little wider than the rule (whole seconds, a spare second each side); the rule itself is
+    applied to the pairs made, so a band only has to contain every pair that passes.
     """
-    ranked = candidates.sort(["confidence", "chosen_answer_id", "rejected_answer_id"], descending=[True, False, False])
-    # Dense integer codes, so each round is a few numpy passes over the pairs still in play.
-    clusters = pl.concat([ranked["chosen_cluster"], ranked["rejected_cluster"]]).rank("dense").to_numpy() - 1
-    chosen, rejected = clusters[: ranked.height], clusters[ranked.height :]
-    question = ranked["question_group"].rank("dense").to_numpy() - 1
-    cluster_used = np.zeros(len(clusters), dtype=bool)
-    pairs_in_question = np.zeros(ranked.height, dtype=np.int64)
-    selected = np.zeros(ranked.height, dtype=bool)
-    in_play = np.arange(ranked.height)  # positions in rank order: smaller is more confident
-    while len(in_play):
-        # The best (smallest) rank in play of each response; a pair is dominant when it is the best of both.
-        best = np.full(len(clusters), ranked.height)
-        np.minimum.at(best, chosen[in_play], in_play)
-        np.minimum.at(best, rejected[in_play], in_play)
-        dominant = in_play[(best[chosen[in_play]] == in_play) & (best[rejected[in_play]] == in_play)]
-        # Dominant pairs of one question are accepted in rank order while the question has room;
-        # `place` numbers the dominant pairs of each question 0, 1, 2, ... in rank order.
-        by_question = dominant[np.argsort(question[dominant], kind="stable")]
-        their_question = question[by_question]
-        starts = np.flatnonzero(np.diff(their_question, prepend=-1))
-        place = np.arange(len(by_question)) - np.repeat(starts, np.diff(starts, append=len(by_question)))
-        accepted = by_question[pairs_in_question[their_question] + place < max_pairs_per_question]
-        selected[accepted] = True
-        np.add.at(pairs_in_question, question[accepted], 1)
-        cluster_used[chosen[accepted]] = cluster_used[rejected[accepted]] = True
-        # Dominant pairs over the cap are settled too (their question is now full).
-        settled = np.zeros(ranked.height, dtype=bool)
-        settled[dominant] = True
-        in_play = in_play[
-            ~settled[in_play]
-            & ~cluster_used[chosen[in_play]]
-            & ~cluster_used[rejected[in_play]]
-            & (pairs_in_question[question[in_play]] < max_pairs_per_question)
-        ]
-    return ranked.filter(pl.Series(selected))
+    unbounded = max_days_apart == math.inf  # answers without a time pass too: all of a group is one band
+    answers = usable if unbounded else usable.filter(pl.col("created_at").is_not_null())
+    answers = answers.sort("question_group", "created_at", "answer_id", nulls_last=True)
+    sizes = answers.group_by("question_group", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    band_end = np.repeat(np.cumsum(sizes), sizes)  # a whole group
+    created_us = answers["created_at"].dt.epoch("us").fill_null(0).to_numpy()
+    seconds = created_us // 1_000_000
+    window_seconds = max_days_apart * SECONDS_PER_DAY
+    band = math.floor(window_seconds) + 2 if window_seconds < math.inf else math.inf
+    if answers.height and band <= seconds.max() - seconds.min():
+        # One sorted key over all groups: each group's times shifted to lie more than a band after the previous group.
+        group_start = np.cumsum(sizes) - sizes
+        first, last = seconds[group_start], seconds[group_start + sizes - 1]
+        shift = np.cumsum(last - first + band + 1) - (last - first + band + 1) - first
+        key = seconds + shift[group]
+        band_end = np.searchsorted(key, key + band, side="right")
+    banded = BandedAnswers(
+        answer_id=answers["answer_id"].to_numpy(),
+        group=group,
+        upvotes=answers["upvotes"].to_numpy(),
+        estimated_quality=answers["estimated_quality"].to_numpy(),
+        quality_sd=answers["quality_sd"].to_numpy(),
+        cluster=answers["answer_cluster"].rank("dense").to_numpy().astype(np.int64) - 1,
+        created_us=created_us,
+        timed=answers["created_at"].is_not_null().to_numpy(),
+        band_end=band_end,
+    )
+    return answers.with_columns(group=pl.Series(group)), banded
 
+
+def _band_slices(band_end: np.ndarray, positions: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(answers, partners of each): the answers at `positions` with later answers in their band and how
+    many, cut into slices of about PAIRS_PER_BATCH pairs."""
+    partners = np.maximum(band_end[positions] - positions - 1, 0)
+    positions, partners = positions[partners > 0], partners[partners > 0]
+    made_before = np.cumsum(partners) - partners
+    start = 0
+    while start < len(positions):
+        stop = max(start + 1, int(np.searchsorted(made_before, made_before[start] + PAIRS_PER_BATCH)))
+        yield positions[start:stop], partners[start:stop]
+        start = stop
+
+
+def _passing_pairs(
+    banded: BandedAnswers, rules: list[tuple[str, str, Rule]], answers: np.ndarray, partners: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each answer at `answers` paired with the `partners` answers after it, through the rules: (pairs left
+    after each rule, chosen and rejected positions of the pairs that pass them all)."""
+    earlier = np.repeat(answers, partners)
+    later = earlier + 1 + np.arange(len(earlier)) - np.repeat(np.cumsum(partners) - partners, partners)
+    batch, chosen, rejected = _pair_batch(banded, earlier, later)
+    passes = np.ones(len(earlier), dtype=bool)
+    left = np.zeros(len(rules), dtype=np.int64)
+    for i, (_, _, rule) in enumerate(rules):
+        passes &= rule(batch)
+        left[i] = np.count_nonzero(passes)
+    return left, chosen[passes], rejected[passes]
+
+
+def _band_pairs(
+    banded: BandedAnswers, positions: np.ndarray, rules: list[tuple[str, str, Rule]]
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`_passing_pairs` over the bands of the answers at `positions`, slice by slice, in order; slices run
+    on as many threads as polars uses (numpy lets go of the GIL inside each pass over a slice)."""
+    threads = pl.thread_pool_size()
+    with ThreadPoolExecutor(threads) as pool:
+        running: deque[Future] = deque()
+        for answers, partners in _band_slices(banded.band_end, positions):
+            running.append(pool.submit(_passing_pairs, banded, rules, answers, partners))
+            if len(running) > threads:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
+
+
+def _pair_batch(banded: BandedAnswers, earlier: np.ndarray, later: np.ndarray) -> tuple[PairBatch, np.ndarray, np.ndarray]:
+    """(the pairs' columns, chosen positions, rejected positions) for pairs of positions."""
+    earlier_upvotes, later_upvotes = banded.upvotes[earlier], banded.upvotes[later]
+    chosen_is_later = later_upvotes > earlier_upvotes
+    batch = PairBatch(
+        chosen_upvotes=np.maximum(earlier_upvotes, later_upvotes),
+        rejected_upvotes=np.minimum(earlier_upvotes, later_upvotes),
+        chosen_is_later=chosen_is_later,
+        earlier_cluster=banded.cluster[earlier],
+        later_cluster=banded.cluster[later],
+        earlier_created_us=banded.created_us[earlier],
+        later_created_us=banded.created_us[later],
+        both_timed=banded.timed[earlier] & banded.timed[later],
+    )
+    return batch, np.where(chosen_is_later, later, earlier), np.where(chosen_is_later, earlier, later)
+
+
+def _rank_values(banded: BandedAnswers, chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
+    """RANK_KEY of pairs of positions, from the answers' QUALITY_COLUMNS."""
+    pairs = pl.DataFrame(
+        {f"{side}_{column}": getattr(banded, column)[at] for side, at in (("chosen", chosen), ("rejected", rejected)) for column in QUALITY_COLUMNS}
+    )
+    return pairs.select(RANK_KEY).to_series().to_numpy()
+
+
+def candidate_budget(answers: pl.DataFrame, cap: int) -> np.ndarray:
+    """How many candidates each group (numbered as in `time_bands`) keeps at first: its best
+    (2 * cap + 1) * answers (see the module docstring for why). n answers make fewer than n * n pairs,
+    so a factor above the largest group keeps everything (and cannot overflow)."""
+    sizes = np.bincount(answers["group"].to_numpy()).astype(np.int64)
+    return max(1, min(2 * cap + 1, int(sizes.max(initial=0)))) * sizes
+
+
+def _keep_best(
+    banded: BandedAnswers, kept: tuple[np.ndarray, np.ndarray, np.ndarray], fresh: list[tuple[np.ndarray, np.ndarray]], keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kept candidates (chosen, rejected, rank key) and the fresh ones (chosen, rejected; ranked now),
+    cut to each group's best `keep[g]` and the ones tied with the last of those.
+
+    Candidates come group after group, so each group is one slice."""
+    fresh_chosen = np.concatenate([kept[0][:0], *(chosen for chosen, _ in fresh)])
+    fresh_rejected = np.concatenate([kept[1][:0], *(rejected for _, rejected in fresh)])
+    chosen, rejected = np.concatenate([kept[0], fresh_chosen]), np.concatenate([kept[1], fresh_rejected])
+    rank = np.concatenate([kept[2], _rank_values(banded, fresh_chosen, fresh_rejected)])
+    group = banded.group[chosen]
+    floors = np.full(len(keep), -np.inf)
+    bounds = np.flatnonzero(np.diff(group, prepend=-1, append=-1)).tolist()
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        g = group[start]
+        if end - start > keep[g]:  # the rank key of its keep-th best
+            floors[g] = -np.partition(-rank[start:end], keep[g] - 1)[keep[g] - 1]
+    best = rank >= floors[group]
+    return chosen[best], rejected[best], rank[best]
+
+
+def _band_candidates(
+    banded: BandedAnswers, positions: np.ndarray, rules: list[tuple[str, str, Rule]], keep: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[int], np.ndarray]:
+    """The band pairs of the answers at `positions` (in band order) through rules 1-6. Of those that pass,
+    each group keeps at least its best `keep[group]`, and ties with the last one: what a group keeps is
+    all of its candidates down to some rank.
+
+    Returns ((chosen positions, rejected positions, rank key) of the kept candidates, pairs left after each
+    rule, pairs passing every rule per group).
+    """
+    left = np.zeros(len(rules), dtype=np.int64)
+    passed = np.zeros(len(keep), dtype=np.int64)
+    kept = (positions[:0], positions[:0], np.empty(0))
+    fresh: list[tuple[np.ndarray, np.ndarray]] = []  # passed the rules, not ranked and cut yet
+    piled, cut_above = 0, PRUNE_ABOVE
+    for left_in_slice, chosen, rejected in _band_pairs(banded, positions, rules):
+        left += left_in_slice
+        passed += np.bincount(banded.group[chosen], minlength=len(keep))
+        fresh.append((chosen, rejected))
+        piled += len(chosen)
+        if piled > cut_above:
+            kept, fresh = _keep_best(banded, kept, fresh, keep), []
+            piled = len(kept[0])
+            cut_above = max(PRUNE_ABOVE, 2 * piled)
+    return _keep_best(banded, kept, fresh, keep), left.tolist(), passed
+
+
+def _pairs_frame(answers: pl.DataFrame, chosen: np.ndarray, rejected: np.ndarray, rank: np.ndarray) -> pl.DataFrame:
+    """Selected pairs as a frame, from positions in `answers` (band order) and their rank key."""
+    columns = {"question_group": answers["question_group"].gather(chosen)}
+    for column, name in [("answer_id", "answer_id"), ("upvotes", "upvotes"), ("created_at", "created_at")]:
+        columns[f"chosen_{name}"] = answers[column].gather(chosen)
+        columns[f"rejected_{name}"] = answers[column].gather(rejected)
+    return pl.DataFrame(columns).with_columns(
+        # finite even over zero votes, so every export format can carry it
+        upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
+        **{RANK_BY[0]: pl.Series(rank)},
+    ).with_columns(p_chosen_better=normal_cdf(pl.col("confidence")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rule 7: one use per response
+# ---------------------------------------------------------------------------------------------------------------
+
+def one_use_greedy(chosen_cluster: np.ndarray, rejected_cluster: np.ndarray, question: np.ndarray, cap: int) -> np.ndarray:
+    """Rule 7 over pairs given best first, as dense integer codes: which pairs the sequential greedy
+    accepts (each cluster in at most one pair, at most `cap` pairs per question).
+
+    Sequential greedy over millions of candidates would be a Python loop; instead each round accepts
+    every pair that sequential greedy is sure to accept, whatever happens before its turn: a pair that
+    is the best remaining pair of *both* its responses ("locally dominant": nothing ranked above it
+    can take its responses), and whose question stays under its cap even if every remaining pair of
+    that question ranked above it were accepted first. Pairs whose response is used or whose question
+    is full leave play. The best remaining pair always qualifies, so every round makes progress, and
+    the result is identical to sequential greedy, in a handful of vectorised rounds.
+    """
+    pairs = len(chosen_cluster)
+    clusters = int(max(chosen_cluster.max(initial=0), rejected_cluster.max(initial=0))) + 1
+    cluster_used = np.zeros(clusters, dtype=bool)
+    pairs_in_question = np.zeros(int(question.max(initial=0)) + 1, dtype=np.int64)
+    accepted = np.zeros(pairs, dtype=bool)
+    best = np.empty(clusters, dtype=np.int64)
+    # Positions in rank order (smaller is better), grouped by question: within a group they stay in rank
+    # order, so a pair's place in its group counts the pairs of its question still in play above it.
+    in_play = np.argsort(question, kind="stable")
+    while len(in_play):
+        # The best (smallest) position in play of each response; a pair is dominant when it is the best of both.
+        chosen, rejected = chosen_cluster[in_play], rejected_cluster[in_play]
+        best[chosen] = best[rejected] = pairs
+        np.minimum.at(best, chosen, in_play)
+        np.minimum.at(best, rejected, in_play)
+        dominant = (best[chosen] == in_play) & (best[rejected] == in_play)
+        their_question = question[in_play]
+        starts = np.flatnonzero(np.diff(their_question, prepend=-1))
+        above_in_question = np.arange(len(in_play)) - np.repeat(starts, np.diff(starts, append=len(in_play)))
+        now = in_play[dominant & (pairs_in_question[their_question] + above_in_question < cap)]
+        accepted[now] = True
+        np.add.at(pairs_in_question, question[now], 1)
+        cluster_used[chosen_cluster[now]] = cluster_used[rejected_cluster[now]] = True
+        in_play = in_play[~cluster_used[chosen] & ~cluster_used[rejected] & (pairs_in_question[their_question] < cap)]
+    return accepted
+
+
+def _match_within_budgets(
+    answers: pl.DataFrame, banded: BandedAnswers, rules: list[tuple[str, str, Rule]], cap: int, keep: np.ndarray
+) -> tuple[pl.DataFrame, list[int]]:
+    """Rules 1-7: the band pairs through the rules, then the matching over each group's best candidates,
+    widening the budget of a group wherever that could change the result (see "Why that is exact" in the
+    module docstring). Returns (the selected pairs best first, pairs left after each of rules 1-6 in the bands)."""
+    (chosen, rejected, rank), left, passed = _band_candidates(banded, np.arange(len(banded.group)), rules, keep)
+    while True:
+        by_rank = pl.DataFrame(
+            {RANK_BY[0]: rank, RANK_BY[1]: banded.answer_id[chosen], RANK_BY[2]: banded.answer_id[rejected]}
+        ).select(pl.arg_sort_by(RANK_BY, descending=RANK_DESCENDING)).to_series().to_numpy()
+        chosen, rejected, rank = chosen[by_rank], rejected[by_rank], rank[by_rank]
+        accepted = one_use_greedy(banded.cluster[chosen], banded.cluster[rejected], banded.group[chosen], cap)
+        selected = np.bincount(banded.group[chosen[accepted]], minlength=len(keep))
+        truncated = passed > np.bincount(banded.group[chosen], minlength=len(keep))
+        short = np.flatnonzero(truncated & (selected < cap))
+        if len(short) == 0:
+            return _pairs_frame(answers, chosen[accepted], rejected[accepted], rank[accepted]), left
+        keep[short] *= 2
+        (more_chosen, more_rejected, more_rank), _, _ = _band_candidates(banded, np.flatnonzero(np.isin(banded.group, short)), rules, keep)
+        others = ~np.isin(banded.group[chosen], short)
+        chosen = np.concatenate([chosen[others], more_chosen])
+        rejected = np.concatenate([rejected[others], more_rejected])
+        rank = np.concatenate([rank[others], more_rank])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# All rules
+# ---------------------------------------------------------------------------------------------------------------
 
 def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
+    if not opts.max_days_apart >= 0:
+        raise UserError(f"--max-days-apart must be a number of days >= 0 (inf: no time rule), got {opts.max_days_apart}")
     # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
     slim = answers.select(
-        "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", drop_reason=length_drop_reason(opts)
+        "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
+        drop_reason=length_drop_reason(opts),
     )
-    usable = slim.filter(pl.col("drop_reason").is_null())
-
+    usable = slim.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     rules = pair_rules(opts)
-    # For the funnel: the first rule each candidate fails (len(rules) = passes them all).
-    first_failed = pl.coalesce(*(pl.when(~keep).then(pl.lit(i)) for i, (_, _, keep) in enumerate(rules)), pl.lit(len(rules)))
-    candidates = candidate_pairs(usable.lazy())
-    # Two streaming passes over the candidates: sharing one pass would cache all of them in memory.
-    failures = candidates.group_by(first_failed.alias("rule")).len().collect(engine="streaming")
-    quality = answers.lazy().select("answer_id", *QUALITY_COLUMNS)
-    candidates = (
-        candidates.filter(*(keep for _, _, keep in rules))
-        .join(quality.rename(lambda c: f"chosen_{c}"), on="chosen_answer_id", how="left")
-        .join(quality.rename(lambda c: f"rejected_{c}"), on="rejected_answer_id", how="left")
-        .with_columns(
-            # finite even over zero votes, so every export format can carry it
-            upvote_ratio=pl.col("chosen_upvotes") / pl.max_horizontal(pl.col("rejected_upvotes"), 1),
-            confidence=quality_lead("chosen_", "rejected_"),
-        )
-        .with_columns(p_chosen_better=normal_cdf(pl.col("confidence")))
-        .collect(engine="streaming")
-    )
-    failed_at = dict(zip(failures["rule"], failures["len"], strict=True))
-    left = sum(failed_at.values())
-    funnel = [{"rule": "same_question", "description": "two answers to one question group", "removed": 0, "left": left}]
-    for i, (name, description, _) in enumerate(rules):
-        removed = failed_at.get(i, 0)
-        left -= removed
-        funnel.append({"rule": name, "description": description, "removed": removed, "left": left})
 
-    before = candidates.height
-    chosen_once = select_one_use_per_response(candidates, opts.max_pairs_per_question)
+    in_order, banded = time_bands(usable, opts.max_days_apart)
+    keep = candidate_budget(in_order, opts.max_pairs_per_question)
+    chosen_once, left_in_band = _match_within_budgets(in_order, banded, rules, opts.max_pairs_per_question, keep)
+    # The first two rules are counted over all pairs; pairs outside the bands fail the time rule, so from
+    # there on the band pairs are all the pairs left.
+    lefts = [*_left_before_the_band(usable), *left_in_band[2:]]
+    funnel = [{"rule": "same_question", "description": "two answers to one question group", "removed": 0, "left": lefts[0]}]
+    for (name, description, _), before, after in zip(rules, lefts[:-1], lefts[1:], strict=True):
+        funnel.append({"rule": name, "description": description, "removed": before - after, "left": after})
+
     funnel.append(
         {
             "rule": "each_response_once",
             "description": f"a response is in at most one pair; at most {opts.max_pairs_per_question} pairs per question",
-            "removed": before - chosen_once.height,
+            "removed": lefts[-1] - chosen_once.height,
             "left": chosen_once.height,
         }
     )
@@ -233,10 +498,12 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
 
     in_pair = pl.col("answer_id").is_in(pl.concat([kept["chosen_answer_id"], kept["rejected_answer_id"]]).implode())
     usable_in_question = pl.col("drop_reason").is_null().sum().over("question_group")
+    no_time = pl.col("created_at").is_null() & (opts.max_days_apart < math.inf)
     reasons = slim.select(
         pl.coalesce(
             "drop_reason",
             pl.when(usable_in_question == 1).then(pl.lit("only_answer_to_its_question")),
+            pl.when(no_time).then(pl.lit("no_creation_time")),
             pl.when(~in_pair).then(pl.lit("not_in_a_selected_pair")),
         ).alias("drop_reason")
     )["drop_reason"]
