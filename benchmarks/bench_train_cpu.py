@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 flock /tmp/heavy.lock python benchmarks/bench_train_cpu.py --json bench_train_cpu.json
 
-Same run, same process (so the same threads), each task --repeat times ours then TRL, then TRL then ours: the same ~4M-parameter Llama built from a
-config (saved once, loaded by both), the same data (our embedded sample: the instruct set for SFT, the pairs set for
+Same run, same process (so the same threads), each task --repeat times, ours then TRL, then TRL then ours: the
+same ~4M-parameter Llama built from a config (saved once, loaded by both), the same data (our embedded sample: the instruct set for SFT, the pairs set for
 RM and DPO), tokenized once by our code (prompts.encode_example, plain template, byte-level ByT5 tokenizer) and
 handed to TRL pre-tokenized (SFT, RM; TRL's DPOTrainer takes only text, so it gets our plain-template prompt and the
 responses, and tokenizes them to the same lengths); the same max length and about the same tokens per
