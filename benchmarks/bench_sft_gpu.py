@@ -9,8 +9,11 @@ saved folder reloads with its byte-level ByT5 tokenizer). Data: synthetic Chines
 as an instruct folder for our trainer and, tokenized by the same code (identical ids and completion masks), as a
 pre-tokenized dataset for TRL (`input_ids` + `completion_mask`, packing="bfd", completion_only_loss).
 
-Both runs: bf16 autocast over fp32 weights, AdamW, cosine schedule, `--batch-tokens` tokens per optimizer step
-(ours: one packed row; TRL: one packed row of max_length), sdpa attention, no gradient checkpointing.
+Both runs: bf16 autocast over fp32 weights, AdamW, cosine schedule, `--batch-tokens` tokens per optimizer step,
+no gradient checkpointing. Attention `--attn-impl auto` (the trainer's default): flash_attention_2 when flash-attn is
+installed on the GPU, else sdpa, the same kernel for both. Ours then runs packed rows with their sequence boundaries
+passed to the kernel (flash) or padded length buckets of at most --batch-tokens tokens with padding (sdpa, and the
+CPU smoke run); TRL one packed row of max_length (padding-free with position ids, as its packing="bfd" does).
 Throughput = tokens / wall time over optimizer steps after the first `--skip-steps` (warm-up).
 MFU = model FLOPs / time / peak, model FLOPs per step = 6 * N * tokens + 6 * layers * hidden * sum(len_i^2)
 (N includes the LM head, i.e. the usual convention that counts logits for every token; our trainer computes logits
@@ -128,11 +131,11 @@ def run_trl(args, model_dir: Path, tokenizer, train_rows: list[dict], work: Path
             CountingTrainer.step_tokens.append(int(inputs["input_ids"].numel()))
             return super().training_step(model, inputs, *rest, **kw)
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=args.attn_impl)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=trl_attn_impl(args))
     config = SFTConfig(
         output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
         max_length=args.batch_tokens, packing=True, packing_strategy="bfd", completion_only_loss=True,
-        learning_rate=2e-5, lr_scheduler_type="cosine", warmup_ratio=0.03, bf16=args.device == "cuda",
+        learning_rate=2e-5, lr_scheduler_type="cosine", warmup_steps=0.03, bf16=args.device == "cuda",
         use_cpu=args.device == "cpu", logging_steps=10, save_strategy="no", report_to="none",
         dataloader_num_workers=2, seed=42,
     )
@@ -144,13 +147,22 @@ def run_trl(args, model_dir: Path, tokenizer, train_rows: list[dict], work: Path
     return {"steps": len(kept_times), "tokens": sum(kept_tokens), "seconds": sum(kept_times)}
 
 
+def trl_attn_impl(args) -> str:
+    """The kernel our "auto" resolves to on this machine (batching.choose_attention), for TRL's model too."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if args.attn_impl != "auto":
+        return args.attn_impl
+    return "flash_attention_2" if args.device == "cuda" and is_flash_attn_2_available() else "sdpa"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--examples", type=int, default=4000, help="training examples")
     parser.add_argument("--max-len", type=int, default=2048, help="tokens per example")
     parser.add_argument("--batch-tokens", type=int, default=16384, help="tokens per optimizer step (one packed row)")
     parser.add_argument("--skip-steps", type=int, default=3, help="warm-up steps left out of the timing")
-    parser.add_argument("--attn-impl", default="sdpa", help="attention kernel for both trainers")
+    parser.add_argument("--attn-impl", default="auto", help="attention kernel for both trainers (auto: as the trainer picks)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True, help="also run TRL SFTTrainer")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="peak bf16 TFLOP/s (0 = from the GPU name)")
@@ -185,7 +197,7 @@ def main() -> int:
         device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), 0.0)
         results = {"device": device_name, "params": n_params, "examples": args.examples, "dataset_tokens": sum(lengths),
-                   "batch_tokens": args.batch_tokens, "attn_impl": args.attn_impl}
+                   "batch_tokens": args.batch_tokens, "attn_impl": trl_attn_impl(args)}
         runs = {"zhihu_rlhf": run_ours(args, model_dir, data_dir, work)}
         if args.peer:
             try:

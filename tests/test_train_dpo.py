@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from zhihu_rlhf.train.data import load_split
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.runtime import seed_everything
@@ -74,7 +75,7 @@ def _policy_preference_accuracy(model, tokenizer, folder: Path) -> float:
     """Share of held-out pairs where the model itself gives the chosen answer the higher log-probability."""
     pairs = encode_pairs(tokenizer, load_split(str(folder), "test", "pairs"), "plain", 256)
     with torch.no_grad():
-        chosen, rejected = pair_logps(model.eval(), pairs, tokenizer.pad_token_id, torch.device("cpu"))
+        chosen, rejected = pair_logps(TokenLogProbs(model.eval()), pairs, tokenizer.pad_token_id, torch.device("cpu"))
     return (chosen > rejected).float().mean().item()
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train import dpo, loop, models, ppo, report, rm, runtime, sft
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 
 from test_train_dpo import _write_pairs as write_letter_pairs
@@ -223,9 +224,9 @@ def test_lora_dpo_reference_is_the_base_with_adapters_off(tmp_path, monkeypatch)
                              "plain", 128)
     cpu = torch.device("cpu")
     with torch.no_grad():
-        initial = dpo.pair_logps(start.eval(), pairs, tokenizer.pad_token_id, cpu)
-        reference = dpo.pair_logps(WithoutAdapters(model, model).eval(), pairs, tokenizer.pad_token_id, cpu)
-        trained = dpo.pair_logps(model.eval(), pairs, tokenizer.pad_token_id, cpu)
+        initial = dpo.pair_logps(TokenLogProbs(start.eval()), pairs, tokenizer.pad_token_id, cpu)
+        reference = dpo.pair_logps(WithoutAdapters(TokenLogProbs(model), model).eval(), pairs, tokenizer.pad_token_id, cpu)
+        trained = dpo.pair_logps(TokenLogProbs(model.eval()), pairs, tokenizer.pad_token_id, cpu)
     torch.testing.assert_close(reference, initial)
     assert not torch.allclose(trained[0], initial[0], atol=1e-3)
 
@@ -269,7 +270,10 @@ def test_lora_ppo_raises_the_reward_from_a_zero_kl_start(tmp_path, monkeypatch):
     assert len(records) == 16
     assert records[0]["kl"] == 0.0  # the reference is the policy with its (zero-start) adapters off
     start = sum(r["reward_mean"] for r in records[:3]) / 3
-    end = sum(r["reward_mean"] for r in records[-3:]) / 3
+    # The second half's mean, not the last few iterations': float rounding (e.g. how the LM head's rows are blocked)
+    # changes the sampled responses after a few iterations, and the adaptive KL coefficient then makes the last
+    # iterations' rewards swing by +-0.1 between runs that are equally right.
+    end = sum(r["reward_mean"] for r in records[8:]) / 8
     assert end > start + 0.15, (start, end)
     assert_only_adapters_changed(kept["model"], "causal-lm")
     assert (opts.out / "adapter_model.safetensors").exists()

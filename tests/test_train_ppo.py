@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
+from zhihu_rlhf.train.logprobs import TokenLogProbs, entropy_from_logits
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.prompts import render_prompt
 from zhihu_rlhf.train.rm import TokenScorer
@@ -29,7 +30,6 @@ from zhihu_rlhf.train.ppo import (
     AdaptiveKLController,
     PPOOptions,
     RunningMoments,
-    entropy_from_logits,
     explained_variance,
     gae_advantages,
     generate_rollout,
@@ -327,7 +327,7 @@ def test_ppo_loss_is_a_token_mean_over_the_minibatch(fixture_model_dir, tmp_path
     for micro_batch_size, grad_accum in ((4, 1), (1, 4), (2, 2)):
         opts = _tiny_opts(tmp_path, micro_batch_size=micro_batch_size, grad_accum=grad_accum, ppo_epochs=1, max_grad_norm=0.0)
         recorder = _GradientRecorder(both)
-        ppo_update(policy, value_model, recorder, _GradientRecorder(both), rollout, advantages, returns, opts, rt, 0)
+        ppo_update(TokenLogProbs(policy), value_model, recorder, _GradientRecorder(both), rollout, advantages, returns, opts, rt, 0)
         (step,) = recorder.steps
         gradients.append(step)
     for other in gradients[1:]:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zhihu_rlhf.errors import cli_main
-from zhihu_rlhf.train import loop, models, prompts, report, sft
+from zhihu_rlhf.train import batching, loop, models, prompts, report, sft
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.sft import (
     IGNORE,
     Example,
@@ -78,7 +79,7 @@ def test_completion_only_masking_by_hand():
     assert labels_for(example) == [IGNORE] * len(prompt_ids) + completion_ids
 
     # The loss is the cross-entropy of exactly the completion tokens, each predicted from the previous position.
-    loss_sum, count = completion_loss(model, collate_packed([example], torch.device("cpu")))
+    loss_sum, count = completion_loss(TokenLogProbs(model), collate_packed([example], torch.device("cpu")))
     logits = model(torch.tensor([ids])).logits[0]
     by_hand = sum(
         F.cross_entropy(logits[t - 1], torch.tensor(ids[t]), reduction="sum") for t in range(prompt_len, len(ids))
@@ -102,13 +103,13 @@ def test_packed_and_padded_batches_give_the_same_loss():
     examples = [Example(*prompts.encode_example(tokenizer, p, c, "plain", 256)) for p, c in rows]
     cpu = torch.device("cpu")
     with torch.no_grad():
-        packed_sum, packed_n = completion_loss(model, collate_packed(examples, cpu))
-        padded_sum, padded_n = completion_loss(model, collate_padded(examples, tokenizer.pad_token_id, cpu))
-        alone = [completion_loss(model, collate_packed([e], cpu)) for e in examples]
+        packed_sum, packed_n = completion_loss(TokenLogProbs(model), collate_packed(examples, cpu))
+        padded_sum, padded_n = completion_loss(TokenLogProbs(model), collate_padded(examples, tokenizer.pad_token_id, cpu))
+        alone = [completion_loss(TokenLogProbs(model), collate_packed([e], cpu)) for e in examples]
         # Control: the same row without per-example position ids lets examples attend to each other.
         leaky = collate_packed(examples, cpu)
         leaky.pop("position_ids")
-        leaky_sum, _ = completion_loss(model, leaky)
+        leaky_sum, _ = completion_loss(TokenLogProbs(model), leaky)
     assert packed_n == padded_n == sum(n for _, n in alone)
     assert packed_sum.item() == pytest.approx(padded_sum.item(), rel=1e-5)
     assert packed_sum.item() == pytest.approx(sum(s.item() for s, _ in alone), rel=1e-5)
@@ -117,7 +118,7 @@ def test_packed_and_padded_batches_give_the_same_loss():
 
 def test_packing_fills_rows_without_exceeding_batch_tokens():
     lengths = [5, 3, 4, 8, 1, 2]
-    rows = sft.pack(list(range(6)), lengths, batch_tokens=8)
+    rows = batching.pack(list(range(6)), lengths, batch_tokens=8)
     assert rows == [[0, 1], [2], [3], [4, 5]]
     assert sorted(i for r in rows for i in r) == list(range(6))
 
@@ -151,7 +152,7 @@ def test_run_writes_hf_model_card_and_curves(finished_run):
     ids, prompt_len = prompts.encode_example(tokenizer, "问题3：3的两倍是多少？", "答：6。因为3加3等于6。", "plain", 128)
     example = Example(ids, prompt_len)
     with torch.no_grad():
-        loss, n = completion_loss(model, collate_packed([example], torch.device("cpu")))
+        loss, n = completion_loss(TokenLogProbs(model), collate_packed([example], torch.device("cpu")))
     train = [r for r in report.read_metrics(out) if r["split"] == "train"]
     assert loss.item() / n < train[0]["loss"]  # the reloaded weights are the trained ones
 

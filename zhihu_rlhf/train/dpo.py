@@ -22,6 +22,7 @@ from torch import nn
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import disable_dropout, load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
@@ -106,50 +107,48 @@ def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: 
 
 
 def sequence_logps(
-    model: nn.Module, examples: list[tuple[list[int], int]], pad_id: int, device: torch.device
+    scorer: nn.Module, examples: list[tuple[list[int], int]], pad_id: int, device: torch.device
 ) -> torch.Tensor:
     """(N,) sum of log p(token) over each example's response tokens (those after its prompt), one padded forward.
 
-    Only positions that predict a response token go through the LM head (logits_to_keep as a boolean mask),
-    so the [tokens, vocab] logits of prompts and padding are never built.
+    scorer: a TokenLogProbs (or DDP around one). Only positions that predict a response token go through the LM
+    head, a chunk at a time, so the [tokens, vocab] logits of prompts, padding and whole batches are never built.
     """
     input_ids, attention_mask = pad_ids([ids for ids, _ in examples], pad_id)  # [N, L]
     prompt_lens = torch.tensor([prompt_len for _, prompt_len in examples])  # [N]
     # [N, L]: token is a response token (past its prompt and not padding)
     targets_mask = attention_mask.bool() & (torch.arange(input_ids.shape[1]) >= prompt_lens[:, None])
     input_ids, attention_mask, targets_mask = input_ids.to(device), attention_mask.to(device), targets_mask.to(device)
-    keep = F.pad(targets_mask[:, 1:], (0, 1), value=False)  # [N, L]: positions whose next token is a response token
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()  # [K, V], K = response tokens in the batch
-    targets = input_ids[targets_mask]  # [K], same row-major order as the kept positions
-    token_logps = -F.cross_entropy(logits, targets, reduction="none")
-    rows = keep.nonzero()[:, 0]  # [K] which example each kept position belongs to
+    predict = F.pad(targets_mask[:, 1:], (0, 1), value=False)  # [N, L]: positions whose next token is a response token
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    token_logps, _ = scorer(inputs, predict, input_ids[:, 1:][targets_mask[:, 1:]])  # [K], row-major like predict
+    rows = predict.nonzero()[:, 0]  # [K] which example each kept position belongs to
     return torch.zeros(len(examples), device=device).index_add(0, rows, token_logps)
 
 
 def pair_logps(
-    model: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
+    scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) sequence log-probs, each (B,), from ONE forward over the 2B sequences."""
     examples = [(p.chosen_ids, p.prompt_len) for p in pairs]
     examples += [(p.rejected_ids, p.prompt_len) for p in pairs]
-    logps = sequence_logps(model, examples, pad_id, device)
+    logps = sequence_logps(scorer, examples, pad_id, device)
     return logps[: len(pairs)], logps[len(pairs) :]
 
 
 @torch.no_grad()
 def reference_logps(
-    model: nn.Module, pairs: list[EncodedPair], pad_id: int, rt: Runtime, batch_size: int
+    scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, rt: Runtime, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of every pair under the starting model, computed once (it is the frozen reference).
 
     Every rank computes all pairs: it is one inference pass, and no rank then waits on another for its values.
     """
-    model.eval()
+    scorer.eval()
     chosen, rejected = [], []
     with rt.autocast():
         for chunk in iter_chunks(pairs, batch_size * 2):
-            c, r = pair_logps(model, list(chunk), pad_id, rt.device)
+            c, r = pair_logps(scorer, list(chunk), pad_id, rt.device)
             chosen.append(c.float())
             rejected.append(r.float())
     return torch.cat(chosen), torch.cat(rejected)
@@ -161,29 +160,29 @@ def reference_logps(
 
 def train(opts: DPOOptions) -> dict[str, float]:
     """Run DPO end to end; returns the final eval metrics (loss, accuracy, margin, ...). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device)
+    rt = setup_runtime(opts.device, opts.precision)
     seed_everything(opts.seed)
     try:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
-        tokenizer, model = load_for_training(opts.model, "causal-lm", opts, rt)
+        tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
         # The reference log-probs are computed in eval mode; the policy trains in train mode, so without this
         # a config's dropout (OPT, GPT-2: 0.1) makes policy != reference at step 0 and the loss starts off log 2.
-        disable_dropout(model)
+        disable_dropout(scorer)
         pad_id = tokenizer.pad_token_id
         if rt.is_main:
             print(f"dpo: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}; reference log-probs ...")
         # The reference is the starting model; with LoRA, the same weights with the adapters switched off.
-        reference = WithoutAdapters(model, model) if is_peft(model) else model
-        with gathered(model):
+        reference = WithoutAdapters(scorer, scorer.model) if is_peft(scorer.model) else scorer
+        with gathered(scorer):
             ref_train = reference_logps(reference, train_pairs, pad_id, rt, opts.batch_size)
             ref_test = reference_logps(reference, test_pairs, pad_id, rt, opts.batch_size)
-        results = _fit(opts, rt, model, pad_id, train_pairs, test_pairs, ref_train, ref_test)
+        results = _fit(opts, rt, scorer, pad_id, train_pairs, test_pairs, ref_train, ref_test)
         save_final(
-            opts.out, model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
             dtype=opts.save_dtype,
         )
         if rt.is_main:

@@ -17,10 +17,9 @@ it, and only rank 0 reads the checkpoint, broadcasting it one tensor at a time (
 
 A folder of LoRA adapters (a run saved without --merge-lora) loads as its base with the adapters merged in.
 
-Packed (padding-free) rows: call model(input_ids, position_ids=..., use_cache=False) with NO attention_mask and
-position ids restarting at 0 per example; transformers (masking_utils.find_packed_sequence_indices) then keeps
-attention inside each example (block-diagonal causal mask on sdpa/eager, varlen on flash-attention). With a
-cache (use_cache=True) that detection is skipped, so the examples would attend to each other.
+Attention: --attn-impl auto loads with transformers' default kernel (sdpa; eager for BLOOM) and upgrades to
+flash-attention 2 on a GPU where it is installed and packing is verified (batching.choose_attention); the batch
+layout (packed rows with their boundaries, or padded length buckets) follows from that kernel (batching.py).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, first_line
+from zhihu_rlhf.train.batching import choose_attention, loader_attn_impl
 from zhihu_rlhf.train.runtime import Runtime, load_from_rank0, shard_model
 
 if TYPE_CHECKING:
@@ -189,9 +189,10 @@ def load_for_training(
     if opts.load_in_4bit:
         _check_4bit_possible(rt)
     tokenizer, model = load_tokenizer_and_model(
-        name, kind, attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt, dtype=_weights_dtype(rt, frozen=opts.lora),
+        name, kind, attn_impl=loader_attn_impl(opts.attn_impl), grad_ckpt=opts.grad_ckpt, dtype=_weights_dtype(rt, frozen=opts.lora),
         device=rt.device, load_in_4bit=opts.load_in_4bit,
     )
+    choose_attention(model, opts.attn_impl, rt.device)
     if opts.lora:
         from zhihu_rlhf.train.lora import add_adapters, describe
 
@@ -213,7 +214,8 @@ def load_frozen(
     if opts.shard:
         tokenizer, model = _load_sharded(name, kind, opts, rt, wrap=wrap, trained=False, dtype=dtype)
     else:
-        tokenizer, model = load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype=dtype, device=rt.device)
+        tokenizer, model = load_tokenizer_and_model(name, kind, attn_impl=loader_attn_impl(opts.attn_impl), dtype=dtype, device=rt.device)
+        choose_attention(model, opts.attn_impl, rt.device)
         model = wrap(model) if wrap else model
     model.requires_grad_(False)
     model.eval()
@@ -235,6 +237,7 @@ def _load_sharded(
     from zhihu_rlhf.train.lora import add_adapters, describe
 
     def build(model: nn.Module) -> nn.Module:
+        choose_attention(model, opts.attn_impl, rt.device)
         if trained and opts.grad_ckpt:
             _enable_grad_ckpt(model)
         if trained and opts.lora:
@@ -244,9 +247,9 @@ def _load_sharded(
     tokenizer = load_tokenizer(name)
     source = None
     if rt.is_main:
-        source = build(load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype="auto", device="cpu")[1])
+        source = build(load_tokenizer_and_model(name, kind, attn_impl=loader_attn_impl(opts.attn_impl), dtype="auto", device="cpu")[1])
     dtype = dtype or _weights_dtype(rt, frozen=opts.lora or not trained)
-    model = build(_skeleton(name, kind, tokenizer, opts.attn_impl, dtype))
+    model = build(_skeleton(name, kind, tokenizer, loader_attn_impl(opts.attn_impl), dtype))
     shard_model(model, rt)
     load_from_rank0(model, source, rt)
     if rt.is_main and trained and opts.lora:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.train.batching import ATTN_IMPLS
 from zhihu_rlhf.train.models import TINY_MODEL
+from zhihu_rlhf.train.runtime import PRECISIONS
 from zhihu_rlhf.train.versions import check_transformers
 
 # Every command imports this module before it does anything: an older transformers stops it here, with one line
@@ -47,8 +49,17 @@ class TrainOptions:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     seed: int = field(default=42, metadata={"help": "seed for init, data order and sampling"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cuda or cpu"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto: bf16 autocast on a GPU, fp32 on a CPU; bf16 (autocast, also on a CPU); fp32", "choices": PRECISIONS},
+    )
     attn_impl: str = field(
-        default="sdpa", metadata={"help": "attention kernel: sdpa, eager, flash_attention_2, flex_attention"}
+        default="auto",
+        metadata={
+            "help": "attention kernel; auto: flash_attention_2 on a GPU when installed (packed rows), else sdpa "
+            "(padded, length-bucketed batches); see train/batching.py",
+            "choices": ATTN_IMPLS,
+        },
     )
     grad_ckpt: bool = field(default=False, metadata={"help": "gradient (activation) checkpointing to save memory"})
     save_steps: int = field(default=500, metadata={"help": "checkpoint every N optimizer steps (0 = never)"})

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import epoch_permutation, iter_chunks, load_split, pad_ids, position_ids_from
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import (
     CHECKPOINT_DIR,
     latest_checkpoint,
@@ -228,12 +228,6 @@ def value_loss(
     return loss, {"value_clip_frac": clip_frac}
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """(..., V) logits -> (...) entropy of softmax(logits): logsumexp(z) - sum softmax(z) * z."""
-    probs = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(R - V) / Var(R) over masked tokens: 1 = perfect value model, 0 = no better than a constant."""
     var_returns = masked_var(returns, mask)
@@ -273,34 +267,38 @@ class AdaptiveKLController:
 # mask. Position ids count real tokens only, exactly as `generate` numbers them for left-padded prompts.
 
 
+def log_probs_of(model: nn.Module) -> nn.Module:
+    """TokenLogProbs of a causal LM; for LoRA's reference (the policy with its adapters off) the same switch around it."""
+    if isinstance(model, WithoutAdapters):
+        return WithoutAdapters(TokenLogProbs(model.model), model.model)
+    return TokenLogProbs(model)
+
+
 def response_logprobs(
-    model: torch.nn.Module,
+    scorer: nn.Module,  # TokenLogProbs around the policy (or DDP around one)
     sequences: torch.Tensor,  # (B, P + T)
     attention_mask: torch.Tensor,  # (B, P + T)
     response_len: int,  # T
     temperature: float,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the response tokens under `model`, from logits / temperature as sampled.
+    """Log-probs (B, T) of the response tokens, from logits / temperature as sampled.
 
-    Only the last T + 1 positions' logits are computed (`logits_to_keep`); position P - 1 + t
-    predicts response token t. With `with_entropy`, also the per-token entropy (B, T) of that distribution.
+    Position P - 1 + t predicts response token t; only those T positions go through the LM head, a chunk of tokens
+    at a time (logprobs.py). With `with_entropy`, also the per-token entropy (B, T) of that distribution.
     """
-    output = model(
-        input_ids=sequences,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from(attention_mask),
-        logits_to_keep=response_len + 1,
-        use_cache=False,
-    )
-    logits = output.logits[:, :-1].float() / temperature  # (B, T, V)
-    responses = sequences[:, -response_len:]
-    logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, responses.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():  # logged, not optimised
-            entropy = entropy_from_logits(logits)
-    return logprobs, entropy
+    batch_size = sequences.shape[0]
+    predict = torch.zeros_like(attention_mask, dtype=torch.bool)
+    predict[:, -response_len - 1 : -1] = True
+    inputs = {
+        "input_ids": sequences,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids_from(attention_mask),
+    }
+    targets = sequences[:, -response_len:].reshape(-1)
+    logprobs, entropy = scorer(inputs, predict, targets, temperature=temperature, with_entropy=with_entropy)
+    entropy = None if entropy is None else entropy.view(batch_size, response_len)
+    return logprobs.view(batch_size, response_len), entropy
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -482,10 +480,10 @@ def generate_rollout(
         for rows in iter_chunks(range(len(prompts)), opts.micro_batch_size):
             rows = list(rows)
             seq, seq_mask = sequences[rows], attention_mask[rows]
-            lp, ent = response_logprobs(policy, seq, seq_mask, T, opts.temperature, with_entropy=True)
+            lp, ent = response_logprobs(TokenLogProbs(policy), seq, seq_mask, T, opts.temperature, with_entropy=True)
             logprobs.append(lp)
             entropy.append(ent)
-            ref_logprobs.append(response_logprobs(ref_policy, seq, seq_mask, T, opts.temperature)[0])
+            ref_logprobs.append(response_logprobs(log_probs_of(ref_policy), seq, seq_mask, T, opts.temperature)[0])
             # Position P - 1 + t is the state before response token t.
             values.append(value_model(seq, seq_mask)[:, prompt_len - 1 : -1])
             if isinstance(reward, nn.Module):
@@ -537,7 +535,7 @@ def shaped_scores(rollout: Rollout, moments: RunningMoments, opts: PPOOptions, r
 
 
 def ppo_update(
-    policy: nn.Module,
+    policy: nn.Module,  # TokenLogProbs around the policy (or DDP around one)
     value_model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -654,7 +652,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports one by name).
     """
-    rt = setup_runtime(opts.device)
+    rt = setup_runtime(opts.device, opts.precision)
     seed_everything(opts.seed)
     try:
         if reward_fn is None and opts.reward_fn is not None:
@@ -756,7 +754,7 @@ def _ppo_loop(
             f"{steps_per_iteration} optimizer steps each, template={template}"
         )
 
-    policy_ddp, value_ddp = wrap_ddp(policy, rt), wrap_ddp(value_model, rt)
+    policy_ddp, value_ddp = wrap_ddp(TokenLogProbs(policy), rt), wrap_ddp(value_model, rt)
     metrics: dict[str, float] = {}
     bar = tqdm(total=n_iterations, initial=start, desc="ppo", disable=not rt.is_main, dynamic_ncols=True)
     for iteration in range(start, n_iterations):

@@ -174,7 +174,7 @@ def score(
 
 def train(opts: RMOptions) -> dict[str, float]:
     """Train the reward model; returns the final eval metrics ({"loss", "accuracy", "margin"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device)
+    rt = setup_runtime(opts.device, opts.precision)
     seed_everything(opts.seed)
     try:
         train_rows = load_split(opts.data, "train", "pairs")

@@ -4,9 +4,11 @@ Each instruct row (prompt, completion) becomes prompt tokens + completion tokens
 prompts.render_prompt (the tokenizer's chat template, else "Human: {prompt}\\n\\nAssistant: " + completion + eos).
 The loss is the mean cross-entropy over completion tokens only.
 
-Batching: by default examples are packed padding-free, one row of at most --batch-tokens tokens per micro-batch,
-position ids restarting at 0 for each example so attention never crosses examples (see models.py's docstring).
---batch-size N instead pads N examples per micro-batch (useful to compare, or for attention kernels without packing).
+Batching (batching.py): with flash-attention on an architecture whose packing is verified, examples are packed
+padding-free, one row of at most --batch-tokens tokens per micro-batch, each example's boundaries passed to the
+kernel so attention never crosses examples. Otherwise (sdpa/eager, the CPU default) micro-batches are padded and
+length-bucketed: at most --batch-tokens tokens counting padding. A run prints one line saying which and why.
+--batch-size N instead pads N examples per micro-batch, in data order.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
+from zhihu_rlhf.train.batching import Layout, batch_layout, length_buckets, pack, varlen_kwargs
 from zhihu_rlhf.train.data import epoch_permutation, load_split, pad_ids
+from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
@@ -44,7 +48,8 @@ class SFTOptions(TrainOptions):
     )
     max_len: int = field(default=2048, metadata={"help": "tokens per example (prompt + completion), longer ones are cut"})
     batch_tokens: int = field(
-        default=16384, metadata={"help": "packed micro-batch: at most this many tokens in one padding-free row"}
+        default=16384,
+        metadata={"help": "tokens per micro-batch: one packed row, or padded rows x their longest (see batching.py)"},
     )
     batch_size: int = field(
         default=0, metadata={"help": "if > 0: padded micro-batches of this many examples instead of packing"}
@@ -79,39 +84,13 @@ def encode_rows(tokenizer, rows: list[dict[str, str]], template: str, max_len: i
 # Batches: a micro-batch is a list of example indices; collate turns it into tensors.
 
 
-def pack(order: list[int], lengths: list[int], batch_tokens: int) -> list[list[int]]:
-    """Greedy packing in the given order: start a new row when the next example would overflow batch_tokens."""
-    rows: list[list[int]] = []
-    current: list[int] = []
-    used = 0
-    for i in order:
-        if current and used + lengths[i] > batch_tokens:
-            rows.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += lengths[i]
-    if current:
-        rows.append(current)
-    return rows
-
-
-# Architectures whose packed rows (position ids restarting per example, no attention mask) give the same logits as
-# each example alone, checked over tests/model_fixtures.py with sdpa and eager attention. OPT builds its causal mask
-# without position ids and BLOOM has none (ALiBi), so packed examples attend to each other there.
-PACKING_EXACT = frozenset({"llama", "qwen2", "gpt2", "gpt_neox"})
-
-
-def padded_unless_packing_is_exact(opts: SFTOptions, model_type: str) -> SFTOptions:
-    """`opts` as given, or with padded batches of about --batch-tokens tokens where packing would leak."""
-    if opts.batch_size > 0 or model_type in PACKING_EXACT:
-        return opts
-    return replace(opts, batch_size=max(1, opts.batch_tokens // opts.max_len))
-
-
-def make_batches(examples: list[Example], order: list[int], opts: SFTOptions) -> list[list[int]]:
+def make_batches(examples: list[Example], order: list[int], opts: SFTOptions, layout: Layout) -> list[list[int]]:
     if opts.batch_size > 0:
         return [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
-    return pack(order, [len(e.input_ids) for e in examples], opts.batch_tokens)
+    lengths = [len(e.input_ids) for e in examples]
+    if layout.kind == "packed":
+        return pack(order, lengths, opts.batch_tokens)
+    return length_buckets(order, lengths, opts.batch_tokens)
 
 
 def labels_for(example: Example) -> list[int]:
@@ -119,15 +98,16 @@ def labels_for(example: Example) -> list[int]:
     return [IGNORE] * example.prompt_len + example.input_ids[example.prompt_len :]
 
 
-def collate_packed(examples: list[Example], device: torch.device) -> dict[str, torch.Tensor]:
-    """One row [1, sum of lengths]: no padding, no attention_mask, position ids restart per example."""
-    input_ids, labels, position_ids = [], [], []
+def collate_packed(examples: list[Example], device: torch.device) -> dict[str, torch.Tensor | int]:
+    """One row [1, sum of lengths]: no padding, no attention_mask; position ids restart per example and the
+    boundaries go to the varlen kernel (batching.varlen_kwargs)."""
+    input_ids, labels = [], []
     for ex in examples:
         input_ids += ex.input_ids
         labels += labels_for(ex)
-        position_ids += range(len(ex.input_ids))
     as_row = lambda xs: torch.tensor([xs], dtype=torch.long, device=device)  # noqa: E731
-    return {"input_ids": as_row(input_ids), "labels": as_row(labels), "position_ids": as_row(position_ids)}
+    boundaries = varlen_kwargs([len(ex.input_ids) for ex in examples], device)
+    return {"input_ids": as_row(input_ids), "labels": as_row(labels), **boundaries}
 
 
 def collate_padded(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -137,22 +117,18 @@ def collate_padded(examples: list[Example], pad_id: int, device: torch.device) -
     return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention_mask.to(device)}
 
 
-def completion_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy over completion tokens and their count.
+def completion_loss(scorer: nn.Module, batch: dict[str, torch.Tensor | int]) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over completion tokens and their count. scorer: a TokenLogProbs (or DDP around one).
 
     Position t predicts token t+1, so the positions that matter are those whose next label is not IGNORE; only
-    their hidden states go through the LM head (logits_to_keep as a boolean mask), which saves the [tokens, vocab]
-    logits of every prompt token.
+    their hidden states go through the LM head, a chunk at a time (logprobs.py).
     """
     labels = batch["labels"]  # [B, T]
     targets_mask = labels[:, 1:] != IGNORE  # [B, T-1]
-    keep = F.pad(targets_mask, (0, 1), value=False)  # [B, T]: positions whose next token is a target
+    predict = F.pad(targets_mask, (0, 1), value=False)  # [B, T]: positions whose next token is a target
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [N, vocab]
-    logits = logits.reshape(-1, logits.shape[-1])
-    targets = labels[:, 1:][targets_mask]  # [N]
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss, int(targets.numel())
+    logps, _ = scorer(inputs, predict, labels[:, 1:][targets_mask])
+    return -logps.sum(), int(targets_mask.sum())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -161,22 +137,15 @@ def completion_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
 
 def train(opts: SFTOptions) -> dict[str, float]:
     """Run SFT end to end; returns the final eval metrics ({"loss", "ppl"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device)
+    rt = setup_runtime(opts.device, opts.precision)
     seed_everything(opts.seed)
     try:
         # Data before model: bad data fails in a second, not after loading 7B weights.
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
-        tokenizer, model = load_for_training(opts.model, "causal-lm", opts, rt)
-        model_type = model.config.model_type
-        padded = padded_unless_packing_is_exact(opts, model_type)
-        if padded is not opts:
-            if rt.is_main:
-                print(
-                    f"sft: packing is not exact for model type {model_type!r} (packed examples would attend to each "
-                    f"other): padded batches of {padded.batch_size} examples instead (--batch-size)"
-                )
-            opts = padded
+        tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
+        attn = scorer.model.config._attn_implementation
+        layout = batch_layout(scorer.model)
         template = resolve_template(tokenizer, opts.template)
         train_examples = encode_rows(tokenizer, train_rows, template, opts.max_len)
         test_examples = encode_rows(tokenizer, test_rows, template, opts.max_len)
@@ -187,9 +156,13 @@ def train(opts: SFTOptions) -> dict[str, float]:
                 f"sft: {len(train_examples)} train / {len(test_examples)} test examples, {n_tokens:,} train tokens, "
                 f"{n_cut} at --max-len {opts.max_len}, template={template}"
             )
-        results = _fit(opts, rt, model, tokenizer.pad_token_id, train_examples, test_examples)
+            if opts.batch_size > 0:
+                print(f"sft: batches: {opts.batch_size} padded examples each (--batch-size), {attn} attention")
+            else:
+                print(f"sft: batches: {layout.kind}, {layout.reason}")
+        results = _fit(opts, rt, scorer, layout, tokenizer.pad_token_id, train_examples, test_examples)
         save_final(
-            opts.out, model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
             dtype=opts.save_dtype,
         )
         if rt.is_main:
@@ -201,22 +174,23 @@ def train(opts: SFTOptions) -> dict[str, float]:
 
 
 def _fit(
-    opts: SFTOptions, rt: Runtime, model: nn.Module, pad_id: int, train_ex: list[Example], test_ex: list[Example]
+    opts: SFTOptions, rt: Runtime, scorer: TokenLogProbs, layout: Layout, pad_id: int, train_ex: list[Example],
+    test_ex: list[Example],
 ) -> dict[str, float]:
-    def collate(indices: list[int], examples: list[Example]) -> dict[str, torch.Tensor]:
+    packed = opts.batch_size == 0 and layout.kind == "packed"
+
+    def collate(indices: list[int], examples: list[Example]) -> dict[str, torch.Tensor | int]:
         chosen = [examples[i] for i in indices]
-        if opts.batch_size > 0:
-            return collate_padded(chosen, pad_id, rt.device)
-        return collate_packed(chosen, rt.device)
+        return collate_packed(chosen, rt.device) if packed else collate_padded(chosen, pad_id, rt.device)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
-        return make_batches(train_ex, epoch_permutation(len(train_ex), opts.seed, epoch).tolist(), opts)
+        return make_batches(train_ex, epoch_permutation(len(train_ex), opts.seed, epoch).tolist(), opts, layout)
 
     def loss_fn(m: nn.Module, indices: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
         loss, n = completion_loss(m, collate(indices, train_ex))
         return loss, n, {}
 
-    test_batches = make_batches(test_ex, list(range(len(test_ex))), opts)
+    test_batches = make_batches(test_ex, list(range(len(test_ex))), opts, layout)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         loss_sum, count = 0.0, 0
@@ -230,7 +204,7 @@ def _fit(
     return fit(
         opts,
         rt,
-        model,
+        scorer,
         epoch_batches=epoch_batches,
         loss_fn=loss_fn,
         evaluate=evaluate,
