@@ -116,6 +116,12 @@ def normal_cdf(z: pl.Expr) -> pl.Expr:
     return (-z / np.sqrt(2.0)).erfc() / 2
 
 
+def log_normal_cdf(z: pl.Expr) -> pl.Expr:
+    """log Phi(z), accurate in both tails: for z > 0 as log1p(-Phi(-z)), so a lead of 8 sds still differs from one of
+    9 (Phi itself rounds both to 1); for z <= 0 as log Phi(z), which stays finite far down the tail."""
+    return pl.when(z > 0).then((-normal_cdf(-z)).log1p()).otherwise(normal_cdf(z).log())
+
+
 # Exposure is a function of time whose shape is unknown: each time is given at three scales (a day, a month, a
 # year), so votes that saturate within days and votes that keep coming for years are both fitted.
 TIME_SCALES_DAYS = (1, 30, 365)
