@@ -22,6 +22,7 @@ at 0 and 1. The unranked methods' instruct columns are the raw level's (plain vo
     python benchmarks/pair_quality.py --world default --rows 200000 --seed 1
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet      # uses FILE.truth.parquet
     python benchmarks/pair_quality.py --world kol --rows 200000 --reliability      # + the reliability table
+    python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the 1M table's runs
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ TOP = 3_000
 DEFAULT_SHARE = VoteModelOptions().author_share
 
 
-def model_variants() -> dict[str, VoteModelOptions]:
+def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
+    """The vote model's four levels; unless levels_only, also other author shares and wrong luck sds."""
     variants = {
         "vote model: raw (plain votes)": VoteModelOptions(model="raw"),
         "vote model: exposure only": VoteModelOptions(model="exposure"),
         f"vote model: authors only (share {DEFAULT_SHARE:g})": VoteModelOptions(model="authors"),
         f"vote model: full (share {DEFAULT_SHARE:g}) - the default": VoteModelOptions(model="full"),
     }
+    if levels_only:
+        return variants
     for share in (0.0, 0.25, 0.5, 0.75, 1.0):
         if share != DEFAULT_SHARE:
             variants[f"vote model: full, share {share:g}"] = VoteModelOptions(model="full", author_share=share)
@@ -132,7 +136,7 @@ def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
     return "; ".join(found)
 
 
-def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool) -> list[dict]:
+def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool, levels_only: bool) -> list[dict]:
     quality = truth.select("answer_id", "quality")
     rules, filters = PairOptions(limit=0), InstructOptions()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
@@ -153,7 +157,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliabi
     add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
     every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
     add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
-    for name, options in model_variants().items():
+    for name, options in model_variants(levels_only).items():
         started = time.perf_counter()
         estimated, fitted = estimate_quality(base, options)
         seconds = time.perf_counter() - started
@@ -172,6 +176,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, help="an existing synthetic file (its .truth.parquet beside it)")
     parser.add_argument("--reliability", action="store_true", help="also print the default model's reliability table")
+    parser.add_argument("--levels-only", action="store_true",
+                        help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +193,7 @@ def main() -> None:
         started = time.perf_counter()
         answers, _ = prepare_answers(str(data), DedupeOptions(), VoteModelOptions(model="raw"))
         print(f"{label}: {answers.height:,} answers ready in {time.perf_counter() - started:.1f}s", flush=True)
-        rows = evaluate(answers, truth, args.seed, args.reliability)
+        rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
 
     print(f"\n| {label} | top-{TOP:,} right | all pairs | all right | ECE | mean p top-{TOP:,} | instruct: truly best "
           "| in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
