@@ -9,17 +9,20 @@ answers and we report, against the truth file:
 - ECE: expected calibration error of `p_chosen_better` over those pairs, 10 equal-width bins (model rows only);
 - mean p (top-3,000): the model's own estimate of the top-3,000 accuracy, to compare with the measured one;
 - instruct: share of questions (with at least two answers that pass the length filters) whose instruct answer is
-  the truly best of those answers: over every such question (`--limit 0`), and over those in the default instruct
-  set (the 26,000 questions with the best-upvoted answers, where votes are plentiful).
+  the truly best of those answers: over every such question (`--limit 0`); over those in the default instruct set
+  (the 26,000 questions whose answer is most surely the best of its question, `p_best_in_question`); over the 26,000
+  questions with the most-upvoted chosen answers, the set's ranking before; and the set's mean `p_best_in_question`
+  (compared questions only), the model's own estimate of its share.
 
 Methods: the naive pairing (per question, most- vs least-upvoted answer), the article's rules (time window + 2x
 ratio, no ranking: a random subset), the Wald ranking used before the vote model (Poisson z of the log vote ratio,
 with today's rules), and the vote model at each level (zhihu_rlhf.votes), with the author share at its default and
-at 0 and 1. Unranked methods pick the most-upvoted instruct answer.
+at 0 and 1. The unranked methods' instruct columns are the raw level's (plain votes).
 
     python benchmarks/pair_quality.py --world default --rows 200000 --seed 1
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet      # uses FILE.truth.parquet
     python benchmarks/pair_quality.py --world kol --rows 200000 --reliability      # + the reliability table
+    python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the 1M table's runs
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ TOP = 3_000
 DEFAULT_SHARE = VoteModelOptions().author_share
 
 
-def model_variants() -> dict[str, VoteModelOptions]:
+def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
+    """The vote model's four levels; unless levels_only, also other author shares and wrong luck sds."""
     variants = {
         "vote model: raw (plain votes)": VoteModelOptions(model="raw"),
         "vote model: exposure only": VoteModelOptions(model="exposure"),
         f"vote model: authors only (share {DEFAULT_SHARE:g})": VoteModelOptions(model="authors"),
         f"vote model: full (share {DEFAULT_SHARE:g}) - the default": VoteModelOptions(model="full"),
     }
+    if levels_only:
+        return variants
     for share in (0.0, 0.25, 0.5, 0.75, 1.0):
         if share != DEFAULT_SHARE:
             variants[f"vote model: full, share {share:g}"] = VoteModelOptions(model="full", author_share=share)
@@ -83,17 +89,21 @@ def expected_calibration_error(pairs: pl.DataFrame) -> float:
     return float((table["pairs"] * (table["mean_p"] - table["right"]).abs()).sum() / max(table["pairs"].sum(), 1))
 
 
-def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[float, float]:
+def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[float, float, float, float]:
     """Share of questions with >= 2 usable answers whose instruct answer has the highest true quality among them:
-    (over all such questions, over those in the default set)."""
+    over all such questions, over those in the default set, over the 26k with the most-upvoted chosen answers (the
+    ranking before p_best_in_question); and the default set's mean p_best_in_question."""
     filters = InstructOptions()
     usable = answers.filter(length_drop_reason(filters).is_null()).join(quality, on="answer_id")
     best = usable.group_by("question_group").agg(best_quality=pl.col("quality").max(), usable=pl.len())
-    chosen, _ = select_instruct(answers, dataclasses.replace(filters, limit=0))  # best-upvoted questions first
+    # With no limit the rows come in the set's order, so the default set is the first `limit` of them.
+    chosen, _ = select_instruct(answers, dataclasses.replace(filters, limit=0))
     scored = chosen.join(quality, on="answer_id", maintain_order="left").join(best, on="question_group", maintain_order="left")
-    truly_best = (scored["quality"] >= scored["best_quality"]).filter(scored["usable"] >= 2)
-    in_default_set = (scored.with_row_index()["index"] < filters.limit).filter(scored["usable"] >= 2)
-    return float(truly_best.mean()), float(truly_best.filter(in_default_set).mean())
+    scored = scored.with_columns(truly_best=pl.col("quality") >= pl.col("best_quality"))
+    default_set = scored.head(filters.limit)
+    by_upvotes = scored.sort(["upvotes", "created_at", "answer_id"], descending=[True, False, False]).head(filters.limit)
+    compared = [frame.filter(pl.col("usable") >= 2)["truly_best"].mean() for frame in (scored, default_set, by_upvotes)]
+    return (*(float(share) for share in compared), float(default_set["p_best_in_question"].mean()))
 
 
 def naive_pairs(answers: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame:
@@ -126,14 +136,14 @@ def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
     return "; ".join(found)
 
 
-def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool) -> list[dict]:
+def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool, levels_only: bool) -> list[dict]:
     quality = truth.select("answer_id", "quality")
     rules, filters = PairOptions(limit=0), InstructOptions()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality)
     rows = []
 
-    def add(method: str, every: pl.DataFrame, top: pl.DataFrame, instruct: tuple[float, float], calibrated: bool) -> None:
+    def add(method: str, every: pl.DataFrame, top: pl.DataFrame, instruct: tuple[float, ...], calibrated: bool) -> None:
         rows.append({
             "method": method, "top": float(top["right"].mean()), "pairs": every.height, "all": float(every["right"].mean()),
             "ece": expected_calibration_error(every) if calibrated else None,
@@ -147,7 +157,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliabi
     add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
     every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
     add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
-    for name, options in model_variants().items():
+    for name, options in model_variants(levels_only).items():
         started = time.perf_counter()
         estimated, fitted = estimate_quality(base, options)
         seconds = time.perf_counter() - started
@@ -166,6 +176,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, help="an existing synthetic file (its .truth.parquet beside it)")
     parser.add_argument("--reliability", action="store_true", help="also print the default model's reliability table")
+    parser.add_argument("--levels-only", action="store_true",
+                        help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,14 +193,16 @@ def main() -> None:
         started = time.perf_counter()
         answers, _ = prepare_answers(str(data), DedupeOptions(), VoteModelOptions(model="raw"))
         print(f"{label}: {answers.height:,} answers ready in {time.perf_counter() - started:.1f}s", flush=True)
-        rows = evaluate(answers, truth, args.seed, args.reliability)
+        rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
 
-    print(f"\n| {label} | top-{TOP:,} right | all pairs | all right | ECE | mean p top-{TOP:,} | instruct: truly best | in the 26k set |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n| {label} | top-{TOP:,} right | all pairs | all right | ECE | mean p top-{TOP:,} | instruct: truly best "
+          "| in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ece = f"{r['ece']:.3f}" if r["ece"] is not None else "–"
         mean_p = f"{r['mean_p']:.3f}" if r["mean_p"] is not None else "–"
-        print(f"| {r['method']} | {r['top']:.3f} | {r['pairs']:,} | {r['all']:.3f} | {ece} | {mean_p} | {r['instruct'][0]:.3f} | {r['instruct'][1]:.3f} |")
+        instruct = " | ".join(f"{share:.3f}" for share in r["instruct"])
+        print(f"| {r['method']} | {r['top']:.3f} | {r['pairs']:,} | {r['all']:.3f} | {ece} | {mean_p} | {instruct} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from zhihu_rlhf.export import write_dataset
-from zhihu_rlhf.instruct import InstructOptions, select_instruct
+from zhihu_rlhf.instruct import InstructOptions, ranking_summary, select_instruct
 from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
 
@@ -26,6 +26,7 @@ def build_instruct_set(
     rows, dropped_here = select_instruct(answers, options)
     train, test = split_by_question(rows, test_fraction)
     stats = set_stats(source_stats, rows.height, dropped_here, train, test)
+    stats["instruct_ranking"] = ranking_summary(rows)
     return write_dataset(
         out, "instruct", train.drop("question_group"), test.drop("question_group"), stats, params,
         formats=formats, keep_author_ids=keep_author_ids,

@@ -4,6 +4,7 @@ and p_chosen_better in the built pairs."""
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from zhihu_rlhf.build import BuildOptions, build, main
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.pairs import PAIRS_COLUMNS
-from zhihu_rlhf.votes import VoteModelOptions, estimate_quality, normal_cdf, quality_lead
+from zhihu_rlhf.votes import VoteModelOptions, estimate_quality, log_normal_cdf, normal_cdf, quality_lead
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
 
@@ -212,3 +213,12 @@ def test_degenerate_tables_give_finite_estimates() -> None:
     assert (estimate_quality(lone, VoteModelOptions())[0]["estimated_quality"].abs() < 1e-9).all()
     assert (estimate_quality(answers.with_columns(upvotes=0), VoteModelOptions())[0]["estimated_quality"] == 0).all()
     assert (estimate_quality(no_time, VoteModelOptions())[0]["exposure_effect"] == 0).all()
+
+
+def test_log_normal_cdf_keeps_both_tails() -> None:
+    z = [-30.0, -3.0, 0.0, 3.0, 9.0, 30.0]
+    got = pl.DataFrame({"z": z}).select(log_normal_cdf(pl.col("z")))["z"].to_list()
+    # log Phi(z) by hand: far down the left tail directly, in the right tail as log(1 - Phi(-z)) ~ -Phi(-z).
+    expected = [math.log(0.5 * math.erfc(-v / math.sqrt(2))) if v <= 0 else math.log1p(-0.5 * math.erfc(v / math.sqrt(2))) for v in z]
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert got[-2] < got[-1] < 0  # 9 and 30 sds still differ, where Phi rounds both to 1

@@ -152,7 +152,7 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
 def _add_instruct(sub: argparse.ArgumentParser, limit_flag: str) -> None:
     defaults = InstructOptions()
     sub.add_argument(limit_flag, dest="instruct_limit", type=int, default=defaults.limit,
-                     help="instruct rows to keep, best-upvoted questions first (0 = all)")
+                     help="instruct rows to keep, questions whose answer is most surely their best first (0 = all)")
     sub.add_argument("--min-upvotes", type=int, default=defaults.min_upvotes, help="least upvotes of an instruct answer")
 
 

@@ -314,5 +314,6 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         llamafactory_name=f"zhihu_rlhf_{kind}",
         vote_model=stats.get("vote_model"),
         mean_p_chosen_better=every_split["p_chosen_better"].mean() if kind == "pairs" and rows else None,
+        instruct_ranking=stats.get("instruct_ranking") if kind == "instruct" else None,
     )
     return str(card) + "\n"

@@ -116,6 +116,12 @@ def normal_cdf(z: pl.Expr) -> pl.Expr:
     return (-z / np.sqrt(2.0)).erfc() / 2
 
 
+def log_normal_cdf(z: pl.Expr) -> pl.Expr:
+    """log Phi(z), accurate in both tails: for z > 0 as log1p(-Phi(-z)), so a lead of 8 sds still differs from one of
+    9 (Phi itself rounds both to 1); for z <= 0 as log Phi(z), which stays finite far down the tail."""
+    return pl.when(z > 0).then((-normal_cdf(-z)).log1p()).otherwise(normal_cdf(z).log())
+
+
 # Exposure is a function of time whose shape is unknown: each time is given at three scales (a day, a month, a
 # year), so votes that saturate within days and votes that keep coming for years are both fitted.
 TIME_SCALES_DAYS = (1, 30, 365)
@@ -126,16 +132,36 @@ EXPOSURE_FEATURES = [
 ]
 
 
-def exposure_features(answers: pl.DataFrame) -> pl.DataFrame:
-    """Per answer, EXPOSURE_FEATURES: earlier answers to its question, days after the question's first answer,
-    days before the crawl. Null where the creation time is unknown. The crawl time of each source is its latest
-    creation time (no answer can be newer than the crawl that found it)."""
+def exposure_features(answers: pl.DataFrame, question: np.ndarray) -> np.ndarray:
+    """Per answer, EXPOSURE_FEATURES (answers x 7, NaN where the creation time is unknown): earlier answers to its
+    question (`question`: one integer code per question group), days after the question's first answer, days
+    before the crawl. The crawl time of each source is its latest creation time (no answer can be newer than the
+    crawl that found it)."""
     created = pl.col("created_at")
-    after_first = (created - created.min().over("question_group")).dt.total_seconds() / SECONDS_PER_DAY
-    before_crawl = (created.max().over("source") - created).dt.total_seconds() / SECONDS_PER_DAY
-    columns = [(created.rank("min").over("question_group") - 1).cast(pl.Float64).log1p()]
-    columns += [(after_first / d).log1p() for d in TIME_SCALES_DAYS] + [(before_crawl / d).log1p() for d in TIME_SCALES_DAYS]
-    return answers.select(c.alias(name) for c, name in zip(columns, EXPOSURE_FEATURES, strict=True))
+    days = answers.select(
+        after_first=(created - created.min().over("question_group")).dt.total_seconds() / SECONDS_PER_DAY,
+        before_crawl=(created.max().over("source") - created).dt.total_seconds() / SECONDS_PER_DAY,
+    ).to_numpy()
+    earlier = _earlier_answers(question, answers["created_at"].dt.epoch("us").to_numpy().astype(float))
+    scales = np.array(TIME_SCALES_DAYS, dtype=float)
+    return np.log1p(np.hstack([earlier[:, None], days[:, :1] / scales, days[:, 1:] / scales]))
+
+
+def _earlier_answers(question: np.ndarray, created: np.ndarray) -> np.ndarray:
+    """How many answers to the same question were written strictly before each answer (NaN: no creation time).
+
+    One sort by (question, time) instead of a rank per question group, which is ten times slower in polars.
+    """
+    order = np.lexsort((np.nan_to_num(created, nan=np.inf), question))
+    q, t = question[order], created[order]
+    position = np.arange(len(order))
+    new_question = np.r_[True, q[1:] != q[:-1]]
+    new_time = new_question | np.r_[True, t[1:] != t[:-1]]
+    first_of_question = np.maximum.accumulate(np.where(new_question, position, 0))
+    first_of_time = np.maximum.accumulate(np.where(new_time, position, 0))  # ties count as written together
+    earlier = np.empty(len(order))
+    earlier[order] = first_of_time - first_of_question
+    return np.where(np.isnan(created), np.nan, earlier)
 
 
 def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[pl.DataFrame, dict]:
@@ -156,7 +182,7 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
 
     # Covariates: the exposure columns and, with the author terms, log1p(followers) where the source has them.
     # Centred within questions over the known values; an unknown value sits at its question's mean (no adjustment).
-    exposure = exposure_features(answers).to_numpy()[order] if use_exposure else np.zeros((rows, 0))
+    exposure = exposure_features(answers, question_code)[order] if use_exposure else np.zeros((rows, 0))
     has_followers = use_authors and "author_followers" in answers.columns and answers["author_followers"].null_count() < rows
     followers = (
         answers["author_followers"].cast(pl.Float64).log1p().to_numpy()[order, None] if has_followers else np.zeros((rows, 0))
@@ -167,11 +193,11 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     n_exposure = exposure.shape[1]
 
     # Authors: an unknown author stands alone; a "text" is one author's answer cluster (cross-posts are one text).
-    author_key = answers.select(
+    author_code = _codes(answers.select(
         pl.when(pl.col("author_id").is_null()).then(pl.format("\0{}", pl.col("answer_id"))).otherwise("author_id")
-    ).to_series()
-    author = _codes(author_key)[order]
-    text = _codes(pl.DataFrame({"author": author_key, "cluster": answers["answer_cluster"]}).select(pl.struct("author", "cluster")).to_series())[order]
+    ).to_series())
+    text_code = _codes(pl.Series(_codes(answers["answer_cluster"]) * (int(author_code.max()) + 1) + author_code))
+    author, text = author_code[order], text_code[order]
     fit = _fit(votes, _Design(questions, covariates, author, text, use_authors))
 
     # Each answer's author effect from the author's OTHER texts: alpha_hat = B * (their weighted mean residual), with
@@ -230,7 +256,9 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
 
 
 def _codes(values: pl.Series) -> np.ndarray:
-    """Dense integer codes 0..k-1 (equal values, equal code)."""
+    """Dense integer codes 0..k-1 in sorted order of the values (equal values, equal code)."""
+    if values.dtype == pl.String:  # through an Enum of the distinct values: 5x faster than ranking strings
+        return values.cast(pl.Enum(values.unique().sort())).to_physical().to_numpy().astype(np.int64)
     return (values.rank("dense").to_numpy() - 1).astype(np.int64)
 
 
@@ -362,19 +390,20 @@ def _solve(design: _Design, y: np.ndarray, weight: np.ndarray, omega2: float, st
     a few sums over the rows. Without author effects (or omega2 = 0) only the slopes remain: a small dense solve.
     """
     questions, author, k = design.questions, design.author, design.covariates.shape[1]
-    x = questions.demean(design.covariates, weight) if k else design.covariates
     target = weight * questions.demean(y, weight)
     if not design.author_effects or omega2 <= 0:
+        x = questions.demean(design.covariates, weight) if k else design.covariates
         slopes = np.linalg.lstsq((x * weight[:, None]).T @ x, x.T @ target, rcond=None)[0] if k else np.zeros(0)
         return np.concatenate([slopes, np.zeros(len(start) - k)])
-    n_authors = len(start) - k
+    # X'W P v = X'(W P v) because W P is symmetric, so the covariates need no re-centering with these weights.
+    x, n_authors = design.covariates, len(start) - k
 
     def normal_matrix_times(coefficients: np.ndarray) -> np.ndarray:
         fitted = weight * questions.demean(x @ coefficients[:k] + coefficients[k:][author], weight)
         return np.concatenate([x.T @ fitted, np.bincount(author, fitted, minlength=n_authors) + coefficients[k:] / omega2])
 
     own_share = weight / questions.spread(questions.sums(weight))
-    diagonal = np.concatenate([
+    diagonal = np.concatenate([  # Jacobi preconditioner (the slopes' part from the unweighted centring: close enough)
         (weight[:, None] * x**2).sum(axis=0) + 1e-12,
         np.bincount(author, weight * (1.0 - own_share), minlength=n_authors) + 1.0 / omega2,
     ])
