@@ -14,7 +14,6 @@ rows of --batch-tokens, one optimizer step per row. Peak memory = torch.cuda.max
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench_sft_gpu import synthetic_rows, write_instruct
+from bench_sft_gpu import print_results, save_model, synthetic_rows, write_instruct
 from zhihu_rlhf.train import options, report, sft
 
 
@@ -90,19 +89,15 @@ def main() -> int:
         torch.manual_seed(0)
         with torch.device(args.device):  # random init straight on the GPU, saved in bf16 like a Hub checkpoint
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        n_params = sum(p.numel() for p in model.parameters())
         model_dir = work / "model"
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        n_params = save_model(model, tokenizer, model_dir)
         del model
         results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "params": n_params,
                    "batch_tokens": args.batch_tokens, "max_len": args.max_len}
         results["lora"] = run(args, model_dir, data_dir, work / "lora", four_bit=False)
         if args.device == "cuda":
             results["qlora"] = run(args, model_dir, data_dir, work / "qlora", four_bit=True)
-        print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+        print_results(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

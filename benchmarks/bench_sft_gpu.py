@@ -156,6 +156,19 @@ def trl_attn_impl(args) -> str:
     return "flash_attention_2" if args.device == "cuda" and is_flash_attn_2_available() else "sdpa"
 
 
+
+def save_model(model: torch.nn.Module, tokenizer, directory: Path) -> int:
+    """Save a model built from a config, with its tokenizer, as a Hub-style folder both trainers load; its parameters."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return sum(p.numel() for p in model.parameters())
+
+
+def print_results(results: dict, json_path: Path | None) -> None:
+    print(json.dumps(results, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--examples", type=int, default=4000, help="training examples")
@@ -186,10 +199,8 @@ def main() -> int:
         config = qwen25_05b_like_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, args.smoke)
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config)
-        n_params = sum(p.numel() for p in model.parameters())
         model_dir = work / "model"
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        n_params = save_model(model, tokenizer, model_dir)
         del model
         lengths = [len(prompts.encode_example(tokenizer, r["prompt"], r["completion"], "plain", args.max_len)[0]) for r in rows[: args.examples]]
         avg_sq = sum(n * n for n in lengths) / sum(lengths)  # attention cost per token ~ length
@@ -214,9 +225,7 @@ def main() -> int:
         results["runs"] = runs
         if "trl_sfttrainer" in runs:
             results["speedup_vs_trl"] = runs["zhihu_rlhf"]["tokens_per_s"] / runs["trl_sfttrainer"]["tokens_per_s"]
-        print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+        print_results(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -37,6 +37,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from bench_sft_gpu import print_results, save_model
 from zhihu_rlhf.train import dpo, options, report, rm, sft
 from zhihu_rlhf.train.data import load_split
 from zhihu_rlhf.train.prompts import encode_example, render_prompt
@@ -190,10 +191,8 @@ def main() -> int:
     try:
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(llama_4m_config(tokenizer), dtype=torch.float32)
-        n_params = sum(p.numel() for p in model.parameters())
         model_dir = work / "model"
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        n_params = save_model(model, tokenizer, model_dir)
         del model
         instruct = load_split("sample", "train", "instruct")[: args.sft_rows]
         pairs = load_split("sample", "train", "pairs")[: args.pair_rows]
@@ -239,9 +238,7 @@ def main() -> int:
                     summary["ours_over_trl_median"] = summary["zhihu_rlhf"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
                 results["tasks"][key] = {"runs": runs, "summary": summary}
                 print(key, json.dumps(summary), flush=True)
-        print(json.dumps(results, indent=2))
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+        print_results(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
