@@ -3,6 +3,7 @@
     python benchmarks/bench_build.py bench_data/zhihu_kol_full.parquet [--dedupe near|exact|off]
     python benchmarks/bench_build.py --world hot                    # bench_data/hot_1006218.parquet, made if missing
     python benchmarks/bench_build.py --world default,hot --sizes 250000,500000,1006218,2000000
+    python benchmarks/bench_build.py --world default,hot --steps     # where the time goes, step by step
 
 The baseline reads every column of every row (string lengths summed, so nothing is skipped) with
 polars' streaming engine. The build runs as `python -m zhihu_rlhf.build all` in a child process, so
@@ -16,6 +17,11 @@ much of the budget that step leaves to deduplication, selection and writing.
 (measured in the same run), the build's peak RSS, and both per row, to check that time and memory grow
 linearly with the rows. A missing `bench_data/<world>_<rows>.parquet` is first made with
 `python -m zhihu_rlhf.synth --world <world> --rows <rows> --seed 0` (not timed).
+
+`--steps`: each step of `build all`, timed one after another in this process with the library calls the CLI makes
+(`build()` and the recipes: load, dedupe, vote model, each set's selection, then each set's recipe, which selects
+again and writes the folder: its time less the selection's is the writing), each as a ratio to the bare scan of the
+same file just before (the better of two); start-up (importing the CLI's modules) is timed in a child process.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ RSS_BUDGET_GIB = 6
 
 
 def bare_scan(path: Path) -> float:
+    # Read the file's bytes first (not timed): the scan then times decoding, not the disk, as the build (which
+    # reads the file right after the scan) does. The machine may drop cold pages from its cache between runs.
+    with path.open("rb") as file:
+        while file.read(1 << 24):
+            pass
     started = time.perf_counter()
     columns = pl.scan_parquet(path).collect_schema().names()
     pl.scan_parquet(path).select(pl.col(c).cast(pl.String).str.len_bytes().sum() for c in columns).collect(engine="streaming")
@@ -110,6 +121,56 @@ def size_table(data_dir: Path, worlds: list[str], sizes: list[int], dedupe: str,
     print(f"budgets: ratio <= {RATIO_BUDGET}x, peak RSS <= {RSS_BUDGET_GIB} GiB; per-row figures within ±25% across sizes")
 
 
+def step_table(path: Path, dedupe_mode: str) -> None:
+    from zhihu_rlhf.build import BuildOptions, _params
+    from zhihu_rlhf.dedupe import DedupeOptions, dedupe
+    from zhihu_rlhf.instruct import select_instruct
+    from zhihu_rlhf.pairs import select_pairs
+    from zhihu_rlhf.pipelines.answers import answers_per_question
+    from zhihu_rlhf.pipelines.instruct import build_instruct_set
+    from zhihu_rlhf.pipelines.pairs import build_pairs_set
+    from zhihu_rlhf.sources import load_answers
+    from zhihu_rlhf.votes import estimate_quality
+
+    scan = min(bare_scan(path), bare_scan(path))
+    python_alone = run_child([sys.executable, "-c", "pass"])[0]
+    times = {"start-up (importing the CLI's modules)": run_child([sys.executable, "-c", "import zhihu_rlhf.build"])[0] - python_alone}
+    options = BuildOptions(source=str(path), dedupe=DedupeOptions(mode=dedupe_mode))
+    started = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal started
+        times[step] = time.perf_counter() - started
+        started = time.perf_counter()
+
+    answers, stats = load_answers(options.source)
+    lap("canonical answer table (read, parse, normalise)")
+    answers, stats["dedupe"] = dedupe(answers, options.dedupe)
+    stats["answers_per_question"] = answers_per_question(answers)
+    lap("dedupe (question groups and answer clusters)")
+    answers, stats["vote_model"] = estimate_quality(answers, options.votes)
+    lap("vote model")
+    select_instruct(answers, options.instruct)
+    lap("instruct selection")
+    select_pairs(answers, options.pairs)
+    lap("pairs selection")
+    common = dict(test_fraction=options.test_fraction, formats=options.formats, keep_author_ids=False)
+    with tempfile.TemporaryDirectory() as out:
+        build_instruct_set(answers, stats, options.instruct, out=Path(out) / "instruct",
+                           params=_params(options, "instruct"), **common)
+        lap("instruct set: writing the folder")
+        build_pairs_set(answers, stats, options.pairs, out=Path(out) / "pairs", params=_params(options, "pairs"), **common)
+        lap("pairs set: writing the folder")
+    # Each recipe selects its rows again before writing them: count that time once, under the selection.
+    times["instruct set: writing the folder"] -= times["instruct selection"]
+    times["pairs set: writing the folder"] -= times["pairs selection"]
+    print(f"\nfile: {path} ({rows_in(path):,} rows), cores: {os.cpu_count()}, dedupe: {dedupe_mode}, bare scan {scan:.2f} s")
+    print("| step | time | x bare scan |\n|---|---:|---:|")
+    for step, seconds in times.items():
+        print(f"| {step} | {seconds:.2f} s | {seconds / scan:.2f}x |")
+    print(f"| all steps | {sum(times.values()):.2f} s | {sum(times.values()) / scan:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, nargs="?", help="a parquet file (default: the --world file)")
@@ -119,10 +180,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("bench_data"), help="where world files live (default: bench_data)")
     parser.add_argument("--dedupe", default="near", choices=["near", "exact", "off"])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
+    parser.add_argument("--steps", action="store_true", help="time each step of the build, per --world file")
     args = parser.parse_args()
 
     worlds = args.world.split(",")
-    if args.sizes:
+    if args.steps:
+        for world in worlds:
+            step_table(args.data or world_file(args.data_dir, world, args.rows), args.dedupe)
+    elif args.sizes:
         size_table(args.data_dir, worlds, [int(size) for size in args.sizes.split(",")], args.dedupe, args.repeat)
     else:
         one_file(args.data or world_file(args.data_dir, worlds[0], args.rows), args.dedupe, args.repeat)
