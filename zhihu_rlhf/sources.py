@@ -512,7 +512,9 @@ def load_answers(source: str) -> tuple[pl.DataFrame, dict]:
 
     table = _drop_repeated_answers(table)
     dropped = table.filter(pl.col("drop_reason").is_not_null()).group_by("drop_reason").len().sort("drop_reason")
-    answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA)
+    # One chunk per column (cheap: string views are not copied). Gathering rows from a column in many chunks, as the
+    # streaming engine leaves it, copies each long text, and dedupe and the recipes gather and join texts by row.
+    answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA).rechunk()
     stats = {
         "source": resolved.label,
         "rows_in": table.height,
