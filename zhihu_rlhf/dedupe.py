@@ -215,9 +215,13 @@ def _answer_ends(texts: pl.Series, chars: pl.Series, window: int) -> pl.DataFram
     if len(wrapped) == 0:
         return ends
     text = pl.col("text")
+    # The stamp pattern is slow where the end has no line break (seconds on texts whose paragraphs were joined by
+    # spaces), so it only runs on ends that hold a stamp's word (null elsewhere: skipped).
+    last = text.str.slice(-_STAMPS_SEARCH_CHARS)
+    stamp_search = pl.when(last.str.contains(_STAMP_WORDS)).then(last)
     measured = pl.DataFrame({"text": texts.gather(wrapped), "chars": ends["chars"].gather(wrapped),
                              "greeting": greeting.gather(wrapped)}).with_columns(
-        stamps=text.str.slice(-_STAMPS_SEARCH_CHARS).str.extract(f"({_STAMPS})").str.len_chars().fill_null(0).cast(pl.Int64)
+        stamps=stamp_search.str.extract(f"({_STAMPS})").str.len_chars().fill_null(0).cast(pl.Int64)
     )
     has_body = pl.col("chars") > pl.col("greeting") + pl.col("stamps")
     recut = (
