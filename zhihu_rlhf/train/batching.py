@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -87,8 +86,13 @@ def varlen_kwargs(lengths: list[int], device: torch.device) -> dict[str, torch.T
     takes them (modeling_flash_attention_utils._flash_attention_forward): position ids restarting per example,
     cumulative boundaries [0, l0, l0+l1, ...] as int32 on the device, and the longest length as a Python int
     (a tensor there would cost a host sync per layer)."""
-    boundaries = torch.tensor([0, *np.cumsum(lengths).tolist()], dtype=torch.int32, device=device)
-    positions = torch.tensor([[p for n in lengths for p in range(n)]], dtype=torch.long, device=device)
+    sizes = torch.tensor(lengths, dtype=torch.long, device=device)
+    ends = sizes.cumsum(0)
+    boundaries = torch.cat([ends.new_zeros(1), ends]).to(torch.int32)
+    # each token's position: its index in the row minus the start of its example
+    tokens = sum(lengths)  # from the host: reading it off the device would wait for it
+    starts = torch.repeat_interleave(ends - sizes, sizes, output_size=tokens)
+    positions = (torch.arange(tokens, device=device) - starts)[None]
     longest = max(lengths)
     return {
         "position_ids": positions,
