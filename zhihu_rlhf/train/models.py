@@ -2,7 +2,7 @@
 
     TINY_MODEL = "tiny"
     load_tokenizer(name) -> tokenizer            pad token always set
-    load_tokenizer_and_model(name, kind, *, attn_impl="sdpa", grad_ckpt=False, dtype=fp32, device="cpu",
+    load_tokenizer_and_model(name, kind, *, attn_impl="sdpa" (or "auto"), grad_ckpt=False, dtype=fp32, device="cpu",
                              load_in_4bit=False) -> (tokenizer, model)
                                    kind "causal-lm" | "reward" (AutoModelForSequenceClassification, num_labels=1)
     disable_dropout(model)         dropout and layer drop off, for stages that compare against a frozen model
@@ -120,9 +120,10 @@ def load_tokenizer_and_model(
     tokenizer = load_tokenizer(name)
     auto_cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForSequenceClassification
     adapters_base = lora_base_of(name)
+    load_attn = loader_attn_impl(attn_impl)  # "auto": transformers' default (choose_attention may upgrade it)
     if name == TINY_MODEL:
         config = _tiny_config(tokenizer, kind)
-        config._attn_implementation = attn_impl
+        config._attn_implementation = load_attn
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_SEED)
             model = auto_cls.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype).to(device)
@@ -142,7 +143,7 @@ def load_tokenizer_and_model(
             extra["quantization_config"] = _nf4_config()
         try:
             model = auto_cls.from_pretrained(
-                name, dtype=dtype, device_map=str(device), attn_implementation=attn_impl, **extra
+                name, dtype=dtype, device_map=str(device), attn_implementation=load_attn, **extra
             )
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load model {name!r} as {kind}: {first_line(err)}") from None
@@ -189,7 +190,7 @@ def load_for_training(
     if opts.load_in_4bit:
         _check_4bit_possible(rt)
     tokenizer, model = load_tokenizer_and_model(
-        name, kind, attn_impl=loader_attn_impl(opts.attn_impl), grad_ckpt=opts.grad_ckpt, dtype=_weights_dtype(rt, frozen=opts.lora),
+        name, kind, attn_impl=opts.attn_impl, grad_ckpt=opts.grad_ckpt, dtype=_weights_dtype(rt, frozen=opts.lora),
         device=rt.device, load_in_4bit=opts.load_in_4bit,
     )
     choose_attention(model, opts.attn_impl, rt.device)
@@ -214,7 +215,7 @@ def load_frozen(
     if opts.shard:
         tokenizer, model = _load_sharded(name, kind, opts, rt, wrap=wrap, trained=False, dtype=dtype)
     else:
-        tokenizer, model = load_tokenizer_and_model(name, kind, attn_impl=loader_attn_impl(opts.attn_impl), dtype=dtype, device=rt.device)
+        tokenizer, model = load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype=dtype, device=rt.device)
         choose_attention(model, opts.attn_impl, rt.device)
         model = wrap(model) if wrap else model
     model.requires_grad_(False)
@@ -247,9 +248,9 @@ def _load_sharded(
     tokenizer = load_tokenizer(name)
     source = None
     if rt.is_main:
-        source = build(load_tokenizer_and_model(name, kind, attn_impl=loader_attn_impl(opts.attn_impl), dtype="auto", device="cpu")[1])
+        source = build(load_tokenizer_and_model(name, kind, attn_impl=opts.attn_impl, dtype="auto", device="cpu")[1])
     dtype = dtype or _weights_dtype(rt, frozen=opts.lora or not trained)
-    model = build(_skeleton(name, kind, tokenizer, loader_attn_impl(opts.attn_impl), dtype))
+    model = build(_skeleton(name, kind, tokenizer, opts.attn_impl, dtype))
     shard_model(model, rt)
     load_from_rank0(model, source, rt)
     if rt.is_main and trained and opts.lora:
@@ -275,7 +276,7 @@ def _skeleton(name: str, kind: ModelKind, tokenizer, attn_impl: str, dtype: torc
     else:
         config = AutoConfig.from_pretrained(name, **({"num_labels": 1} if kind == "reward" else {}))
     with torch.device("meta"):
-        model = auto_cls.from_config(config, dtype=dtype, attn_implementation=attn_impl)
+        model = auto_cls.from_config(config, dtype=dtype, attn_implementation=loader_attn_impl(attn_impl))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
