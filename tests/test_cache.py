@@ -132,14 +132,14 @@ def test_a_foreign_entry_under_a_key_is_not_used(tmp_path: Path) -> None:
 
 def test_a_build_killed_while_storing_leaves_nothing_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache_dir = tmp_path / "cache"
-    real_write = step_cache._write_synced
+    real_write = step_cache._write_file
 
     def dies_after_the_table(path: Path, data: bytes) -> None:
         real_write(path, data)
         if path.name == "table.parquet":
             raise KeyboardInterrupt  # what a kill looks like from inside: nothing after this line runs
 
-    monkeypatch.setattr(step_cache, "_write_synced", dies_after_the_table)
+    monkeypatch.setattr(step_cache, "_write_file", dies_after_the_table)
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path, "killed", cache_dir)
     monkeypatch.undo()

@@ -89,6 +89,8 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
             answers, source_stats, options.pairs, out=out, params=_params(options, "pairs"), **common
         )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
+    if cache:
+        cache.wait()  # the entries were written while the sets were selected
     return written
 
 
