@@ -4,6 +4,7 @@
     python benchmarks/bench_build.py --world hot                    # bench_data/hot_1006218.parquet, made if missing
     python benchmarks/bench_build.py --world default,hot --sizes 250000,500000,1006218,2000000
     python benchmarks/bench_build.py --world default,hot --steps     # where the time goes, step by step
+    python benchmarks/bench_build.py --world default,kol --cache     # rebuilds from the step cache
 
 The baseline reads every column of every row (string lengths summed, so nothing is skipped) with
 polars' streaming engine. The build runs as `python -m zhihu_rlhf.build all` in a child process, so
@@ -21,13 +22,23 @@ linearly with the rows. A missing `bench_data/<world>_<rows>.parquet` is first m
 `--steps`: each step of `build all`, timed one after another in this process with the library calls the CLI makes
 (`build()` and the recipes: load, dedupe, vote model, each set's selection, then each set's recipe, which selects
 again and writes the folder: its time less the selection's is the writing), each as a ratio to the bare scan of the
-same file just before (the better of two); start-up (importing the CLI's modules) is timed in a child process.
+same file just before (the better of two), with its CPU use (user + system over wall: 2.0 = both cores busy);
+start-up (importing the CLI's modules) is timed in a child process.
+
+`--cache`: per world file, in one run, each `build all` in a child process with an empty cache folder of its own:
+the build with `--no-cache`; the first build with the cache on (and the cache's size on disk); a rebuild with changed
+pair options (`--min-ratio 3 --max-days-apart 14`) after it, checked byte for byte against the same options with
+`--no-cache`; and a rebuild with a changed vote option (`--author-share 0.5`), against the uncached build less the
+canonical table's and dedupe's time (timed in a child process in the same run).
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +77,8 @@ def run_child(command: list[str]) -> tuple[float, float]:
 
 def build_all(path: Path, dedupe: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as out:
-        return run_child([sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", str(path), "--out", out, "--dedupe", dedupe])
+        return run_child([sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", str(path), "--out", out,
+                          "--dedupe", dedupe, "--no-cache"])
 
 
 def canonical_table(path: Path) -> float:
@@ -136,12 +148,14 @@ def step_table(path: Path, dedupe_mode: str) -> None:
     python_alone = run_child([sys.executable, "-c", "pass"])[0]
     times = {"start-up (importing the CLI's modules)": run_child([sys.executable, "-c", "import zhihu_rlhf.build"])[0] - python_alone}
     options = BuildOptions(source=str(path), dedupe=DedupeOptions(mode=dedupe_mode))
-    started = time.perf_counter()
+    cpu_use: dict[str, float] = {}
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
 
     def lap(step: str) -> None:
-        nonlocal started
+        nonlocal started, cpu_started
         times[step] = time.perf_counter() - started
-        started = time.perf_counter()
+        cpu_use[step] = (_cpu_seconds() - cpu_started) / times[step]
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
 
     answers, stats = load_answers(options.source)
     lap("canonical answer table (read, parse, normalise)")
@@ -165,10 +179,62 @@ def step_table(path: Path, dedupe_mode: str) -> None:
     times["instruct set: writing the folder"] -= times["instruct selection"]
     times["pairs set: writing the folder"] -= times["pairs selection"]
     print(f"\nfile: {path} ({rows_in(path):,} rows), cores: {os.cpu_count()}, dedupe: {dedupe_mode}, bare scan {scan:.2f} s")
-    print("| step | time | x bare scan |\n|---|---:|---:|")
+    print("| step | time | x bare scan | CPU use (of 2 cores) |\n|---|---:|---:|---:|")
     for step, seconds in times.items():
-        print(f"| {step} | {seconds:.2f} s | {seconds / scan:.2f}x |")
-    print(f"| all steps | {sum(times.values()):.2f} s | {sum(times.values()) / scan:.2f}x |", flush=True)
+        use = f"{cpu_use[step]:.2f}" if step in cpu_use and "writing" not in step else "-"
+        print(f"| {step} | {seconds:.2f} s | {seconds / scan:.2f}x | {use} |")
+    print(f"| all steps | {sum(times.values()):.2f} s | {sum(times.values()) / scan:.2f}x | |", flush=True)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cache_table(path: Path, repeat: int) -> None:
+    """The step cache's rebuilds against the uncached build and the bare scan, all in this run."""
+    build = [sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", str(path)]
+    pair_change = ["--min-ratio", "3", "--max-days-apart", "14"]
+    reading_and_dedupe = (
+        "import time; from zhihu_rlhf.sources import load_answers; from zhihu_rlhf.dedupe import DedupeOptions, dedupe\n"
+        f"t = time.perf_counter(); a, _ = load_answers({str(path)!r}); dedupe(a, DedupeOptions())\n"
+        "print(time.perf_counter() - t)"
+    )
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeat):  # interleaved, so all see the same machine state
+        with tempfile.TemporaryDirectory() as work:
+            work_dir, cache = Path(work), ["--cache-dir", str(Path(work) / "cache")]
+            runs.setdefault("bare scan", []).append(bare_scan(path))
+            runs.setdefault("build all --no-cache", []).append(run_child([*build, "--out", work + "/a", "--no-cache"])[0])
+            shares = subprocess.run([sys.executable, "-c", reading_and_dedupe], capture_output=True, text=True, check=True)
+            runs.setdefault("canonical table + dedupe (in a child)", []).append(float(shares.stdout))
+            runs.setdefault("first build, cache on", []).append(run_child([*build, "--out", work + "/b", *cache])[0])
+            cache_bytes = sum(f.stat().st_size for f in (work_dir / "cache").rglob("*") if f.is_file())
+            runs.setdefault("rebuild, pair options changed", []).append(
+                run_child([*build, "--out", work + "/c", *cache, *pair_change])[0])
+            run_child([*build, "--out", work + "/c-ref", "--no-cache", *pair_change])
+            identical = _same_tree(work_dir / "c", work_dir / "c-ref")
+            runs.setdefault("rebuild, vote option changed", []).append(
+                run_child([*build, "--out", work + "/d", *cache, "--author-share", "0.5"])[0])
+            shutil.rmtree(work_dir / "cache")
+    best = {name: min(times) for name, times in runs.items()}
+    scan, uncached = best["bare scan"], best["build all --no-cache"]
+    print(f"\nfile: {path} ({rows_in(path):,} rows), cores: {os.cpu_count()}, best of {repeat} (interleaved); "
+          f"cache on disk {cache_bytes / 2**30:.2f} GiB; pair-option rebuild byte-identical to --no-cache: {identical}")
+    print("| run | time | x bare scan | x uncached build |\n|---|---:|---:|---:|")
+    for name, seconds in best.items():
+        print(f"| {name} | {seconds:.2f} s (runs: {', '.join(f'{t:.2f}' for t in runs[name])}) | {seconds / scan:.2f}x "
+              f"| {seconds / uncached:.2f}x |")
+    budget = uncached - best["canonical table + dedupe (in a child)"]
+    print(f"goals: first build <= 1.1x uncached; pair rebuild <= 3x the scan; vote rebuild <= {budget:.2f} s "
+          "(uncached less the canonical table and dedupe)", flush=True)
+
+
+def _same_tree(left: Path, right: Path) -> bool:
+    files = sorted(p.relative_to(left) for p in left.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(right) for p in right.rglob("*") if p.is_file()) and all(
+        filecmp.cmp(left / f, right / f, shallow=False) for f in files)
 
 
 def main() -> None:
@@ -181,12 +247,16 @@ def main() -> None:
     parser.add_argument("--dedupe", default="near", choices=["near", "exact", "off"])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is reported")
     parser.add_argument("--steps", action="store_true", help="time each step of the build, per --world file")
+    parser.add_argument("--cache", action="store_true", help="time rebuilds from the step cache, per --world file")
     args = parser.parse_args()
 
     worlds = args.world.split(",")
     if args.steps:
         for world in worlds:
             step_table(args.data or world_file(args.data_dir, world, args.rows), args.dedupe)
+    elif args.cache:
+        for world in worlds:
+            cache_table(args.data or world_file(args.data_dir, world, args.rows), args.repeat)
     elif args.sizes:
         size_table(args.data_dir, worlds, [int(size) for size in args.sizes.split(",")], args.dedupe, args.repeat)
     else:

@@ -1,22 +1,44 @@
-"""Recipe step shared by every set: read the source, merge near-duplicates, estimate each answer's quality."""
+"""Recipe step shared by every set: read the source, merge near-duplicates, estimate each answer's quality.
+
+Each of the three steps is taken from the cache when its inputs are unchanged (see zhihu_rlhf.cache).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import polars as pl
 
+from zhihu_rlhf.cache import StepCache, cached_step, source_fingerprint, step_key
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
-from zhihu_rlhf.sources import load_answers
+from zhihu_rlhf.sources import load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 
 def prepare_answers(
-    source: str, dedupe_options: DedupeOptions, vote_options: VoteModelOptions | None = None
+    source: str,
+    dedupe_options: DedupeOptions,
+    vote_options: VoteModelOptions | None = None,
+    *,
+    cache: StepCache | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> tuple[pl.DataFrame, dict]:
     """Canonical answer table with `question_group`, `answer_cluster` and the vote model's quality columns."""
-    answers, stats = load_answers(source)
-    answers, stats["dedupe"] = dedupe(answers, dedupe_options)
+    vote_options = vote_options or VoteModelOptions()
+    resolved = resolve_source(source)
+    # The keys chain: a step's key holds the key of the step it reads, so a changed step recomputes what follows it.
+    answers_key = dedupe_key = votes_key = ""
+    if cache:
+        answers_key = step_key("answers", f"{resolved.label}\0{source_fingerprint(resolved.paths())}")
+        dedupe_key = step_key("dedupe", answers_key, dedupe_options)
+        votes_key = step_key("votes", dedupe_key, vote_options)
+    step = partial(cached_step, cache, source=resolved.label, log=log)
+
+    answers, stats = step("answers", answers_key, partial(load_answers, resolved), base=None)
+    answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(dedupe, answers, dedupe_options), base=answers)
     stats["answers_per_question"] = answers_per_question(answers)
-    answers, stats["vote_model"] = estimate_quality(answers, vote_options or VoteModelOptions())
+    answers, stats["vote_model"] = step("votes", votes_key, partial(estimate_quality, answers, vote_options), base=answers)
     return answers, stats
 
 

@@ -9,6 +9,20 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_build_cache(tmp_path_factory):
+    """Builds in tests never touch the user's step cache; module-scoped fixtures share this one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ZHIHU_RLHF_CACHE", str(tmp_path_factory.mktemp("build-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _build_cache(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty step cache of its own (outside its tmp_path, which some tests list)."""
+    monkeypatch.setenv("ZHIHU_RLHF_CACHE", str(tmp_path_factory.mktemp("build-cache")))
+
+
 @pytest.fixture(scope="session")
 def fixture_model_dir(tmp_path_factory):
     """fixture_model_dir(family, kind="causal-lm") -> a saved model_fixtures folder, written once per session.

@@ -2,6 +2,7 @@
 
     python -m zhihu_rlhf.build all   --source sample             --out out/   # out/instruct + out/pairs
     python -m zhihu_rlhf.build pairs --source wangrui6/Zhihu-KOL --out out/pairs
+    python -m zhihu_rlhf.build cache info                                 # what the step cache holds
 
 The CLI only maps flags onto `BuildOptions`; `build()` is the library entry point tests call.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from zhihu_rlhf import __version__
+from zhihu_rlhf.cache import StepCache, check_max_gb, default_cache_dir, describe
 from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.export import FORMATS, check_formats
@@ -47,6 +49,16 @@ class BuildOptions:
     votes: VoteModelOptions = field(default_factory=VoteModelOptions)
     instruct: InstructOptions = field(default_factory=InstructOptions)
     pairs: PairOptions = field(default_factory=PairOptions)
+    use_cache: bool = True
+    """Reuse the stored canonical table, dedupe and vote model when their inputs are unchanged (zhihu_rlhf.cache)."""
+    cache_dir: Path | None = None
+    """Where the cache lives; None: $ZHIHU_RLHF_CACHE, else under $HF_HOME or ~/.cache (see cache.default_cache_dir)."""
+    cache_max_gb: float = 20.0
+    """Bound on the cache's size; the entries used longest ago are removed first (0: no bound)."""
+
+
+# Options that change where or how fast a set is built, never what it holds: not part of its recipe.
+_NOT_RECIPE = ("out", "use_cache", "cache_dir", "cache_max_gb")
 
 
 def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
@@ -55,9 +67,10 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
         raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
     check_formats(options.formats)
     check_vote_options(options.votes)
+    cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
-    answers, source_stats = prepare_answers(options.source, options.dedupe, options.votes)
+    answers, source_stats = prepare_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
     dropped = sum(source_stats["rows_dropped"].values())
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
@@ -76,7 +89,13 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
             answers, source_stats, options.pairs, out=out, params=_params(options, "pairs"), **common
         )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
+    if cache:
+        cache.wait()  # the entries were written while the sets were selected
     return written
+
+
+def _step_cache(options: BuildOptions, log) -> StepCache:
+    return StepCache(options.cache_dir or default_cache_dir(), check_max_gb(options.cache_max_gb), warn=log)
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -90,7 +109,8 @@ def _params(options: BuildOptions, kind: Literal["instruct", "pairs"]) -> dict:
     elsewhere has the same parameters hash (and re-publishing it is a no-op).
     """
     params = dataclasses.asdict(options)
-    del params["out"]
+    for name in _NOT_RECIPE:
+        del params[name]
     del params["pairs" if kind == "instruct" else "instruct"]
     params["tool_version"] = __version__
     return params
@@ -107,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Each command's options, with their defaults: python -m zhihu_rlhf.build {instruct,pairs,all} --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="what", required=True, metavar="{instruct,pairs,all}")
+    commands = parser.add_subparsers(dest="what", required=True, metavar="{instruct,pairs,all,cache}")
     for what, help_text in (
         ("instruct", "question -> best answer set (default ~26k rows)"),
         ("pairs", "chosen/rejected pairs (default ~3k rows)"),
@@ -119,7 +139,17 @@ def _parser() -> argparse.ArgumentParser:
             _add_instruct(sub, limit_flag="--limit" if what == "instruct" else "--instruct-limit")
         if what in ("pairs", "all"):
             _add_pairs(sub, limit_flag="--limit" if what == "pairs" else "--pairs-limit")
+    cache = commands.add_parser("cache", help="list (info) or remove (clear) the stored steps",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cache.add_argument("action", choices=["info", "clear"])
+    _add_cache_dir(cache)
     return parser
+
+
+def _add_cache_dir(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--cache-dir", type=Path, default=None,
+                     help=f"where the step cache lives (default: $ZHIHU_RLHF_CACHE, else under $HF_HOME or ~/.cache; "
+                          f"here {default_cache_dir()})")
 
 
 def _add_common(sub: argparse.ArgumentParser) -> None:
@@ -147,6 +177,11 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                      help="assumed sd of log votes due to luck (how far an answer happened to spread)")
     sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
     sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
+    _add_cache_dir(sub)
+    sub.add_argument("--no-cache", dest="use_cache", action="store_false",
+                     help="recompute every step and store nothing (the output is the same either way)")
+    sub.add_argument("--cache-max-gb", type=float, default=defaults.cache_max_gb,
+                     help="bound on the cache's size in GB, least recently used entries removed first (0: no bound)")
 
 
 def _add_instruct(sub: argparse.ArgumentParser, limit_flag: str) -> None:
@@ -182,6 +217,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         keep_author_ids=args.keep_author_ids,
         dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
         votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd),
+        use_cache=args.use_cache,
+        cache_dir=args.cache_dir,
+        cache_max_gb=args.cache_max_gb,
     )
     if args.what in ("instruct", "all"):
         options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)
@@ -200,6 +238,13 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.what == "cache":
+        cache = StepCache(args.cache_dir or default_cache_dir(), max_bytes=0, warn=print)
+        if args.action == "info":
+            print(describe(cache))
+        else:
+            print(f"{cache.folder}: removed {cache.clear() / 2**20:.1f} MiB")
+        return 0
     options = options_from_args(args)
     written = build(args.what, options, log=lambda msg: print(msg, file=sys.stderr))
     for name, path in written.items():

@@ -84,6 +84,10 @@ class Source:
     files: list[SourceFiles]
     creator_files: list[Path] = field(default_factory=list)
 
+    def paths(self) -> list[Path]:
+        """Every file this source reads."""
+        return [path for files in self.files for path in files.paths] + list(self.creator_files)
+
 
 # ---------------------------------------------------------------------------------------------
 # Field parsers: polars expressions, so a million rows parse without a Python loop.
@@ -478,8 +482,9 @@ def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_answers(source: str) -> tuple[pl.DataFrame, dict]:
-    """Read `source` into the canonical answer table; returns (table, stats).
+def load_answers(source: str | Source) -> tuple[pl.DataFrame, dict]:
+    """Read `source` (a `--source` string, or what `resolve_source` made of one) into the canonical answer table;
+    returns (table, stats).
 
     stats: rows_in, rows_dropped {reason: count}, and the rows kept without a usable time (`created_at_missing`: they
     can still be instruct answers but never pair members) or without an author (`author_id_missing`).
@@ -491,7 +496,7 @@ def load_answers(source: str) -> tuple[pl.DataFrame, dict]:
     missing_upvotes, superseded_crawl (an older MediaCrawler crawl of an answer crawled again) and duplicate_answer_id
     (any other answer read twice).
     """
-    resolved = resolve_source(source)
+    resolved = source if isinstance(source, Source) else resolve_source(source)
     frames = []
     for files in resolved.files:
         raw = scan_raw(files)

@@ -1,0 +1,257 @@
+"""The step cache: a rebuild with any option changed is byte-identical to a build without the cache, reuses exactly
+the steps whose inputs did not change, and never trusts an entry that is truncated, corrupt, foreign or half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from zhihu_rlhf import cache as step_cache
+from zhihu_rlhf.build import BuildOptions, build
+from zhihu_rlhf.cache import STEP_VERSIONS, StepCache
+from zhihu_rlhf.dedupe import DedupeOptions
+from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.pipelines.answers import prepare_answers
+from zhihu_rlhf.sources import CANONICAL_SCHEMA
+from zhihu_rlhf.votes import VoteModelOptions
+
+STEPS = ("answers", "dedupe", "votes")
+
+
+def _build(tmp_path: Path, name: str, cache_dir: Path | None, **changes) -> tuple[Path, list[str]]:
+    lines: list[str] = []
+    options = BuildOptions(source="sample", out=tmp_path / name, use_cache=cache_dir is not None,
+                           cache_dir=cache_dir, **changes)
+    build("all", options, log=lines.append)
+    return options.out, lines
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _origin(lines: list[str]) -> dict[str, str]:
+    """{step: "cache" | "computed"} from the build's progress lines."""
+    return {line.split(":")[0].strip(): "cache" if "from the cache" in line else "computed"
+            for line in lines if line.strip().split(":")[0] in STEPS}
+
+
+@pytest.mark.parametrize(
+    ("changes", "recomputed"),
+    [
+        ({"pairs": PairOptions(min_ratio=3.0, max_days_apart=14.0)}, set()),
+        ({"formats": ["trl", "llamafactory"], "test_fraction": 0.1}, set()),
+        ({"votes": VoteModelOptions(model="authors", author_share=0.5)}, {"votes"}),
+        ({"dedupe": DedupeOptions(mode="exact")}, {"dedupe", "votes"}),
+    ],
+)
+def test_rebuild_reuses_unchanged_steps_and_is_byte_identical(tmp_path: Path, changes: dict, recomputed: set) -> None:
+    cache_dir = tmp_path / "cache"
+    _, first = _build(tmp_path, "first", cache_dir)
+    assert _origin(first) == dict.fromkeys(STEPS, "computed")
+
+    cached, lines = _build(tmp_path, "cached", cache_dir, **changes)
+    uncached, _ = _build(tmp_path, "uncached", None, **changes)
+    assert _origin(lines) == {step: "computed" if step in recomputed else "cache" for step in STEPS}
+    assert _files(cached) == _files(uncached)
+
+
+def test_a_changed_source_file_is_read_again(tmp_path: Path) -> None:
+    source = tmp_path / "answers.parquet"
+    table = pl.read_parquet(Path(step_cache.__file__).parent / "data" / "sample.parquet")
+    table.write_parquet(source)
+    options = BuildOptions(source=str(source), out=tmp_path / "out", cache_dir=tmp_path / "cache")
+    build("pairs", options, log=lambda _: None)
+
+    table.head(table.height - 50).write_parquet(source)  # the user re-exported a smaller dump over the same name
+    lines: list[str] = []
+    out = build("pairs", replace(options, out=tmp_path / "again"), log=lines.append)["pairs"]
+    fresh = build("pairs", replace(options, out=tmp_path / "fresh", use_cache=False), log=lambda _: None)["pairs"]
+    assert _origin(lines)["answers"] == "computed"
+    assert _files(out) == _files(fresh)
+
+
+def _entry(cache_dir: Path, step: str) -> Path:
+    (folder,) = [p for p in cache_dir.iterdir() if p.name.startswith(f"{step}-")]
+    return folder
+
+
+def _cut(entry: Path) -> None:
+    (entry / "table.parquet").write_bytes((entry / "table.parquet").read_bytes()[:-100])
+
+
+def _flip_one_byte(entry: Path) -> None:
+    data = bytearray((entry / "table.parquet").read_bytes())
+    data[len(data) // 2] ^= 1
+    (entry / "table.parquet").write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("step", "damage"),
+    [
+        ("answers", _cut),
+        ("votes", _flip_one_byte),
+        ("dedupe", lambda entry: (entry / "manifest.json").write_text("{not json")),
+        ("votes", lambda entry: (entry / "manifest.json").unlink()),
+    ],
+    ids=["truncated", "flipped-byte", "bad-manifest", "no-manifest"],
+)
+def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path: Path, step: str, damage) -> None:
+    cache_dir = tmp_path / "cache"
+    reference, _ = _build(tmp_path, "first", cache_dir)
+    damage(_entry(cache_dir, step))
+    out, lines = _build(tmp_path, "again", cache_dir)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"recomputing {step}" in warnings[0]
+    assert _origin(lines)[step] == "computed"
+    assert _files(out) == _files(reference)
+    _, third = _build(tmp_path, "third", cache_dir)  # the recomputed entry was stored again, whole
+    assert _origin(third) == dict.fromkeys(STEPS, "cache")
+
+
+def test_a_foreign_entry_under_a_key_is_not_used(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    _build(tmp_path, "first", cache_dir, votes=VoteModelOptions(model="raw"))
+    reference, _ = _build(tmp_path, "reference", None)
+    default_votes = _build(tmp_path, "probe", tmp_path / "probe-cache")[0]  # learn the default options' votes key
+    wanted = _entry(tmp_path / "probe-cache", "votes").name
+    shutil.copytree(_entry(cache_dir, "votes"), cache_dir / wanted)  # the raw model's columns under the full model's key
+    out, lines = _build(tmp_path, "again", cache_dir)
+    assert any("for another step, key or version" in line for line in lines)
+    assert _files(out) == _files(reference) == _files(default_votes)
+
+
+def test_a_build_killed_while_storing_leaves_nothing_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache_dir = tmp_path / "cache"
+    real_write = step_cache._write_file
+
+    def dies_after_the_table(path: Path, data: bytes) -> None:
+        real_write(path, data)
+        if path.name == "table.parquet":
+            raise KeyboardInterrupt  # what a kill looks like from inside: nothing after this line runs
+
+    monkeypatch.setattr(step_cache, "_write_file", dies_after_the_table)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, "killed", cache_dir)
+    monkeypatch.undo()
+    assert not [p for p in cache_dir.iterdir() if not p.name.startswith(".tmp-")]
+
+    # A real kill skips the clean-up too: a temporary folder with a complete-looking entry inside is never read.
+    (cache_dir / ".tmp-answers-0-dead").mkdir()
+    _, lines = _build(tmp_path, "after", cache_dir)
+    assert _origin(lines) == dict.fromkeys(STEPS, "computed")
+    assert StepCache(cache_dir, 0, print).entries() and all(e.step in STEPS for e in StepCache(cache_dir, 0, print).entries())
+
+
+def test_two_builds_at_once_share_the_cache(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    env = {**os.environ, "ZHIHU_RLHF_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", "sample", "--out"]
+    runs = [subprocess.Popen([*command, str(tmp_path / f"out{i}")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
+    assert _files(tmp_path / "out0") == _files(tmp_path / "out1")
+    entries = StepCache(cache_dir, 0, print).entries()
+    assert sorted(e.step for e in entries) == sorted(STEPS), "one entry per step, whichever build stored it"
+    assert not list(cache_dir.glob(".tmp-*"))
+    _, lines = _build(tmp_path, "third", cache_dir)
+    assert _origin(lines) == dict.fromkeys(STEPS, "cache")
+
+
+def test_least_recently_used_entries_are_evicted_first(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    _build(tmp_path, "a", cache_dir, votes=VoteModelOptions(luck_sd=0.25))
+    old_votes = _entry(cache_dir, "votes")
+    os.utime(old_votes / "manifest.json", (1, 1))  # used long ago
+    sizes = {e.folder.name: e.size_bytes for e in StepCache(cache_dir, 0, print).entries()}
+    # room for everything stored so far plus about half a votes entry: a second votes entry fits only once the old
+    # one, used longest ago, is gone
+    bound_gb = (sum(sizes.values()) + sizes[old_votes.name] // 2) / 1e9
+    _, lines = _build(tmp_path, "b", cache_dir, votes=VoteModelOptions(luck_sd=0.35), cache_max_gb=bound_gb)
+    assert _origin(lines) == {"answers": "cache", "dedupe": "cache", "votes": "computed"}
+    assert not old_votes.exists()
+    assert {e.step for e in StepCache(cache_dir, 0, print).entries()} == set(STEPS)
+
+
+def test_no_cache_writes_nothing(tmp_path: Path) -> None:
+    _, lines = _build(tmp_path, "out", None)
+    assert _origin(lines) == dict.fromkeys(STEPS, "computed")
+    assert not Path(os.environ["ZHIHU_RLHF_CACHE"]).exists() or not any(Path(os.environ["ZHIHU_RLHF_CACHE"]).iterdir())
+
+
+def test_cache_cli_info_and_clear(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "zhihu_rlhf.build", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "ZHIHU_RLHF_CACHE": str(tmp_path / "cache")})
+
+    assert "no cache entries" in cli("cache", "info").stdout
+    built = cli("pairs", "--source", "sample", "--out", "out")
+    assert built.returncode == 0, built.stderr
+    assert "answers: computed" in built.stderr
+    info = cli("cache", "info").stdout.splitlines()
+    assert info[0].startswith(f"{tmp_path / 'cache'}: 3 entries")
+    assert sorted(line.split()[0] for line in info[2:]) == sorted(STEPS)
+    again = cli("pairs", "--source", "sample", "--out", "out2", "--min-ratio", "3")
+    assert "votes: from the cache" in again.stderr
+    assert "removed" in cli("cache", "clear").stdout
+    assert "no cache entries" in cli("cache", "info").stdout
+    bad = cli("pairs", "--source", "sample", "--out", "out3", "--cache-max-gb", "-1")
+    assert bad.returncode == 2 and "--cache-max-gb" in bad.stderr and not (tmp_path / "out3").exists()
+
+
+def test_cache_options_are_not_part_of_the_recipe(tmp_path: Path) -> None:
+    cached, _ = _build(tmp_path, "cached", tmp_path / "cache", cache_max_gb=1.0)
+    uncached, _ = _build(tmp_path, "uncached", None)
+    params = json.loads((cached / "pairs" / "params.json").read_text())["params"]
+    assert not {"use_cache", "cache_dir", "cache_max_gb"} & set(params)
+    assert _files(cached) == _files(uncached)
+
+
+# ---------------------------------------------------------------------------------------------
+# A step's version must change when its output does, or users would get a stale entry.
+
+DIGESTS_FILE = Path(__file__).with_name("step_digests.json")
+
+
+def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
+    answers, stats = prepare_answers("sample", DedupeOptions(), VoteModelOptions())
+    dedupe_stats, vote_stats = stats.pop("dedupe"), stats.pop("vote_model")
+    stats.pop("answers_per_question")
+    canonical, deduped = list(CANONICAL_SCHEMA), ["question_group", "answer_cluster"]
+    return {
+        "answers": (answers.select(canonical), stats),
+        "dedupe": (answers.select(deduped), dedupe_stats),
+        "votes": (answers.drop(canonical, *deduped), vote_stats),
+    }
+
+
+def _digest(table: pl.DataFrame, stats: dict) -> str:
+    # Floats rounded, so that the last bits of a BLAS reduction on another CPU do not count as a change of output.
+    rounded = table.with_columns(pl.col(pl.Float32, pl.Float64).round_sig_figs(6))
+    text = rounded.write_csv() + json.dumps(stats, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def test_a_step_whose_output_changed_has_a_new_version() -> None:
+    recorded = json.loads(DIGESTS_FILE.read_text())
+    digests = {step: _digest(*output) for step, output in _step_outputs().items()}
+    for step, digest in digests.items():
+        entry = recorded[step]
+        how = (f'tests/step_digests.json: set "{step}" to {{"version": "{STEP_VERSIONS[step]}", '
+               f'"digest": "{digest}"}}')
+        if entry["version"] == STEP_VERSIONS[step]:
+            assert entry["digest"] == digest, (
+                f"the {step} step's output on the sample changed but STEP_VERSIONS[{step!r}] did not: cached entries "
+                f"of the old output would be reused. Bump it in zhihu_rlhf/cache.py, then {how}")
+        else:
+            pytest.fail(f"STEP_VERSIONS[{step!r}] changed: record the new output's digest. {how}")

@@ -1,0 +1,315 @@
+"""A cache of the build's expensive steps, so a change of recipe reruns only what it changes.
+
+Three steps are stored after they run, each under a key that fingerprints everything its output depends on:
+
+    answers  the canonical answer table     key: the source files (path, size, mtime, sampled content), the step's version
+    dedupe   question_group, answer_cluster key: the answers key, the dedupe options, the step's version
+    votes    the vote model's columns       key: the dedupe key, the vote-model options, the step's version
+
+A changed pair or instruct option reuses all three; a changed vote option reruns the vote model only; a changed dedupe
+option reruns dedupe and the vote model, never the reading. Dedupe and the vote model add columns and keep every row,
+so their entries hold only the columns they add (a few bytes per row), and the texts are stored once.
+
+An entry is a folder `<step>-<key>/` with `table.parquet` and `manifest.json` (step, key, rows, the table's size and
+SHA-256 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
+build that is killed leaves a temporary folder that is never read (and is swept later), and two builds writing the same
+entry never see each other's half: the second rename fails and its copy is discarded; nobody waits on a lock. An entry
+whose manifest, size, digest, key or row count does not match is not used: one warning line, the step is recomputed
+(so a torn write after a power loss is caught without an fsync). When the cache grows past its limit, the entries used
+longest ago are removed first.
+
+Entries are written by one background thread while the build goes on (compressing and writing a million texts takes
+seconds, and polars, hashlib and file writes release the GIL); `StepCache.wait()` joins it before the build returns.
+
+Each step's version string (`STEP_VERSIONS`) is part of its key: bump it whenever the step's output changes, or old
+entries would be reused. tests/test_cache.py fails when a step's output on a fixed input changes and its version did not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from zhihu_rlhf.errors import UserError
+
+STEP_VERSIONS = {"answers": "1", "dedupe": "1", "votes": "1"}
+"""Bump a step's version whenever its output (table or stats) changes for the same input and options."""
+
+ENTRY_FORMAT = 1  # the layout of an entry folder itself
+_SAMPLE_BLOCK = 1 << 16  # bytes read at each sampled offset of a large source file
+_SAMPLE_BLOCKS = 64
+_STALE_TEMPORARY_SECONDS = 6 * 3600  # a temporary folder this old belongs to a build that died
+
+
+def default_cache_dir() -> Path:
+    """$ZHIHU_RLHF_CACHE, else zhihu_rlhf/ under $HF_HOME, else under $XDG_CACHE_HOME or ~/.cache (as HF tools do)."""
+    if os.environ.get("ZHIHU_RLHF_CACHE"):
+        return Path(os.environ["ZHIHU_RLHF_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "zhihu_rlhf"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "zhihu_rlhf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """A digest of the files a source reads: each one's resolved path, size, mtime and sampled content.
+
+    Small files are hashed whole. A large file is hashed at its first and last MiB (a parquet file's footer, with
+    every column chunk's offsets and statistics, is at its end) and at evenly spaced blocks in between: 2-6 MiB per
+    file whatever its size, so a 1M-row dump is fingerprinted in milliseconds. An edit that keeps a file's size, its
+    mtime and every sampled byte would go unnoticed; editors and writers change the mtime.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(Path(p).resolve() for p in paths):
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        with path.open("rb") as file:
+            if stat.st_size <= 2 * _SAMPLE_BLOCK * _SAMPLE_BLOCKS:
+                digest.update(file.read())
+                continue
+            edge = 1 << 20
+            offsets = [0, stat.st_size - edge] + [
+                edge + i * (stat.st_size - 2 * edge) // _SAMPLE_BLOCKS for i in range(_SAMPLE_BLOCKS)
+            ]
+            for offset in offsets:
+                file.seek(offset)
+                digest.update(file.read(edge if offset in (0, stat.st_size - edge) else _SAMPLE_BLOCK))
+    return digest.hexdigest()
+
+
+def step_key(step: str, parent: str, options: object | None = None) -> str:
+    """The key of a step's entry: its name and version, the key (or source fingerprint) it reads, its options."""
+    recipe = {
+        "step": step,
+        "version": STEP_VERSIONS[step],
+        "parent": parent,
+        "options": dataclasses.asdict(options) if options is not None else None,
+    }
+    return hashlib.blake2b(json.dumps(recipe, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+@dataclass(frozen=True)
+class Entry:
+    step: str
+    key: str
+    folder: Path
+    rows: int
+    size_bytes: int
+    last_used: float
+    source: str
+
+
+class StepCache:
+    """Entries under `folder`, bounded to `max_bytes` (0: no bound); `warn` prints a one-line warning."""
+
+    def __init__(self, folder: Path, max_bytes: int, warn: Callable[[str], None]) -> None:
+        self.folder = Path(folder)
+        self.max_bytes = max_bytes
+        self.warn = warn
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        self._pending: list[Future] = []
+
+    def load(self, step: str, key: str, rows: int | None = None) -> tuple[pl.DataFrame, dict] | None:
+        """The stored (table, stats) of `step` under `key`, or None when absent or not trustworthy."""
+        folder = self.folder / f"{step}-{key}"
+        if not folder.is_dir():
+            return None
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            data = (folder / "table.parquet").read_bytes()
+            problem = _manifest_problem(manifest, step, key, data, rows)
+            table = None if problem else pl.read_parquet(io.BytesIO(data))
+        except (OSError, ValueError, pl.exceptions.PolarsError) as err:
+            problem = f"unreadable ({type(err).__name__})"
+        if problem is None and table.height != manifest["rows"]:
+            problem = "row count differs from its manifest"
+        if problem:
+            self.warn(f"warning: cache entry {folder} is {problem}; recomputing {step}")
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        os.utime(folder / "manifest.json")  # last used: what eviction orders by
+        return table, manifest["stats"]
+
+    def store(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
+        """Queue an entry for the background writer (stats are serialised now: the caller goes on changing them)."""
+        stats = json.loads(json.dumps(stats))
+        self._pending.append(self._writer.submit(self._write_entry, step, key, table, stats, source))
+
+    def wait(self) -> None:
+        """Block until every queued entry is written (an error in the writer is raised here)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def _write_entry(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
+        """Write an entry atomically; a concurrent writer of the same entry wins or loses whole. Then evict."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".tmp-{step}-{key}-{uuid.uuid4().hex}"
+        temporary.mkdir()
+        try:
+            buffer = io.BytesIO()
+            table.write_parquet(buffer, compression="lz4", statistics=False)
+            data = buffer.getvalue()
+            manifest = {
+                "format": ENTRY_FORMAT, "step": step, "key": key, "version": STEP_VERSIONS[step], "source": source,
+                "rows": table.height, "table_bytes": len(data), "table_sha256": _digest(data), "stats": stats,
+            }
+            _write_file(temporary / "table.parquet", data)
+            # the manifest last: a folder without one is never read
+            _write_file(temporary / "manifest.json", json.dumps(manifest).encode())  # key order kept: stats.json shows it
+            try:
+                os.rename(temporary, self.folder / f"{step}-{key}")
+            except OSError:  # another build stored the same entry first: theirs is as good as ours
+                pass
+        except OSError as err:  # a full disk or a read-only cache costs the cache, not the build
+            self.warn(f"warning: could not write cache entry {step} in {self.folder} ({err.strerror or err}); "
+                      "the build goes on without it")
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        self.evict()
+
+    def entries(self) -> list[Entry]:
+        """Complete entries, least recently used first."""
+        found = []
+        for folder in self.folder.glob("*-*") if self.folder.is_dir() else []:
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            try:
+                manifest_path = folder / "manifest.json"
+                manifest = json.loads(manifest_path.read_text())
+                size = sum(f.stat().st_size for f in folder.iterdir())
+                found.append(Entry(manifest["step"], manifest["key"], folder, manifest["rows"], size,
+                                   manifest_path.stat().st_mtime, manifest.get("source", "")))
+            except (OSError, ValueError, KeyError, TypeError):
+                found.append(Entry("?", folder.name, folder, 0, _folder_size(folder), 0.0, "unreadable"))
+        return sorted(found, key=lambda entry: entry.last_used)
+
+    def evict(self) -> None:
+        """Remove dead builds' temporary folders, then the least recently used entries past `max_bytes`."""
+        now = time.time()
+        for temporary in self.folder.glob(".tmp-*"):
+            try:
+                if now - temporary.stat().st_mtime > _STALE_TEMPORARY_SECONDS:
+                    shutil.rmtree(temporary, ignore_errors=True)
+            except OSError:
+                pass
+        if not self.max_bytes:
+            return
+        entries = self.entries()
+        total = sum(entry.size_bytes for entry in entries)
+        for entry in entries[:-1]:  # the newest entry stays even when it alone is over the bound
+            if total <= self.max_bytes:
+                break
+            shutil.rmtree(entry.folder, ignore_errors=True)
+            total -= entry.size_bytes
+
+    def clear(self) -> int:
+        """Remove every entry and temporary folder; returns the bytes freed."""
+        freed = 0
+        for folder in [*self.folder.glob("*-*"), *self.folder.glob(".tmp-*")] if self.folder.is_dir() else []:
+            if folder.is_dir():
+                freed += _folder_size(folder)
+                shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
+
+def cached_step(
+    cache: StepCache | None,
+    step: str,
+    key: str,
+    compute: Callable[[], tuple[pl.DataFrame, dict]],
+    *,
+    base: pl.DataFrame | None,
+    source: str,
+    log: Callable[[str], None],
+) -> tuple[pl.DataFrame, dict]:
+    """`compute()`'s (table, stats), or the stored ones. With a `base` table the step only adds columns to it, and
+    only those are stored; they are put back beside `base` on a hit."""
+    started = time.perf_counter()
+    stored = cache.load(step, key, rows=None if base is None else base.height) if cache else None
+    if stored is not None:
+        table, stats = stored
+        if base is not None:
+            table = base.hstack(table)
+        log(f"  {step}: from the cache [{time.perf_counter() - started:.1f}s]")
+        return table, stats
+    table, stats = compute()
+    if cache:
+        added = table if base is None else table.select(c for c in table.columns if c not in base.columns)
+        cache.store(step, key, added, stats, source)
+    log(f"  {step}: computed{'' if cache else ' (cache off)'} [{time.perf_counter() - started:.1f}s]")
+    return table, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# `python -m zhihu_rlhf.build cache info|clear`
+
+
+def describe(cache: StepCache) -> str:
+    entries = cache.entries()
+    if not entries:
+        return f"{cache.folder}: no cache entries"
+    lines = [f"{cache.folder}: {len(entries)} entries, {_gib(sum(e.size_bytes for e in entries))}"
+             + (f" (bound {_gib(cache.max_bytes)})" if cache.max_bytes else ""),
+             f"{'step':<8} {'key':<12} {'rows':>10} {'size':>10}  {'last used':<19}  source"]
+    for entry in reversed(entries):  # most recently used first
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.last_used)) if entry.last_used else "-"
+        lines.append(f"{entry.step:<8} {entry.key[:12]:<12} {entry.rows:>10,} {_gib(entry.size_bytes):>10}  {used:<19}  "
+                     f"{entry.source}")
+    return "\n".join(lines)
+
+
+def check_max_gb(max_gb: float) -> int:
+    if not max_gb >= 0:
+        raise UserError(f"--cache-max-gb must be 0 (no bound) or a positive size in GB, got {max_gb}")
+    return int(max_gb * 1e9)
+
+
+def _manifest_problem(manifest: object, step: str, key: str, data: bytes, rows: int | None) -> str | None:
+    if not isinstance(manifest, dict) or manifest.get("format") != ENTRY_FORMAT:
+        return "of an unknown format"
+    if manifest.get("step") != step or manifest.get("key") != key or manifest.get("version") != STEP_VERSIONS[step]:
+        return "for another step, key or version"
+    if manifest.get("table_bytes") != len(data) or manifest.get("table_sha256") != _digest(data):
+        return "truncated or corrupt (size or digest differs)"
+    if rows is not None and manifest.get("rows") != rows:
+        return "for a table of another length"
+    if not isinstance(manifest.get("stats"), dict):
+        return "missing its stats"
+    return None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()  # twice BLAKE2's speed here (SHA instructions): 0.6 GB per 1M answers
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as file:
+        file.write(data)
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**28 else f"{size / 2**20:.1f} MiB"
