@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ import datasets
 import polars as pl
 import pytest
 
-from zhihu_rlhf import synth
-from zhihu_rlhf.build import BuildOptions, build
+from zhihu_rlhf import publish, synth
+from zhihu_rlhf.build import BuildOptions, build, main
 from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.train.__main__ import COMMANDS as TRAIN_COMMANDS
+from zhihu_rlhf.train.__main__ import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,30 @@ def test_recipe_params_do_not_depend_on_the_output_folder(built: dict[str, Path]
     params = json.loads((built["pairs"] / "params.json").read_text())["params"]
     assert "pairs" in params and "instruct" not in params and "out" not in params
     assert "instruct" in json.loads((built["instruct"] / "params.json").read_text())["params"]
+
+
+# This project's own issue numbers mean nothing to a reader of a card, the README or --help.
+ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_cards_and_readme_name_no_issue_number(built: dict[str, Path]) -> None:
+    for text, where in [((folder / "README.md").read_text(encoding="utf-8"), name) for name, folder in built.items()] + [
+        (README.read_text(encoding="utf-8"), "README.md")
+    ]:
+        assert "## Vote model" in text or where == "README.md"  # the section that once carried such a note
+        assert not ISSUE_NUMBER.search(text), (where, ISSUE_NUMBER.findall(text))
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv"),
+    [(main, [what, "--help"]) for what in ("instruct", "pairs", "all")]
+    + [(publish.main, ["--help"])]
+    + [(train_main, [command, "--help"]) for command in TRAIN_COMMANDS],
+)
+def test_help_names_no_issue_number(entry, argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        entry(argv)
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--" in text and not ISSUE_NUMBER.search(text), argv
