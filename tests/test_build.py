@@ -68,6 +68,13 @@ def test_pairs_obey_every_rule(built: dict[str, Path]) -> None:
     assert (pairs["chosen"] != pairs["rejected"]).all()
     funnel = json.loads((built["pairs"] / "stats.json").read_text())["funnel"]
     assert funnel[-1]["left"] == pairs.height
+    # The sample's matching leaves pairs the vote model doubts; none is published, and the card counts them.
+    assert (pairs["p_chosen_better"] >= rules.min_p_chosen_better).all()
+    doubted = next(step for step in funnel if step["rule"] == "min_p_chosen_better")
+    assert doubted["removed"] > 0
+    card = (built["pairs"] / "README.md").read_text(encoding="utf-8")
+    assert f"| min_p_chosen_better | {doubted['description']} | {doubted['removed']:,} | {doubted['left']:,} |" in card
+    assert "fewer pairs, each more surely right" in card
 
 
 def test_instruct_is_one_answer_per_question_and_no_question_in_both_splits(built: dict[str, Path]) -> None:
@@ -140,9 +147,11 @@ def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag, default in (("--max-days-apart", "30.0"), ("--min-ratio", "2.0"), ("--limit", "3000"),
-                          ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near")):
+                          ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near"),
+                          ("--min-p-chosen-better", "0.5")):
         assert flag in text
         assert f"default: {default}" in text.split(flag, 2)[-1].split(" --", 1)[0]
+    assert "fewer pairs, each more surely right" in text.split("--min-p-chosen-better", 2)[-1]
 
 
 def test_recipe_params_do_not_depend_on_the_output_folder(built: dict[str, Path], tmp_path: Path) -> None:

@@ -170,6 +170,10 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
                      help="most pairs from one question group")
     sub.add_argument("--chosen-not-earlier", action="store_true",
                      help="Stanford SHP rule: chosen was written no earlier than rejected")
+    sub.add_argument("--min-p-chosen-better", type=float, default=defaults.min_p_chosen_better,
+                     help="publish only pairs whose p_chosen_better (the vote model's probability that chosen is truly "
+                          "the better answer) is at least this; below 0.5 the model favours the rejected answer. "
+                          "Higher: fewer pairs, each more surely right")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -193,6 +197,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             min_chosen_upvotes=args.min_chosen_upvotes,
             max_pairs_per_question=args.max_pairs_per_question,
             chosen_not_earlier=args.chosen_not_earlier,
+            min_p_chosen_better=args.min_p_chosen_better,
             **filters,
         )
     return options
