@@ -34,7 +34,8 @@ What = Literal["instruct", "pairs", "all"]
 @dataclass
 class BuildOptions:
     source: str = DEFAULT_SOURCE
-    """Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (data folder, file, SQLite db), or `sample`."""
+    """Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (data folder, file, workbook, SQLite db), or
+    `sample`."""
     out: Path = Path("out")
     """Output folder (for `all`: the parent of instruct/ and pairs/)."""
     test_fraction: float = 0.05
@@ -126,7 +127,7 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
     defaults, dedupe, filters = BuildOptions(), DedupeOptions(), InstructOptions()
     sub.add_argument("--source", default=defaults.source,
                      help="Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (its data folder, a contents "
-                          "file or its SQLite database), or 'sample'")
+                          "file, an excel workbook or its SQLite database), or 'sample'")
     sub.add_argument("--out", type=Path, default=defaults.out, help="output folder")
     sub.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
                      help="share of question groups in the test split")
