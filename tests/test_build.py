@@ -77,6 +77,17 @@ def test_pairs_obey_every_rule(built: dict[str, Path]) -> None:
     assert "fewer pairs, each more surely right" in card
 
 
+def test_no_published_text_keeps_a_nbsp_and_the_cards_say_what_became_of_it(built: dict[str, Path]) -> None:
+    # The sample's answers carry NBSP (raw and as &nbsp;), many between two Han characters.
+    for name, columns in (("instruct", ["prompt", "completion"]), ("pairs", ["prompt", "chosen", "rejected"])):
+        rows = pl.concat(_read(built[name]))
+        for column in columns:
+            assert not rows[column].str.contains("\u00a0", literal=True).any(), (name, column)
+        card = " ".join((built[name] / "README.md").read_text(encoding="utf-8").split())
+        assert ("no-break space removed between two CJK characters or a CJK character and CJK punctuation and made a "
+                "plain space elsewhere") in card
+
+
 def test_instruct_is_one_answer_per_question_and_no_question_in_both_splits(built: dict[str, Path]) -> None:
     train, test = _read(built["instruct"])
     rows = pl.concat([train, test])
