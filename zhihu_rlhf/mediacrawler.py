@@ -108,5 +108,7 @@ def read_sheet(path: Path, sheet: str) -> pl.DataFrame | None:
         if sheet not in fastexcel.read_excel(path).sheet_names:
             return None
         return pl.read_excel(path, sheet_name=sheet, infer_schema_length=0)
+    except pl.exceptions.NoDataError:  # not even a header row
+        return None
     except (fastexcel.FastExcelError, pl.exceptions.PolarsError, OSError) as err:
         raise UserError(f"{path}: not a readable excel workbook ({first_line(err)})") from None

@@ -636,7 +636,7 @@ def load_answers(source: str, warn: Callable[[str], None] = _warn) -> tuple[pl.D
 def _what_is_empty(read: list[SourceFiles]) -> str:
     """What was read and found empty, for the message: MediaCrawler creates its tables when it starts, so a crawl that
     stored nothing leaves a database with empty tables."""
-    where = {"sqlite": f"the {mediacrawler.CONTENTS_TABLE} table", "xlsx": f"the {mediacrawler.CONTENTS_SHEET} sheet"}
+    where = {"sqlite": f"the {mediacrawler.CONTENTS_TABLE} table", "xlsx": f"the {mediacrawler.CONTENTS_SHEET} sheet"}  # or none: MediaCrawler removes empty sheets
     if len(read) == 1:
         return f"{where.get(read[0].file_format, 'the file')} is empty" + (
             " (MediaCrawler creates it when it starts: did the crawl store anything?)" if read[0].file_format == "sqlite" else "")
