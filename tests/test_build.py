@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ import datasets
 import polars as pl
 import pytest
 
-from zhihu_rlhf import synth
-from zhihu_rlhf.build import BuildOptions, build
+from zhihu_rlhf import publish, synth
+from zhihu_rlhf.build import BuildOptions, build, main
 from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.train.__main__ import COMMANDS as TRAIN_COMMANDS
+from zhihu_rlhf.train.__main__ import main as train_main
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,24 @@ def test_pairs_obey_every_rule(built: dict[str, Path]) -> None:
     assert (pairs["chosen"] != pairs["rejected"]).all()
     funnel = json.loads((built["pairs"] / "stats.json").read_text())["funnel"]
     assert funnel[-1]["left"] == pairs.height
+    # The sample's matching leaves pairs the vote model doubts; none is published, and the card counts them.
+    assert (pairs["p_chosen_better"] >= rules.min_p_chosen_better).all()
+    doubted = next(step for step in funnel if step["rule"] == "min_p_chosen_better")
+    assert doubted["removed"] > 0
+    card = (built["pairs"] / "README.md").read_text(encoding="utf-8")
+    assert f"| min_p_chosen_better | {doubted['description']} | {doubted['removed']:,} | {doubted['left']:,} |" in card
+    assert "fewer pairs, each more surely right" in card
+
+
+def test_no_published_text_keeps_a_nbsp_and_the_cards_say_what_became_of_it(built: dict[str, Path]) -> None:
+    # The sample's answers carry NBSP (raw and as &nbsp;), many between two Han characters.
+    for name, columns in (("instruct", ["prompt", "completion"]), ("pairs", ["prompt", "chosen", "rejected"])):
+        rows = pl.concat(_read(built[name]))
+        for column in columns:
+            assert not rows[column].str.contains("\u00a0", literal=True).any(), (name, column)
+        card = " ".join((built[name] / "README.md").read_text(encoding="utf-8").split())
+        assert ("no-break space removed between two CJK characters or a CJK character and CJK punctuation and made a "
+                "plain space elsewhere") in card
 
 
 def test_instruct_is_one_answer_per_question_and_no_question_in_both_splits(built: dict[str, Path]) -> None:
@@ -137,9 +158,11 @@ def test_help_documents_every_option_with_its_default(tmp_path: Path) -> None:
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     for flag, default in (("--max-days-apart", "30.0"), ("--min-ratio", "2.0"), ("--limit", "3000"),
-                          ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near")):
+                          ("--source", "wangrui6/Zhihu-KOL"), ("--test-fraction", "0.05"), ("--dedupe", "near"),
+                          ("--min-p-chosen-better", "0.5")):
         assert flag in text
         assert f"default: {default}" in text.split(flag, 2)[-1].split(" --", 1)[0]
+    assert "fewer pairs, each more surely right" in text.split("--min-p-chosen-better", 2)[-1]
 
 
 def test_recipe_params_do_not_depend_on_the_output_folder(built: dict[str, Path], tmp_path: Path) -> None:
@@ -149,3 +172,30 @@ def test_recipe_params_do_not_depend_on_the_output_folder(built: dict[str, Path]
     params = json.loads((built["pairs"] / "params.json").read_text())["params"]
     assert "pairs" in params and "instruct" not in params and "out" not in params
     assert "instruct" in json.loads((built["instruct"] / "params.json").read_text())["params"]
+
+
+# This project's own issue numbers mean nothing to a reader of a card, the README or --help.
+ISSUE_NUMBER = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_cards_and_readme_name_no_issue_number(built: dict[str, Path]) -> None:
+    for text, where in [((folder / "README.md").read_text(encoding="utf-8"), name) for name, folder in built.items()] + [
+        (README.read_text(encoding="utf-8"), "README.md")
+    ]:
+        assert "## Vote model" in text or where == "README.md"  # the section that once carried such a note
+        assert not ISSUE_NUMBER.search(text), (where, ISSUE_NUMBER.findall(text))
+
+
+@pytest.mark.parametrize(
+    ("entry", "argv"),
+    [(main, [what, "--help"]) for what in ("instruct", "pairs", "all")]
+    + [(publish.main, ["--help"])]
+    + [(train_main, [command, "--help"]) for command in TRAIN_COMMANDS],
+)
+def test_help_names_no_issue_number(entry, argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        entry(argv)
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--" in text and not ISSUE_NUMBER.search(text), argv

@@ -188,3 +188,22 @@ def test_deepspeed_chat_section_says_which_step_reads_which_file(folders):
     assert "for **step 2** (the reward model" in pairs_body and "--data_split 0,10,0" in pairs_body
     for body in (instruct, pairs_body):
         assert '`" Human: " + question + " Assistant: " + answer`' in body
+
+
+def test_count_histograms_have_whole_number_ticks(tmp_path, monkeypatch):
+    # Three pairs: matplotlib's default locator would tick the count axis at 0.5, 1.5, 2.5 ...
+    train, test = pairs_frames(n_train=2, n_test=1)
+    figures = {}
+    save = cards._save
+
+    def keep_figure(fig, folder, name):
+        figures[name] = fig
+        return save(fig, folder, name)
+
+    monkeypatch.setattr(cards, "_save", keep_figure)
+    cards.write_plots(tmp_path, "pairs", {"train": train, "test": test}, make_stats("pairs", train, test))
+    assert {"lengths", "upvote_ratio", "time_gap", "p_chosen_better"} <= set(figures)
+    for name in ("lengths", "upvote_ratio", "time_gap", "p_chosen_better"):
+        (ax,) = figures[name].axes
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), (name, ticks)

@@ -8,12 +8,13 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import openpyxl
 import polars as pl
 import pytest
 
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.sources import load_answers
+from zhihu_rlhf.sources import SourceFiles, load_answers, scan_raw
 
 T0 = 1676899170  # 2023-02-20T13:19:30Z
 DAY = 86_400
@@ -116,6 +117,41 @@ def write_sqlite(path: Path, items: list[dict], creators: list[tuple[str, str]] 
     return path
 
 
+def write_xlsx(path: Path, contents: list[dict], comments: list[dict] = (), creators: list[dict] = ()) -> Path:
+    """A workbook as MediaCrawler's excel store (store/excel_store_base.py) writes it with openpyxl: sheets Contents,
+    Comments and Creators; the header is the first item's keys, extended by new keys; None is written as "" and lists
+    or dicts as their str(); sheets left without rows are removed before saving."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for name, items in (("Contents", contents), ("Comments", comments), ("Creators", creators)):
+        sheet = workbook.create_sheet(name)
+        headers: list[str] = []
+        for item in items:
+            headers += [key for key in item if key not in headers]
+            for column, header in enumerate(headers, 1):
+                sheet.cell(row=1, column=column, value=header)
+            row = sheet.max_row + 1
+            for column, header in enumerate(headers, 1):
+                value = item.get(header, "")
+                value = str(value) if isinstance(value, (list, dict)) else "" if value is None else value
+                sheet.cell(row=row, column=column, value=value)
+        if sheet.max_row == 1:
+            workbook.remove(sheet)
+    workbook.save(path)
+    return path
+
+
+def write_empty_sqlite(path: Path) -> Path:
+    """A database as MediaCrawler leaves it when it starts: its tables created, no row stored yet."""
+    write_sqlite(path, CRAWL, creators=[("u1", "1")])
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM zhihu_content")
+        connection.execute("DELETE FROM zhihu_creator")
+    connection.close()
+    return path
+
+
 def _write_text(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -131,6 +167,7 @@ STORES = {
     "csv": lambda root: write_csv(root / "data/zhihu/csv/search_contents_2025-07-12.csv", CRAWL),
     "csv-run-numbered": lambda root: write_csv(root / "data/zhihu/1_search_contents_2025-07-12.csv", CRAWL),
     "sqlite": lambda root: write_sqlite(root / "database/sqlite_tables.db", CRAWL),
+    "excel": lambda root: write_xlsx(root / "data/zhihu/zhihu_search_20250712_153000.xlsx", CRAWL, comments=[COMMENT]),
 }
 
 
@@ -153,7 +190,8 @@ def test_older_versions_numeric_ids_and_user_id(tmp_path: Path) -> None:
     old = [_item(101, 9, 12, new_version=False), _item(102, 9, 5, author="u2", new_version=False)]
     for path in (write_json(tmp_path / "json/search_contents_2024-01-14.json", old),
                  write_jsonl(tmp_path / "jsonl/search_contents_2024-01-14.jsonl", old),
-                 write_csv(tmp_path / "csv/search_contents_2024-01-14.csv", old)):
+                 write_csv(tmp_path / "csv/search_contents_2024-01-14.csv", old),
+                 write_xlsx(tmp_path / "zhihu_search_20240114_101500.xlsx", old)):
         answers, _ = load_answers(str(path))
         assert answers.select("answer_id", "upvotes", "author_id").rows() == [(101, 12, "u1"), (102, 5, "u2")], path
 
@@ -198,6 +236,19 @@ def test_followers_from_the_creator_table_and_creator_files(tmp_path: Path) -> N
         ("u1", 15), ("u2", None), ("u3", 0)
     ]
     assert stats["rows_in"] == 3
+    # The contents file alone: the creators its runs stored beside it are read too.
+    alone, _ = load_answers(str(crawl / "json/creator_contents_2025-07-12.json"))
+    assert alone.sort("answer_id").select("author_id", "author_followers").rows() == [("u1", 15), ("u2", None), ("u3", 0)]
+
+    # The excel store keeps creators in the workbook's Creators sheet.
+    workbook = write_xlsx(tmp_path / "excel/zhihu_creator_20250712_101500.xlsx", old,
+                          creators=[{"user_id": "u1", "fans": "1.2万", "last_modify_ts": 1},
+                                    {"user_id": "u2", "fans": 7, "last_modify_ts": 1}])
+    for source in (workbook, workbook.parent):
+        answers, _ = load_answers(str(source))
+        assert answers.sort("answer_id").select("author_id", "author_followers").rows() == [
+            ("u1", 12000), ("u2", 7), ("u3", None)
+        ], source
 
 
 def test_a_crawl_builds_and_author_data_stays_out_of_the_published_files(tmp_path: Path) -> None:
@@ -225,8 +276,8 @@ def test_a_crawl_builds_and_author_data_stays_out_of_the_published_files(tmp_pat
     ("make", "message"),
     [
         (lambda p: write_json(p / "data/zhihu/json/search_comments_2025-07-12.json", [COMMENT]).parents[1],
-         r"zhihu: found no \.parquet files, no MediaCrawler contents files \(\*contents\*\.json\|jsonl\|csv\) "
-         r"and no SQLite database"),
+         r"zhihu: found no \.parquet files, no MediaCrawler contents files \(\*contents\*\.json\|jsonl\|csv\), "
+         r"no MediaCrawler excel workbooks \(zhihu_\*\.xlsx\) and no SQLite database"),
         (lambda p: _write_text(p / "search_contents_2025-07-12.json", '[\n    {"content_id": "1",\n    {'),
          r"search_contents_2025-07-12\.json: not a readable json file \(line 3, column 5: "),
         (lambda p: _write_text(p / "search_contents_2025-07-12.jsonl",
@@ -238,6 +289,13 @@ def test_a_crawl_builds_and_author_data_stays_out_of_the_published_files(tmp_pat
          or p / "other.db", r"other\.db: the SQLite database has no zhihu_content table \(tables: xhs_note\)"),
         (lambda p: write_json(p / "json/search_contents_2025-07-12.json", [COMMENT]),
          r"search_contents_2025-07-12\.json: unknown table layout"),
+        # Not JSON at all, though named so: no record is read as if the file had been cut.
+        (lambda p: _write_text(p / "search_contents_2025-07-12.json", "<html><body>登录</body></html>\n"),
+         r"search_contents_2025-07-12\.json: not a readable jsonl file \(line 1, column 1: Expecting value"),
+        (lambda p: _write_text(p / "zhihu_search_20250712_153000.xlsx", "not a workbook"),
+         r"zhihu_search_20250712_153000\.xlsx: not a readable excel workbook"),
+        (lambda p: write_empty_sqlite(p / "database/sqlite_tables.db"),
+         r"sqlite_tables\.db: no rows to read: the zhihu_content table is empty"),
     ],
 )
 def test_bad_crawls_fail_with_one_line_naming_the_file(tmp_path: Path, make, message: str) -> None:
@@ -246,14 +304,72 @@ def test_bad_crawls_fail_with_one_line_naming_the_file(tmp_path: Path, make, mes
     assert "\n" not in str(error.value)
 
 
-def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: write_json(p / "search_comments_2025-07-12.json", [COMMENT]).parent, "found no .parquet files"),
+        # MediaCrawler's SQLite store at start-up: tables, no rows. Not an empty build: the same kind of error.
+        (lambda p: write_empty_sqlite(p / "database/sqlite_tables.db").parent, "no rows to read"),
+    ],
+)
+def test_the_cli_says_what_is_wrong_without_a_traceback(tmp_path: Path, make, message: str) -> None:
     import subprocess
     import sys
 
-    write_json(tmp_path / "search_comments_2025-07-12.json", [COMMENT])
-    run = subprocess.run([sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", str(tmp_path), "--out",
+    source = make(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "zhihu_rlhf.build", "all", "--source", str(source), "--out",
                           str(tmp_path / "out")], capture_output=True, text=True)
     assert run.returncode == 2
-    assert run.stderr.splitlines()[-1].startswith(f"error: {tmp_path}: found no .parquet files")
+    assert run.stderr.splitlines()[-1].startswith(f"error: {source}: {message}")
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+# A crawl killed while MediaCrawler saves leaves a file whose end is missing.
+
+
+def _record_spans(data: bytes, file_format: str) -> list[tuple[int, int]]:
+    """(first byte, byte after the last) of each record, from the layouts the writers above produce."""
+    if file_format == "jsonl":
+        ends = [i for i, byte in enumerate(data) if byte == ord("\n")]
+        return list(zip([0] + [end + 1 for end in ends[:-1]], ends, strict=True))
+    starts = [i + 5 for i in range(len(data)) if data.startswith(b"\n    {", i)]
+    ends = [i + 6 for i in range(len(data)) if data.startswith(b"\n    }", i)]
+    return list(zip(starts, ends, strict=True))
+
+
+@pytest.mark.parametrize("file_format", ["json", "jsonl"])
+def test_a_file_cut_anywhere_gives_its_complete_records(tmp_path: Path, file_format: str) -> None:
+    write = write_json if file_format == "json" else write_jsonl
+    items = [CRAWL[0] | {"content_text": "影响🙂\n“引号”\\ \u0001", "desc": None, "ok": True}, CRAWL[1], CRAWL[2]]
+    whole = write(tmp_path / f"search_contents_2025-07-12.{file_format}", items).read_bytes()
+    spans = _record_spans(whole, file_format)
+    assert len(spans) == len(items)
+    cut_file = tmp_path / f"cut.{file_format}"
+    warnings: list[str] = []
+    for cut in range(1, len(whole)):
+        cut_file.write_bytes(whole[:cut])
+        frame, cut_records = scan_raw(SourceFiles((cut_file,), file_format, str(cut_file)), warnings.append)
+        complete = sum(end <= cut for _, end in spans)
+        read = [] if frame is None else frame.collect()["content_id"].to_list()
+        assert read == [item["content_id"] for item in items[:complete]], cut
+        assert cut_records == any(start < cut < end for start, end in spans), cut
+    assert warnings and all(str(cut_file) in warning for warning in warnings)
+
+
+def test_a_cut_crawl_builds_counts_the_cut_record_and_warns_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_json(tmp_path / "data/zhihu/json/search_contents_2025-07-12.json", CRAWL)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index("回答103".encode()) + 1])  # inside the three bytes of 回
+    write_jsonl(tmp_path / "data/zhihu/jsonl/search_contents_2025-07-11.jsonl", CRAWL[:2])
+    answers, stats = load_answers(str(tmp_path / "data"))
+    assert answers["answer_id"].to_list() == [101, 102]
+    assert stats["rows_in"] == len(CRAWL[:2]) * 2 + 1
+    assert stats["rows_dropped"] == {"superseded_crawl": 2, "truncated_record": 1}
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith(f"warning: {path}: ") and "truncated_record" in warning[0]
+
+    written = build("instruct", BuildOptions(source=str(path), out=tmp_path / "out"), log=lambda _: None)
+    stats = json.loads((written["instruct"] / "stats.json").read_text())
+    assert stats["rows_dropped"]["truncated_record"] == 1
+    assert stats["rows_in"] == stats["rows_kept"] + sum(stats["rows_dropped"].values())

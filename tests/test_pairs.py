@@ -6,6 +6,7 @@ import dataclasses
 import math
 import random
 from datetime import UTC, datetime, timedelta
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
@@ -270,10 +271,14 @@ def exhaustive_selection(table: pl.DataFrame, opts: PairOptions) -> tuple[list[t
     lefts = candidates.select(
         pl.len().alias("all"), *(pl.all_horizontal(rules[: i + 1]).sum().alias(str(i)) for i in range(len(rules)))
     ).collect(engine="streaming").row(0)
-    passed = candidates.filter(*rules).with_columns(confidence=quality_lead("chosen_", "rejected_"))
-    chosen_once = _sequential_greedy(passed.collect(engine="streaming"), opts.max_pairs_per_question)
-    kept = chosen_once[: opts.limit] if opts.limit else chosen_once
-    return kept, [*lefts, len(chosen_once), len(kept)]
+    passed = candidates.filter(*rules).with_columns(confidence=quality_lead("chosen_", "rejected_")).collect(engine="streaming")
+    chosen_once = _sequential_greedy(passed, opts.max_pairs_per_question)
+    # A pair the model is not sure enough of is never a candidate: the matching runs without it. The funnel counts
+    # the pairs it would have published among those matched over every candidate.
+    sure = passed.filter(pl.col("confidence") >= NormalDist().inv_cdf(opts.min_p_chosen_better))
+    sure_once = _sequential_greedy(sure, opts.max_pairs_per_question)
+    kept = sure_once[: opts.limit] if opts.limit else sure_once
+    return kept, [*lefts, len(chosen_once), len(sure_once), len(kept)]
 
 
 def hot_world(seed: int) -> pl.DataFrame:
@@ -335,6 +340,7 @@ def test_band_join_and_budgets_equal_the_exhaustive_rules(seed: int, chosen_not_
     options = PairOptions(chosen_not_earlier=chosen_not_earlier, max_days_apart=30, limit=0)
     expected, expected_lefts = exhaustive_selection(table, options)
     assert len(expected) > 300 and expected_lefts[3] > 1_000_000  # the big questions give millions of pairs
+    assert expected_lefts[-3] > expected_lefts[-2]  # some matched pairs are ones the model doubts
 
     def check(limit: int) -> pl.DataFrame:
         got, _, funnel = select_pairs(table, dataclasses.replace(options, limit=limit))
@@ -374,3 +380,33 @@ def test_an_unbounded_window_pairs_answers_without_times_too() -> None:
 def test_a_window_that_is_not_a_number_of_days_is_refused(days: float) -> None:
     with pytest.raises(UserError, match="--max-days-apart"):
         select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_days_apart=days))
+
+
+def test_pairs_the_vote_model_doubts_are_never_published() -> None:
+    # Three questions, one pair each: the model is sure of question 1's, barely sure of question 2's, and thinks
+    # question 3's rejected answer is the better one (its chosen author's reach explains the votes, say).
+    rows = answers([{"upvotes": 200, "question_id": q} if i == 0 else {"upvotes": 20, "question_id": q}
+                    for q in (1, 2, 3) for i in range(2)])
+    lead = {1: 3.0, 2: 0.2, 3: -0.3}  # chosen's quality minus rejected's, in units of quality_sd = 1/sqrt(2)
+    rows = rows.with_columns(
+        quality_sd=pl.lit(0.5**0.5),
+        estimated_quality=pl.when(pl.col("upvotes") == 200).then(pl.col("question_id").replace_strict(lead)).otherwise(0.0),
+    )
+    p = {q: NormalDist().cdf(z) for q, z in lead.items()}  # sd of the lead: sqrt(1/2 + 1/2) = 1
+    assert p[3] < 0.5 < p[2] < 0.9 < p[1]
+
+    for threshold, questions in ((0.5, [1, 2]), (0.9, [1]), (0.0, [1, 2, 3])):
+        pairs, dropped, funnel = select_pairs(rows, PairOptions(min_p_chosen_better=threshold, **NO_EXTRA_RULES))
+        assert pairs["question_id"].to_list() == questions, threshold
+        assert pairs["p_chosen_better"].to_list() == pytest.approx([p[q] for q in questions])
+        step = next(step for step in funnel if step["rule"] == "min_p_chosen_better")
+        assert (step["removed"], step["left"]) == (3 - len(questions), len(questions))
+        assert funnel[-1]["left"] == pairs.height
+        assert dropped.get("not_in_a_selected_pair", 0) == 2 * (3 - len(questions))
+    assert PairOptions().min_p_chosen_better == 0.5
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5])
+def test_a_min_p_chosen_better_that_is_not_a_probability_is_refused(threshold: float) -> None:
+    with pytest.raises(UserError, match="--min-p-chosen-better must be a probability"):
+        select_pairs(answers([{"upvotes": 1}, {"upvotes": 20}]), PairOptions(min_p_chosen_better=threshold))

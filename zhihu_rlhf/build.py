@@ -36,7 +36,8 @@ What = Literal["instruct", "pairs", "all"]
 @dataclass
 class BuildOptions:
     source: str = DEFAULT_SOURCE
-    """Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (data folder, file, SQLite db), or `sample`."""
+    """Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (data folder, file, workbook, SQLite db), or
+    `sample`."""
     out: Path = Path("out")
     """Output folder (for `all`: the parent of instruct/ and pairs/)."""
     test_fraction: float = 0.05
@@ -156,7 +157,7 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
     defaults, dedupe, filters = BuildOptions(), DedupeOptions(), InstructOptions()
     sub.add_argument("--source", default=defaults.source,
                      help="Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (its data folder, a contents "
-                          "file or its SQLite database), or 'sample'")
+                          "file, an excel workbook or its SQLite database), or 'sample'")
     sub.add_argument("--out", type=Path, default=defaults.out, help="output folder")
     sub.add_argument("--test-fraction", type=float, default=defaults.test_fraction,
                      help="share of question groups in the test split")
@@ -205,6 +206,10 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
                      help="most pairs from one question group")
     sub.add_argument("--chosen-not-earlier", action="store_true",
                      help="Stanford SHP rule: chosen was written no earlier than rejected")
+    sub.add_argument("--min-p-chosen-better", type=float, default=defaults.min_p_chosen_better,
+                     help="publish only pairs whose p_chosen_better (the vote model's probability that chosen is truly "
+                          "the better answer) is at least this; below 0.5 the model favours the rejected answer. "
+                          "Higher: fewer pairs, each more surely right")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -231,6 +236,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             min_chosen_upvotes=args.min_chosen_upvotes,
             max_pairs_per_question=args.max_pairs_per_question,
             chosen_not_earlier=args.chosen_not_earlier,
+            min_p_chosen_better=args.min_p_chosen_better,
             **filters,
         )
     return options

@@ -20,7 +20,9 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # Zhihu-KOL declares no license on the Hub (checked: its card has none), and the answers' copyright stays with their
 # Zhihu authors, so the honest Hub value is "unknown"; the card's licensing section says so.
@@ -91,6 +93,13 @@ def _figure() -> Figure:
     return fig
 
 
+def _count_histogram(fig: Figure) -> Axes:
+    """Axes for a histogram of counts: its y ticks are whole numbers (a small set would otherwise show 2.5 pairs)."""
+    ax = fig.add_subplot()
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    return ax
+
+
 def _save(fig: Figure, folder: Path, name: str) -> str:
     path = f"plots/{name}.png"
     (folder / "plots").mkdir(exist_ok=True)
@@ -107,7 +116,7 @@ def _log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
 def _length_plot(folder: Path, kind: str, frame: pl.DataFrame) -> Plot:
     columns = ["prompt", "completion"] if kind == "instruct" else ["prompt", "chosen", "rejected"]
     fig = _figure()
-    ax = fig.add_subplot()
+    ax = _count_histogram(fig)
     lengths = {c: frame[c].str.len_chars().to_numpy() for c in columns}
     bins = _log_bins(np.concatenate(list(lengths.values())))
     for column, values in lengths.items():
@@ -127,7 +136,7 @@ def _ratio_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
     if finite.size == 0:
         return None
     fig = _figure()
-    ax = fig.add_subplot()
+    ax = _count_histogram(fig)
     ax.hist(finite, bins=_log_bins(finite), color="tab:blue")
     ax.set_xscale("log")
     ax.set_xlabel("chosen upvotes / rejected upvotes (log scale)")
@@ -145,7 +154,7 @@ def _time_gap_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
     if gap_days.size == 0:
         return None
     fig = _figure()
-    ax = fig.add_subplot()
+    ax = _count_histogram(fig)
     ax.hist(gap_days, bins=40, color="tab:orange")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("chosen created minus rejected created (days); > 0: chosen is newer")
@@ -155,14 +164,14 @@ def _time_gap_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
                 "Pairs with a positive gap are the safe ones: the chosen answer won despite less time to collect votes.")
 
 
-# --- vote model (issue 11) ---------------------------------------------------------------------------------------
+# --- vote model -----------------------------------------------------------------------------------------------------
 
 def _p_chosen_better_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
     p = frame["p_chosen_better"].drop_nulls().to_numpy() if "p_chosen_better" in frame.columns else np.array([])
     if p.size == 0:
         return None
     fig = _figure()
-    ax = fig.add_subplot()
+    ax = _count_histogram(fig)
     ax.hist(p, bins=np.linspace(0, 1, 41), color="tab:purple")
     ax.set_xlabel("p_chosen_better: the vote model's P(chosen is truly the better answer)")
     ax.set_ylabel("pairs")

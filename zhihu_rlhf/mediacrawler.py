@@ -9,12 +9,16 @@ under `data/zhihu/` (or `SAVE_DATA_PATH`):
     jsonl/…_contents_….jsonl                                   one object a line
     csv/…_contents_….csv                                       UTF-8 with a BOM
     1_search_contents_….csv                                    older versions: a run number in front, at the root
+    zhihu_{search|detail|creator}_{YYYYMMDD_HHMMSS}.xlsx       excel: one workbook a run, sheets Contents, Comments and
+                                                               Creators (openpyxl; empty sheets removed, None as "")
     sqlite: a database file (default `database/sqlite_tables.db`) with a `zhihu_content` table
 
-Comments go to `…_comments_…` files (and `zhihu_comment`), creators to `…_creator_…` files (and `zhihu_creator`,
-whose `fans` is the follower count) in versions that still stored them. `--source` takes the data folder or any folder
-under it, a contents file, or the database (its path or a folder holding it). Answers come from contents files and
-`zhihu_content` only; creators give `author_followers`; comments are not read.
+Comments go to `…_comments_…` files (and `zhihu_comment`, the Comments sheet), creators to `…_creator_…` files (and
+`zhihu_creator`, the Creators sheet; `fans` is the follower count) in versions that still stored them: since mid-2026
+MediaCrawler stores only `creator_hash` and no creators. `--source` takes the data folder or any folder under it, a
+contents file (creator files beside it are read too), a workbook, or the database (its path or a folder holding it).
+Answers come from contents files, the Contents sheet and `zhihu_content` only; creators give `author_followers`;
+comments are not read.
 """
 
 from __future__ import annotations
@@ -26,15 +30,19 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import fastexcel  # the engine of polars' read_excel
 import polars as pl
 
-from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.errors import UserError, first_line
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 FILE_STORE_SUFFIXES = (".json", ".jsonl", ".csv")
 CONTENTS_PATTERN = "*contents*.json|jsonl|csv"
+WORKBOOK_PATTERN = "zhihu_*.xlsx"
 CONTENTS_TABLE = "zhihu_content"
 CREATORS_TABLE = "zhihu_creator"
+CONTENTS_SHEET = "Contents"
+CREATORS_SHEET = "Creators"
 
 # A date in a file name: 2025-07-12 as MediaCrawler writes it, or 20250712.
 DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
@@ -44,18 +52,21 @@ DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 class CrawlFiles:
     contents: list[Path]
     creators: list[Path]
+    workbooks: list[Path]
     databases: list[Path]
 
 
-def find_files(folder: Path) -> CrawlFiles:
-    """MediaCrawler's files anywhere under `folder`, in path order (so every run reads them in the same order)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+def find_files(folder: Path, *, recursive: bool = True) -> CrawlFiles:
+    """MediaCrawler's files in `folder` (and under it, if `recursive`), in path order (so every run reads them in the
+    same order)."""
+    files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
     stores = [p for p in files if p.suffix.lower() in FILE_STORE_SUFFIXES]
     # `creator` is also a crawler type (`creator_contents_….json`): the item type decides what a file holds.
     contents = [p for p in stores if "contents" in p.name]
     creators = [p for p in stores if "creator" in p.name and "contents" not in p.name and "comments" not in p.name]
+    workbooks = [p for p in files if p.match(WORKBOOK_PATTERN)]
     databases = [p for p in files if p.suffix.lower() in SQLITE_SUFFIXES]
-    return CrawlFiles(contents, creators, databases)
+    return CrawlFiles(contents, creators, workbooks, databases)
 
 
 def file_date(path: Path) -> date | None:
@@ -88,3 +99,16 @@ def read_table(path: Path, table: str, required: bool = True) -> pl.DataFrame | 
                                     schema_overrides=dict.fromkeys(columns, pl.String))
     except sqlite3.Error as err:
         raise UserError(f"{path}: not a readable SQLite database ({err})") from None
+
+
+def read_sheet(path: Path, sheet: str) -> pl.DataFrame | None:
+    """A sheet of a MediaCrawler workbook, every column as text (the parsers read every spelling from text); None when
+    the workbook has no such sheet (MediaCrawler removes the empty ones)."""
+    try:
+        if sheet not in fastexcel.read_excel(path).sheet_names:
+            return None
+        return pl.read_excel(path, sheet_name=sheet, infer_schema_length=0)
+    except pl.exceptions.NoDataError:  # not even a header row
+        return None
+    except (fastexcel.FastExcelError, pl.exceptions.PolarsError, OSError) as err:
+        raise UserError(f"{path}: not a readable excel workbook ({first_line(err)})") from None

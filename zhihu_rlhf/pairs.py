@@ -14,7 +14,10 @@ The rules, in the order the funnel in stats.json reports them:
 7. each response once: a response (a near-duplicate cluster) appears in at most one pair, in
    either slot, and a question gives at most `max_pairs_per_question` pairs. Conflicts are
    resolved greedily by rank, best pair first.
-8. limit: the `limit` best-ranked pairs are kept.
+8. sure enough: the vote model's `p_chosen_better` (below) is at least `min_p_chosen_better`. Pairs are
+   ranked by it, so every pair it removes ranks below every pair it keeps: applied after the matching,
+   it gives the same pairs as applied before, and counts only pairs that would otherwise be published.
+9. limit: the `limit` best-ranked pairs are kept.
 
 Confidence. Votes are not quality: exposure and the author's reach multiply them too (the article: 点赞受
 许多因素影响，例如答题人粉丝数，答题时间). The vote model (zhihu_rlhf.votes) turns each answer's votes into an
@@ -111,6 +114,9 @@ class PairOptions(AnswerFilters):
     """Spread the pairs over many questions instead of a few very popular ones."""
     chosen_not_earlier: bool = False
     """Stanford SHP's rule: the chosen answer was written no earlier than the rejected one."""
+    min_p_chosen_better: float = 0.5
+    """Publish a pair only if the vote model puts P(chosen is truly better) at least this high. Below 0.5 the model
+    thinks the rejected answer more likely the better one; higher values give fewer pairs, each more surely right."""
 
 
 # Pairs are ranked best first by RANK_KEY, an expression over chosen_*/rejected_* QUALITY_COLUMNS; the answer ids
@@ -467,6 +473,8 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
     if not opts.max_days_apart >= 0:
         raise UserError(f"--max-days-apart must be a number of days >= 0 (inf: no time rule), got {opts.max_days_apart}")
+    if not 0.0 <= opts.min_p_chosen_better <= 1.0:
+        raise UserError(f"--min-p-chosen-better must be a probability in [0, 1], got {opts.min_p_chosen_better}")
     # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
     slim = answers.select(
         "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
@@ -493,8 +501,17 @@ def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame
             "left": chosen_once.height,
         }
     )
-    kept = chosen_once.head(opts.limit) if opts.limit else chosen_once
-    funnel.append({"rule": "limit", "description": "the most confident pairs", "removed": chosen_once.height - kept.height, "left": kept.height})
+    sure = chosen_once.filter(pl.col("p_chosen_better") >= opts.min_p_chosen_better)
+    funnel.append(
+        {
+            "rule": "min_p_chosen_better",
+            "description": f"the vote model puts P(chosen is truly better) at {opts.min_p_chosen_better:g} or more",
+            "removed": chosen_once.height - sure.height,
+            "left": sure.height,
+        }
+    )
+    kept = sure.head(opts.limit) if opts.limit else sure
+    funnel.append({"rule": "limit", "description": "the most confident pairs", "removed": sure.height - kept.height, "left": kept.height})
 
     pairs = _attach_texts(kept, answers)
 

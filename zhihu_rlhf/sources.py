@@ -7,7 +7,8 @@ Every input ends up as one table with one row per answer:
 
 `--source` may be a Hub dataset id (default `wangrui6/Zhihu-KOL`), a local parquet file, a folder or glob of parquet
 files, `sample` (a small Zhihu-KOL-shaped file shipped in the package), or a MediaCrawler Zhihu crawl (see
-`zhihu_rlhf.mediacrawler`: its data folder, any store folder under it, a contents file, or its SQLite database).
+`zhihu_rlhf.mediacrawler`: its data folder, any store folder under it, a contents file, a workbook, or its SQLite
+database).
 
 Zhihu-KOL keeps its metadata in a JSON *string* whose values were scraped from the page, so every field comes in
 several spellings; each parser below turns all of them into the exact value they denote. Rows that cannot be used are
@@ -18,7 +19,11 @@ rows are kept and counted (`created_at_missing`, `author_id_missing`).
 from __future__ import annotations
 
 import glob
+import io
 import json
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
@@ -63,6 +68,7 @@ FILE_FORMATS = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".csv": "csv",
+    ".xlsx": "xlsx",  # MediaCrawler's excel store: its Contents sheet
     **dict.fromkeys(mediacrawler.SQLITE_SUFFIXES, "sqlite"),
 }
 
@@ -72,7 +78,7 @@ class SourceFiles:
     """Files one reader reads in one go (a parquet dataset's shards, or one other file), and a label for messages."""
 
     paths: tuple[Path, ...]
-    file_format: str  # "parquet" | "json" | "jsonl" | "csv" | "sqlite"
+    file_format: str  # "parquet" | "json" | "jsonl" | "csv" | "xlsx" | "sqlite"
     label: str
 
 
@@ -201,15 +207,18 @@ def resolve_source(source: str) -> Source:
         if parquet:
             return Source(source, _group_by_reader(parquet, source))
         crawl = mediacrawler.find_files(path)
-        if not (crawl.contents or crawl.databases):
+        stores = [*crawl.contents, *crawl.workbooks, *crawl.databases]
+        if not stores:
             raise UserError(
-                f"{source}: found no .parquet files, no MediaCrawler contents files ({mediacrawler.CONTENTS_PATTERN}) "
-                f"and no SQLite database ({', '.join('*' + s for s in mediacrawler.SQLITE_SUFFIXES)}) in the folder "
-                "or its subfolders"
+                f"{source}: found no .parquet files, no MediaCrawler contents files ({mediacrawler.CONTENTS_PATTERN}), "
+                f"no MediaCrawler excel workbooks ({mediacrawler.WORKBOOK_PATTERN}) and no SQLite database "
+                f"({', '.join('*' + s for s in mediacrawler.SQLITE_SUFFIXES)}) in the folder or its subfolders"
             )
-        return Source(source, _group_by_reader([*crawl.contents, *crawl.databases], source), crawl.creators)
+        return Source(source, _group_by_reader(stores, source), crawl.creators)
     if path.is_file():
-        return Source(source, _group_by_reader([path], source))
+        # A MediaCrawler contents file: the creators its run stored lie beside it.
+        beside = mediacrawler.find_files(path.parent, recursive=False)
+        return Source(source, _group_by_reader([path], source), beside.creators if path in beside.contents else [])
     if _looks_like_hub_id(source):
         return Source(source, [_download_from_hub(source)])
     raise UserError(f"{source}: no such file or folder (and not a Hub dataset id like {DEFAULT_SOURCE})")
@@ -286,8 +295,14 @@ def _first_line(err: BaseException) -> str:
 # Reading each file type. Everything but parquet is read eagerly, so a bad file fails here, named, before any work.
 
 
-def scan_raw(files: SourceFiles) -> pl.LazyFrame | None:
-    """The rows of the files as they are; None for a file without rows (an empty file or JSON array)."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def scan_raw(files: SourceFiles, warn: Callable[[str], None] = _warn) -> tuple[pl.LazyFrame | None, int]:
+    """The rows of the files as they are (None for a file without rows: an empty file, JSON array, sheet or table),
+    and how many records a cut at the end of a JSON file broke (a crawl killed while saving: see `_before_the_cut`).
+    """
     path = files.paths[0]
     if files.file_format == "parquet":
         try:
@@ -295,11 +310,16 @@ def scan_raw(files: SourceFiles) -> pl.LazyFrame | None:
             frame.collect_schema()
         except (pl.exceptions.PolarsError, OSError) as err:
             raise UserError(f"{files.label}: not a readable parquet file ({_first_line(err)})") from None
-        return frame
+        return frame, 0
     if files.file_format == "sqlite":
-        return mediacrawler.read_table(path, mediacrawler.CONTENTS_TABLE).lazy()
+        table = mediacrawler.read_table(path, mediacrawler.CONTENTS_TABLE)
+        return (table.lazy() if table.height else None), 0
+    if files.file_format == "xlsx":
+        sheet = mediacrawler.read_sheet(path, mediacrawler.CONTENTS_SHEET)
+        return (sheet.lazy() if sheet is not None and sheet.height else None), 0
     if not _first_character(path):
-        return None
+        return None, 0
+    cut_records = 0
     try:
         if files.file_format == "json":
             frame = pl.read_json(path, infer_schema_length=None)
@@ -308,9 +328,95 @@ def scan_raw(files: SourceFiles) -> pl.LazyFrame | None:
         else:
             frame = pl.read_csv(path, infer_schema=False)  # as text: the parsers take every spelling
     except (pl.exceptions.PolarsError, OSError) as err:
-        where = _json_syntax_error(path, files.file_format) or _first_line(err)
-        raise UserError(f"{path}: not a readable {files.file_format} file ({where})") from None
-    return frame.lazy() if frame.width else None
+        cut = _before_the_cut(path, files.file_format)
+        if cut is None:
+            where = _json_syntax_error(path, files.file_format) or _first_line(err)
+            raise UserError(f"{path}: not a readable {files.file_format} file ({where})") from None
+        complete, records, cut_records = cut
+        warn(f"{path}: the file ends mid-write (a crawl stopped while saving?); read the {records:,} complete "
+             f"record{'s' * (records != 1)} before the cut"
+             f"{f', the one it cut is counted as {TRUNCATED}' if cut_records else ''}")
+        if not records:
+            return None, cut_records
+        read = pl.read_json if files.file_format == "json" else pl.read_ndjson
+        frame = read(io.BytesIO(complete), infer_schema_length=None)
+    return (frame.lazy() if frame.width else None), cut_records
+
+
+# Why a record is dropped when a crawl file ends mid-write (counted in stats.json like every other drop reason).
+TRUNCATED = "truncated_record"
+# What is left of a JSON token the cut broke (after the point where the decoder ran out of text): nothing, part of a
+# number, of true/false/null, or of a \uXXXX escape.
+PARTIAL_TOKEN = re.compile(r"-?\d*(?:\.\d*)?(?:[eE][-+]?\d*)?|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?|n(?:u(?:ll?)?)?"
+                           r"|\\?u[0-9a-fA-F]{0,4}")
+
+
+def _runs_out(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether the JSON decoder failed because `text` ended inside a value, not because of a syntax error."""
+    # A string runs to the end of the text exactly when its closing quote was never written.
+    return err.msg.startswith("Unterminated string") or PARTIAL_TOKEN.fullmatch(text[err.pos:].rstrip()) is not None
+
+
+def _before_the_cut(path: Path, file_format: str) -> tuple[bytes, int, int] | None:
+    """A JSON array or JSON lines file whose end was cut off, as (its complete records, as a file of the same format;
+    how many; how many records the cut broke: 0 or 1). None when the file is not cut off but broken elsewhere, or is
+    not JSON at all. Each record is decoded with the json library; the cut may fall inside a multi-byte character."""
+    if file_format not in ("json", "jsonl"):
+        return None
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if err.end != len(data) or err.reason != "unexpected end of data":
+            return None
+        text = data[: err.start].decode("utf-8-sig")
+    decoder = json.JSONDecoder()
+    if file_format == "jsonl":
+        # A record and its "\n" are written together, so only the text after the last "\n" can be cut. Split on "\n"
+        # only: a record's text may hold U+2028 and other characters str.splitlines breaks at.
+        *lines, last = text.split("\n")
+        whole = [line for line in lines if line.strip()]
+        for line in whole:
+            try:
+                decoder.decode(line)
+            except json.JSONDecodeError:
+                return None  # broken before the end
+        if not last.strip():
+            return None  # not cut: broken some other way
+        try:
+            decoder.decode(last)
+        except json.JSONDecodeError as err:
+            return ("\n".join(whole).encode(), len(whole), 1) if _runs_out(last, err) else None
+        return None
+    # A JSON array: "[", records separated by commas, "]" (never reached in a cut file).
+    start = position = text.index("[") + 1
+    ends: list[int] = []
+    while True:
+        position = _skip_space(text, position)
+        if position == len(text):  # cut between two records
+            return _array(text, start, ends), len(ends), 0
+        if ends and text[position] == ",":
+            position = _skip_space(text, position + 1)
+            if position == len(text):
+                return _array(text, start, ends), len(ends), 0
+        elif text[position] == "]" or ends:
+            return None  # a whole array (with trailing garbage, or other trouble) or a missing comma
+        try:
+            _, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            return (_array(text, start, ends), len(ends), 1) if _runs_out(text, err) else None
+        ends.append(position)
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _array(text: str, start: int, ends: list[int]) -> bytes:
+    """The JSON array of the records that end at `ends`."""
+    return ("[" + (text[start : ends[-1]] if ends else "") + "]").encode()
 
 
 def _json_syntax_error(path: Path, file_format: str) -> str | None:
@@ -482,7 +588,7 @@ def _with_drop_reason(frame: pl.LazyFrame) -> pl.LazyFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_answers(source: str | Source) -> tuple[pl.DataFrame, dict]:
+def load_answers(source: str | Source, warn: Callable[[str], None] = _warn) -> tuple[pl.DataFrame, dict]:
     """Read `source` (a `--source` string, or what `resolve_source` made of one) into the canonical answer table;
     returns (table, stats).
 
@@ -493,19 +599,21 @@ def load_answers(source: str | Source) -> tuple[pl.DataFrame, dict]:
     Drop reasons: not_an_answer (MediaCrawler articles/videos), invalid_metadata_json, legacy_no_ids (the older
     Zhihu-KOL crawler's `{"回答点赞数": …, "回答时间": …}` rows: they name no question or answer, and are not grouped by
     their title), missing_question_id, missing_answer_id, empty_question, empty_answer, unparseable_upvotes,
-    missing_upvotes, superseded_crawl (an older MediaCrawler crawl of an answer crawled again) and duplicate_answer_id
-    (any other answer read twice).
+    missing_upvotes, superseded_crawl (an older MediaCrawler crawl of an answer crawled again), duplicate_answer_id
+    (any other answer read twice) and truncated_record (the record a JSON file's end was cut in, `warn`ed about).
     """
     resolved = source if isinstance(source, Source) else resolve_source(source)
     frames = []
+    truncated = 0
     for files in resolved.files:
-        raw = scan_raw(files)
+        raw, cut_records = scan_raw(files, warn)
+        truncated += cut_records
         if raw is not None:
             frames.append(to_canonical(raw, files))
     if not frames:
-        raise UserError(f"{resolved.label}: no rows to read (every file is empty)")
+        raise UserError(f"{resolved.label}: no rows to read: {_what_is_empty(resolved.files)}")
     parsed = pl.concat(frames, how="vertical")
-    followers = _read_followers(resolved)
+    followers = _read_followers(resolved, warn)
     if followers is not None:
         parsed = parsed.drop("author_followers").join(
             followers, on="author_id", how="left", maintain_order="left"
@@ -522,24 +630,44 @@ def load_answers(source: str | Source) -> tuple[pl.DataFrame, dict]:
     answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA).rechunk()
     stats = {
         "source": resolved.label,
-        "rows_in": table.height,
-        "rows_dropped": dict(zip(dropped["drop_reason"], dropped["len"], strict=True)),
+        "rows_in": table.height + truncated,
+        "rows_dropped": dict(zip(dropped["drop_reason"], dropped["len"], strict=True)) | ({TRUNCATED: truncated} if truncated else {}),
         "created_at_missing": answers["created_at"].null_count(),
         "author_id_missing": answers["author_id"].null_count(),
     }
     return answers, stats
 
 
-def _read_followers(resolved: Source) -> pl.LazyFrame | None:
-    """`author_id -> author_followers` from MediaCrawler creator files and `zhihu_creator` tables; None if none.
+def _what_is_empty(read: list[SourceFiles]) -> str:
+    """What was read and found empty, for the message: MediaCrawler creates its tables when it starts, so a crawl that
+    stored nothing leaves a database with empty tables."""
+    where = {"sqlite": f"the {mediacrawler.CONTENTS_TABLE} table", "xlsx": f"the {mediacrawler.CONTENTS_SHEET} sheet"}  # or none: MediaCrawler removes empty sheets
+    if len(read) == 1:
+        return f"{where.get(read[0].file_format, 'the file')} is empty" + (
+            " (MediaCrawler creates it when it starts: did the crawl store anything?)" if read[0].file_format == "sqlite" else "")
+    names = [f.label + (f" ({where[f.file_format]})" if f.file_format in where else "") for f in read]
+    return f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''} are all empty"
+
+
+def _read_followers(resolved: Source, warn: Callable[[str], None]) -> pl.LazyFrame | None:
+    """`author_id -> author_followers` from MediaCrawler creator files, Creators sheets and `zhihu_creator` tables;
+    None if none.
 
     An author stored more than once keeps the latest row: the latest file date, then `last_modify_ts`, then the last
     one read.
     """
-    databases = [f.paths[0] for f in resolved.files if f.file_format == "sqlite"]
-    tables = [mediacrawler.read_table(path, mediacrawler.CREATORS_TABLE, required=False) for path in databases]
-    raws = [(path, scan_raw(SourceFiles((path,), _file_format(path), str(path)))) for path in resolved.creator_files]
-    raws += [(path, table.lazy()) for path, table in zip(databases, tables, strict=True) if table is not None]
+    raws = [(path, scan_raw(SourceFiles((path,), _file_format(path), str(path)), warn)[0])
+            for path in resolved.creator_files]
+    for files in resolved.files:
+        path = files.paths[0]
+        if files.file_format == "sqlite":
+            stored = mediacrawler.read_table(path, mediacrawler.CREATORS_TABLE, required=False)
+        elif files.file_format == "xlsx":
+            stored = mediacrawler.read_sheet(path, mediacrawler.CREATORS_SHEET)
+        else:
+            continue
+        if stored is not None:
+            raws.append((path, stored.lazy()))
     frames = []
     for position, (path, raw) in enumerate(raws):
         if raw is None:
