@@ -21,12 +21,16 @@ T0 = datetime(2021, 1, 1, tzinfo=UTC)
 
 
 def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, exposure: float = 0.4,
-                  prolific_authors: int = 60, solo_share: float = 0.3) -> tuple[pl.DataFrame, dict]:
-    """Canonical answers whose votes are Poisson(exp(question + quality + author + exposure + luck)), and the truth.
+                  prolific_authors: int = 60, solo_share: float = 0.3, length_effect: float = 0.0,
+                  quality_length: float = 0.0) -> tuple[pl.DataFrame, dict]:
+    """Canonical answers whose votes are Poisson(exp(question + quality + author + exposure + length + luck)), and the
+    truth.
 
     Each question has 2-8 answers written over 60 days; exposure = -exposure * log1p(answers written before it).
     A share of answers comes from authors who write only that one answer; the rest from `prolific_authors`
     authors, each with a log reach ~ N(0, author_sd) shared by all their answers. Quality ~ N(0, 1), luck ~ N(0, 0.3).
+    Answer texts are log(chars) ~ log 300 + quality_length * quality + N(0, 0.8) long; the length term is
+    length_effect * log(chars).
     """
     rng = np.random.default_rng(seed)
     sizes = rng.integers(2, 9, questions)
@@ -43,6 +47,8 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
     quality = rng.normal(0, 1, rows)
     exposure_term = -exposure * np.log1p(rank)
     log_rate = 2.0 + rng.normal(0, 1.0, questions)[question] + quality + reach + exposure_term + rng.normal(0, 0.3, rows)
+    chars = np.maximum(np.round(np.exp(np.log(300) + quality_length * quality + rng.normal(0, 0.8, rows))), 1).astype(np.int64)
+    log_rate = log_rate + length_effect * np.log(chars)
     answers = pl.DataFrame({
         "question_id": question + 1,
         "answer_id": np.arange(rows) + 1,
@@ -50,8 +56,10 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
         "created_at": [T0 + timedelta(days=float(d)) for d in days],
         "author_id": [f"author-{a}" for a in author],
         "source": "test",
+        "answer": ["字" * c for c in chars],
     }).with_columns(question_group="question_id", answer_cluster="answer_id")
-    truth = {"quality": quality, "reach": reach, "solo": solo, "exposure": exposure_term, "question": question}
+    truth = {"quality": quality, "reach": reach, "solo": solo, "exposure": exposure_term, "question": question,
+             "log_chars": np.log(chars)}
     return answers, truth
 
 
@@ -160,10 +168,49 @@ def test_followers_are_a_measured_part_of_reach() -> None:
     assert np.corrcoef(centred["effect"], centred["reach"])[0, 1] > 0.95
 
 
+def _within_question_corr(question: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    centred = pl.DataFrame({"q": question, "a": a, "b": b}).select(pl.col("a", "b") - pl.col("a", "b").mean().over("q"))
+    return float(np.corrcoef(centred["a"], centred["b"])[0, 1])
+
+
+def test_length_slope_is_recovered() -> None:
+    # Length independent of quality: the slope is the planted direct effect.
+    answers, truth = planted_world(seed=4, questions=1500, length_effect=0.5)
+    estimated, fitted = estimate_quality(answers, VoteModelOptions(model="full"))
+    assert fitted["length_slope"] == pytest.approx(0.5, abs=0.05)
+    assert _within_question_corr(truth["question"], estimated["length_effect"].to_numpy(), truth["log_chars"]) > 0.999
+    # Better answers longer too: votes cannot separate the two, the slope is the whole association,
+    # 0.5 + Cov(quality, log chars) / Var(log chars) = 0.5 + 0.4 / (0.16 + 0.64) = 1.0.
+    answers, _ = planted_world(seed=4, questions=1500, length_effect=0.5, quality_length=0.4)
+    assert estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"] == pytest.approx(1.0, abs=0.07)
+    # No length term: no slope; the levels below full do not fit one; a table without texts has none.
+    answers, _ = planted_world(seed=4, questions=1500)
+    assert abs(estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"]) < 0.05
+    assert estimate_quality(answers, VoteModelOptions(model="exposure"))[1]["length_slope"] is None
+    assert estimate_quality(answers.drop("answer"), VoteModelOptions(model="full"))[1]["length_slope"] is None
+
+
+def test_length_share_removes_that_share_of_the_length_lead() -> None:
+    # Votes reward length, quality does not lengthen answers: all of the length lead is spurious.
+    answers, truth = planted_world(seed=5, questions=1500, length_effect=0.7)
+    skew, rights = {}, {}
+    for share in (0.0, 0.5, 1.0):
+        estimated, fitted = estimate_quality(answers, VoteModelOptions(model="full", length_share=share))
+        assert fitted["length_share"] == share
+        skew[share] = _within_question_corr(truth["question"], estimated["estimated_quality"].to_numpy(), truth["log_chars"])
+        pairs = within_question_pairs(estimated, truth["quality"])
+        rights[share] = ((pairs["p"] > 0.5) == pairs["right"]).mean()
+    # Estimated quality follows length less the more is removed, and not at all once all of it is.
+    assert skew[0.0] > skew[0.5] + 0.1 > skew[1.0] + 0.2 and abs(skew[1.0]) < 0.03, skew
+    assert rights[0.0] < rights[0.5] < rights[1.0], rights
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (VoteModelOptions(model="votes"), "--vote-model"),  # type: ignore[arg-type]
     (VoteModelOptions(author_share=1.5), "--author-share"),
     (VoteModelOptions(luck_sd=-1), "--luck-sd"),
+    (VoteModelOptions(length_share=-0.1), "--length-share"),
+    (VoteModelOptions(length_share=float("nan")), "--length-share"),
 ])
 def test_bad_options_are_named(options: VoteModelOptions, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -171,9 +218,11 @@ def test_bad_options_are_named(options: VoteModelOptions, message: str) -> None:
 
 
 def test_cli_vote_model_flags_reach_the_recipe(tmp_path: Path) -> None:
-    assert main(["pairs", "--source", "sample", "--out", str(tmp_path / "raw"), "--vote-model", "raw", "--limit", "50"]) == 0
+    assert main(["pairs", "--source", "sample", "--out", str(tmp_path / "raw"), "--vote-model", "raw", "--limit", "50",
+                 "--length-share", "0.25"]) == 0
     params = json.loads((tmp_path / "raw" / "params.json").read_text())["params"]
-    assert params["votes"] == {"model": "raw", "author_share": VoteModelOptions().author_share, "luck_sd": VoteModelOptions().luck_sd}
+    defaults = VoteModelOptions()
+    assert params["votes"] == {"model": "raw", "author_share": defaults.author_share, "luck_sd": defaults.luck_sd, "length_share": 0.25}
     stats = json.loads((tmp_path / "raw" / "stats.json").read_text())
     assert stats["vote_model"]["model"] == "raw" and stats["vote_model"]["exposure_slopes"] == {}
 

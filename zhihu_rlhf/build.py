@@ -21,7 +21,7 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.export import FORMATS, check_formats
 from zhihu_rlhf.instruct import InstructOptions
-from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.pairs import PairOptions, check_pair_options
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
 from zhihu_rlhf.pipelines.pairs import build_pairs_set
@@ -55,6 +55,8 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
         raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
     check_formats(options.formats)
     check_vote_options(options.votes)
+    if what in ("pairs", "all"):
+        check_pair_options(options.pairs)
     started = time.perf_counter()
     log(f"reading {options.source} ...")
     answers, source_stats = prepare_answers(options.source, options.dedupe, options.votes)
@@ -145,6 +147,9 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                      help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality)")
     sub.add_argument("--luck-sd", type=float, default=votes.luck_sd,
                      help="assumed sd of log votes due to luck (how far an answer happened to spread)")
+    sub.add_argument("--length-share", type=float, default=votes.length_share,
+                     help="share (0-1) of the estimated effect of answer length on votes removed (the rest counts as "
+                          "quality: better answers are often longer); full model only")
     sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
     sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
 
@@ -170,6 +175,9 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
                      help="most pairs from one question group")
     sub.add_argument("--chosen-not-earlier", action="store_true",
                      help="Stanford SHP rule: chosen was written no earlier than rejected")
+    sub.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio,
+                     help="chosen is at most this many times as long as rejected, in characters (inf: no bound); "
+                          "keeps the pairs from teaching that longer is better")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -181,7 +189,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         keep_author_ids=args.keep_author_ids,
         dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
-        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd),
+        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd,
+                               length_share=args.length_share),
     )
     if args.what in ("instruct", "all"):
         options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)
@@ -193,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             min_chosen_upvotes=args.min_chosen_upvotes,
             max_pairs_per_question=args.max_pairs_per_question,
             chosen_not_earlier=args.chosen_not_earlier,
+            max_length_ratio=args.max_length_ratio,
             **filters,
         )
     return options
