@@ -551,3 +551,18 @@ def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
         .join(rejected, on="rejected_answer_id", how="left", maintain_order="left")
         .select(*PAIRS_COLUMNS, "chosen_author_id", "rejected_author_id", "question_group")
     )
+
+
+def length_skew(pairs: pl.DataFrame) -> dict:
+    """What the pairs may teach a reward model about length: the share whose chosen answer is longer (characters),
+    the median chosen/rejected length ratio, and each side's median length. For stats.json and the card."""
+    if pairs.height == 0:
+        return {"chosen_longer_share": None, "median_length_ratio": None, "chosen_median_chars": None, "rejected_median_chars": None}
+    chosen, rejected = pairs["chosen"].str.len_chars().cast(pl.Float64), pairs["rejected"].str.len_chars().cast(pl.Float64)
+    return {
+        "chosen_longer_share": round(float((chosen > rejected).mean()), 4),
+        "median_length_ratio": round(float((chosen / rejected.clip(lower_bound=1)).median()), 3),
+        "chosen_median_chars": float(chosen.median()),
+        "rejected_median_chars": float(rejected.median()),
+    }
+

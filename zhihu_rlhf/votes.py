@@ -51,9 +51,10 @@ s_L, the rest counts as quality (z subtracts s_L c l_i; the kept (1 - s_L) c l_i
 s_L = 1 says length never shows quality, so the pairs keep none of the length lead votes give, including what
 better answers' extra length earned; s_L = 0 says all of it is quality, the model before length was fitted. Where
 votes do not follow length (every preset but `length`) c is near 0 and the share changes nothing. The default,
-0.5, assumes half of the association is length for its own sake and half the quality that longer answers carry;
-on the `length` world (votes ~ length^0.5, quality lengthening answers) the association's direct part is about two
-thirds. benchmarks/RESULTS.md, "Length", has the pairs' length skew and accuracy at each share on every world.
+0.4, assumes 40% of the association is length rewarded for itself and 60% the quality longer answers carry: on the
+`length` world it is the share whose top pairs are as often, and as much, longer as pairs chosen by true quality
+(benchmarks/RESULTS.md, "Length"). Where votes reward length more, or quality lengthens answers less, than there,
+0.4 leaves a length skew in; where length is all quality, it removes some; votes cannot say which world they are.
 
 The author share s (`author_share`). An author's mean votes are partly how well they write: where reach is pure
 popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
@@ -108,10 +109,11 @@ class VoteModelOptions:
     luck_sd: float = 0.3
     """Assumed sd of log votes that is neither quality, exposure, author nor count noise. Not identifiable from
     votes; larger makes every probability more modest."""
-    length_share: float = 0.5
+    length_share: float = 0.4
     """Share of the estimated length term (log votes per log character, fitted by the "full" model) removed; the
     rest counts as quality. Votes cannot tell length rewarded for itself from the quality longer answers carry:
-    0.5 assumes half of each (benchmarks/RESULTS.md, "Length")."""
+    0.4 keeps the pairs' length skew near what quality explains on the `length` world (benchmarks/RESULTS.md,
+    "Length")."""
 
 
 def check_vote_options(options: VoteModelOptions) -> None:
