@@ -120,6 +120,15 @@ def test_a_length_ratio_bound_below_one_is_refused(bound: float) -> None:
         select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_length_ratio=bound))
 
 
+def test_build_refuses_a_bad_length_bound_before_reading_the_source(tmp_path) -> None:
+    from zhihu_rlhf.build import BuildOptions, build
+
+    options = BuildOptions(source=str(tmp_path / "missing.parquet"), out=tmp_path / "out", pairs=PairOptions(max_length_ratio=0.9))
+    with pytest.raises(UserError, match="--max-length-ratio must be at least 1"):
+        build("pairs", options, log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_length_skew_of_pairs() -> None:
     pairs = pl.DataFrame({"chosen": ["aaaa", "a", "aaaaaa"], "rejected": ["aa", "aa", "aa"]})
     assert length_skew(pairs) == {"chosen_longer_share": pytest.approx(2 / 3, abs=1e-4), "median_length_ratio": 2.0,

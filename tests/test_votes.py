@@ -12,9 +12,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from zhihu_rlhf import synth
 from zhihu_rlhf.build import BuildOptions, build, main
+from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.pairs import PAIRS_COLUMNS
+from zhihu_rlhf.pairs import PAIRS_COLUMNS, PairOptions, length_skew, select_pairs
+from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality, log_normal_cdf, normal_cdf, quality_lead
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
@@ -205,6 +208,41 @@ def test_length_share_removes_that_share_of_the_length_lead() -> None:
     assert rights[0.0] < rights[0.5] < rights[1.0], rights
 
 
+@pytest.fixture(scope="module")
+def length_world(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The synthetic `length` world (votes ~ length^0.5 beyond quality, better answers longer): answers, truth."""
+    path, truth_path = synth.write(30_000, tmp_path_factory.mktemp("length") / "length.parquet", 2, world="length")
+    answers, _ = prepare_answers(str(path), DedupeOptions(mode="exact"), VoteModelOptions(model="raw"))
+    return answers, pl.read_parquet(truth_path).drop_nulls("answer_id").unique("answer_id")
+
+
+def test_length_term_is_recovered_on_the_length_world(length_world) -> None:
+    answers, truth = length_world
+    estimated, fitted = estimate_quality(answers.drop("estimated_quality", "quality_sd"), VoteModelOptions())
+    # The slope is the whole association: the world's direct 0.5 plus what quality's lengthening adds
+    # (0.3 / (1 + 0.3^2) = 0.28 per log sentence), a little less per log character (the opener adds noise).
+    assert 0.6 <= fitted["length_slope"] <= 0.9, fitted
+    joined = estimated.join(truth.select("answer_id", "log_length_effect"), on="answer_id")
+    assert _within_question_corr(joined["question_group"].to_numpy(), joined["length_effect"].to_numpy(),
+                                 joined["log_length_effect"].to_numpy()) > 0.9
+
+
+def test_length_options_make_the_pairs_less_long_on_the_length_world(length_world) -> None:
+    answers, _ = length_world
+    base = answers.drop("estimated_quality", "quality_sd")
+    skew = {}
+    for share in (0.0, VoteModelOptions().length_share, 1.0):
+        estimated, _ = estimate_quality(base, VoteModelOptions(length_share=share))
+        skew[share] = length_skew(select_pairs(estimated, PairOptions(limit=300))[0])
+    default = VoteModelOptions().length_share
+    assert skew[0.0]["chosen_longer_share"] > skew[default]["chosen_longer_share"] > skew[1.0]["chosen_longer_share"], skew
+    assert skew[0.0]["median_length_ratio"] > skew[default]["median_length_ratio"] > skew[1.0]["median_length_ratio"], skew
+    estimated, _ = estimate_quality(base, VoteModelOptions(length_share=0.0))
+    bounded = select_pairs(estimated, PairOptions(limit=300, max_length_ratio=2.0))[0]
+    assert length_skew(bounded)["median_length_ratio"] < skew[0.0]["median_length_ratio"]
+    assert (bounded["chosen"].str.len_chars() <= 2.0 * bounded["rejected"].str.len_chars()).all()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (VoteModelOptions(model="votes"), "--vote-model"),  # type: ignore[arg-type]
     (VoteModelOptions(author_share=1.5), "--author-share"),
@@ -248,6 +286,14 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
     assert (train["p_chosen_better"] > 0.5).mean() > 0.9
     card = (out / "README.md").read_text()
     assert "## Vote model" in card and "Mean `p_chosen_better`" in card and "plots/p_chosen_better.png" in card
+    # the length figures: stats.json's over every pair (both splits) as the texts give them, and the card's
+    pairs = pl.concat([pl.read_parquet(path) for path in sorted((out / "data").glob("*.parquet"))])
+    stats = json.loads((out / "stats.json").read_text())
+    longer = (pairs["chosen"].str.len_chars() > pairs["rejected"].str.len_chars()).mean()
+    assert stats["length"]["chosen_longer_share"] == pytest.approx(longer, abs=1e-4)
+    assert f"longer one in **{100 * longer:.1f}%**" in card and "plots/pair_lengths.png" in card
+    assert stats["vote_model"]["length_share"] == VoteModelOptions().length_share
+    assert f"| share of it removed (`--length-share`) | {VoteModelOptions().length_share} |" in card
 
 
 def test_degenerate_tables_give_finite_estimates() -> None:
