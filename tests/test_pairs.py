@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from zhihu_rlhf import pairs as pairs_module
+from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
 from zhihu_rlhf.pairs import PairOptions, length_skew, one_use_greedy, select_pairs
@@ -121,8 +122,6 @@ def test_a_length_ratio_bound_below_one_is_refused(bound: float) -> None:
 
 
 def test_build_refuses_a_bad_length_bound_before_reading_the_source(tmp_path) -> None:
-    from zhihu_rlhf.build import BuildOptions, build
-
     options = BuildOptions(source=str(tmp_path / "missing.parquet"), out=tmp_path / "out", pairs=PairOptions(max_length_ratio=0.9))
     with pytest.raises(UserError, match="--max-length-ratio must be at least 1"):
         build("pairs", options, log=lambda _: None)
