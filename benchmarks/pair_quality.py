@@ -28,6 +28,7 @@ at 0 and 1. The unranked methods' instruct columns are the raw level's (plain vo
     python benchmarks/pair_quality.py --world kol --rows 200000 --reliability      # + the reliability table
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the 1M table's runs
     python benchmarks/pair_quality.py --data W_200000_1.parquet --length   # length share x length-ratio bound grid
+    python benchmarks/pair_quality.py --data W_1m.parquet --length --defaults-only   # default + truth rows only
 """
 
 from __future__ import annotations
@@ -174,8 +175,9 @@ def length_variants() -> dict[str, tuple[VoteModelOptions, PairOptions]]:
     return variants
 
 
-def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame) -> list[dict]:
-    """The length grid: per variant, top-3,000 right, chosen-longer share and median length ratio, all pairs."""
+def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only: bool) -> list[dict]:
+    """The length grid (or only its default): per variant, top-3,000 right, chosen-longer share and median length
+    ratio, all pairs."""
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     truth_set = with_truth(truth_chosen_pairs(base, quality, InstructOptions()), quality)
     rows = [{"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0,
@@ -186,7 +188,8 @@ def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame) -> list[dict]:
     rows.append({"method": "truth-ranked: the rules' pairs by true quality gap", "top": float(every.head(TOP)["right"].mean()),
                  "skew": length_skew(every.head(TOP)), "pairs": every.height, "all": float(every["right"].mean()), "ece": None})
     estimates: dict[float, pl.DataFrame] = {}
-    for name, (votes, rules) in length_variants().items():
+    variants = length_variants()
+    for name, (votes, rules) in list(variants.items())[:1] if defaults_only else variants.items():
         if votes.length_share not in estimates:
             estimates[votes.length_share], fitted = estimate_quality(base, votes)
             print(f"  length share {votes.length_share:g}: {fitted}", flush=True)
@@ -246,6 +249,8 @@ def main() -> None:
                         help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
     parser.add_argument("--length", action="store_true",
                         help="only the length grid: the default, each --length-share, each --max-length-ratio")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="with --length: only the default model and rules beside the truth rows (the 1M runs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +269,7 @@ def main() -> None:
         # characters of each answer as the pipeline sees it (normalised), for the length columns
         truth = truth.join(answers.select("answer_id", chars=pl.col("answer").str.len_chars()), on="answer_id", how="left")
         if args.length:
-            rows = evaluate_length(answers, truth)
+            rows = evaluate_length(answers, truth, args.defaults_only)
         else:
             rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
 
