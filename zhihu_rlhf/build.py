@@ -142,7 +142,7 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                      help="rapidfuzz similarity (0-100) above which two answers are near-duplicates")
     votes = VoteModelOptions()
     sub.add_argument("--vote-model", default=votes.model, choices=VOTE_MODELS,
-                     help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both)")
+                     help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both, and a share of answer length)")
     sub.add_argument("--author-share", type=float, default=votes.author_share,
                      help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality)")
     sub.add_argument("--luck-sd", type=float, default=votes.luck_sd,
