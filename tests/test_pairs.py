@@ -101,18 +101,18 @@ def test_chosen_not_earlier_rule() -> None:
     assert pair_ids(on) == {(3, 4)}
 
 
-def test_length_ratio_rule_bounds_how_much_longer_chosen_is() -> None:
-    long, short = "长" * 300, "短" * 100
-    rows = answers([{"upvotes": 100, "answer": long}, {"upvotes": 10, "answer": short},
-                    {"upvotes": 40, "question_id": 2, "answer": short}, {"upvotes": 5, "question_id": 2, "answer": "中" * 250}])
+def test_length_ratio_rule_bounds_the_length_gap_either_way() -> None:
+    rows = answers([{"upvotes": 100, "answer": "长" * 300}, {"upvotes": 10, "answer": "短" * 100},
+                    {"upvotes": 40, "question_id": 2, "answer": "短" * 100}, {"upvotes": 5, "question_id": 2, "answer": "中" * 250},
+                    {"upvotes": 40, "question_id": 3, "answer": "短" * 100}, {"upvotes": 5, "question_id": 3, "answer": "中" * 190}])
     off, _, funnel = select_pairs(rows, PairOptions(**NO_EXTRA_RULES))
-    assert pair_ids(off) == {(1, 2), (3, 4)} and "length_ratio" not in [step["rule"] for step in funnel]
-    # Chosen 3x as long as rejected is over a bound of 2; chosen shorter than rejected is never bounded.
-    bounded, dropped, funnel = select_pairs(rows, PairOptions(max_length_ratio=2.0, **NO_EXTRA_RULES))
-    assert pair_ids(bounded) == {(3, 4)}
+    assert pair_ids(off) == {(1, 2), (3, 4), (5, 6)} and "length_ratio" not in [step["rule"] for step in funnel]
+    # Chosen 3x as long (question 1) and rejected 2.5x as long (question 2) are over a bound of 2; 1.9x is not.
+    bounded, _, funnel = select_pairs(rows, PairOptions(max_length_ratio=2.0, **NO_EXTRA_RULES))
+    assert pair_ids(bounded) == {(5, 6)}
     step = next(step for step in funnel if step["rule"] == "length_ratio")
-    assert step["removed"] == 1 and step["description"] == "chosen is at most 2x as long as rejected"
-    assert pair_ids(select_pairs(rows, PairOptions(max_length_ratio=3.0, **NO_EXTRA_RULES))[0]) == {(1, 2), (3, 4)}
+    assert step["removed"] == 2 and step["description"] == "neither answer is more than 2x as long as the other"
+    assert pair_ids(select_pairs(rows, PairOptions(max_length_ratio=3.0, **NO_EXTRA_RULES))[0]) == {(1, 2), (3, 4), (5, 6)}
 
 
 @pytest.mark.parametrize("bound", [0.5, float("nan")])
@@ -303,7 +303,8 @@ def exhaustive_selection(table: pl.DataFrame, opts: PairOptions) -> tuple[list[t
         rules.append(pl.col("chosen_created_at") >= pl.col("rejected_created_at"))
     rules += [pl.col("chosen_upvotes") >= opts.min_chosen_upvotes, pl.col("chosen_upvotes") >= opts.min_ratio * pl.col("rejected_upvotes")]
     if opts.max_length_ratio < math.inf:
-        rules.append(pl.col("chosen_chars") <= opts.max_length_ratio * pl.col("rejected_chars"))
+        rules.append((pl.col("chosen_chars") <= opts.max_length_ratio * pl.col("rejected_chars"))
+                     & (pl.col("rejected_chars") <= opts.max_length_ratio * pl.col("chosen_chars")))
     rules = [rule.fill_null(False) for rule in rules]
     candidates = every_pair(usable)
     lefts = candidates.select(

@@ -176,8 +176,8 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
     sub.add_argument("--chosen-not-earlier", action="store_true",
                      help="Stanford SHP rule: chosen was written no earlier than rejected")
     sub.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio,
-                     help="chosen is at most this many times as long as rejected, in characters (inf: no bound); "
-                          "keeps the pairs from teaching that longer is better")
+                     help="the longer answer of a pair is at most this many times as long as the shorter, in "
+                          "characters (inf: no bound); pairs of comparable length cannot teach that longer is better")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:

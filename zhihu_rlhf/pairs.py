@@ -11,9 +11,11 @@ The rules, in the order the funnel in stats.json reports them:
    rejected one, so its lead cannot come from a head start.
 5. enough votes: the chosen answer has at least `min_chosen_upvotes`.
 6. upvote ratio: chosen has at least `min_ratio` times the rejected's upvotes.
-6b. length ratio (optional): the chosen answer is at most `max_length_ratio` times as long as the rejected one
-   (characters). Votes reward length beyond quality, and the pairs whose chosen answer is much longer are the ones
-   that teach a reward model "longer is better"; the bound keeps the set's length skew near what quality explains.
+6b. length ratio (optional): the longer answer of the pair is at most `max_length_ratio` times as long as the
+   shorter one (characters). Votes reward length beyond quality, and a reward model learns from the pairs whose two
+   answers differ much in length to pay for length (or, where the shorter one won, to penalise it); pairs of
+   comparable length teach quality without it. Either way round, so where votes do not reward length the bound
+   takes out as many "longer wins" as "shorter wins" pairs.
 7. each response once: a response (a near-duplicate cluster) appears in at most one pair, in
    either slot, and a question gives at most `max_pairs_per_question` pairs. Conflicts are
    resolved greedily by rank, best pair first.
@@ -115,7 +117,8 @@ class PairOptions(AnswerFilters):
     chosen_not_earlier: bool = False
     """Stanford SHP's rule: the chosen answer was written no earlier than the rejected one."""
     max_length_ratio: float = math.inf
-    """The chosen answer is at most this many times as long as the rejected one, in characters (inf: no bound)."""
+    """The longer answer of a pair is at most this many times as long as the shorter one, in characters (inf: no
+    bound)."""
 
 
 def check_pair_options(opts: PairOptions) -> None:
@@ -205,8 +208,9 @@ def pair_rules(opts: PairOptions) -> list[tuple[str, str, Rule]]:
         rules.append(
             (
                 "length_ratio",
-                f"chosen is at most {opts.max_length_ratio:g}x as long as rejected",
-                lambda p: p.chosen_chars <= opts.max_length_ratio * p.rejected_chars,
+                f"neither answer is more than {opts.max_length_ratio:g}x as long as the other",
+                lambda p: (p.chosen_chars <= opts.max_length_ratio * p.rejected_chars)
+                & (p.rejected_chars <= opts.max_length_ratio * p.chosen_chars),
             )
         )
     return rules
