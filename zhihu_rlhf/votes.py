@@ -51,10 +51,12 @@ s_L, the rest counts as quality (z subtracts s_L c l_i; the kept (1 - s_L) c l_i
 s_L = 1 says length never shows quality, so the pairs keep none of the length lead votes give, including what
 better answers' extra length earned; s_L = 0 says all of it is quality, the model before length was fitted. Where
 votes do not follow length (every preset but `length`) c is near 0 and the share changes nothing. The default,
-0.4, assumes 40% of the association is length rewarded for itself and 60% the quality longer answers carry: on the
-`length` world it is the share whose top pairs are as often, and as much, longer as pairs chosen by true quality
-(benchmarks/RESULTS.md, "Length"). Where votes reward length more, or quality lengthens answers less, than there,
-0.4 leaves a length skew in; where length is all quality, it removes some; votes cannot say which world they are.
+0.4, is measured, not estimated: on the `length` world it is the share whose top pairs are as often, and as much,
+longer as pairs chosen by true quality. It is not the world's direct part of c (about 0.65 there): the top pairs
+of any vote-based ranking are chosen partly for luck, which has nothing to do with length, so they show less of
+quality's length skew than the truth does, and 0.4 leaves some length bias in to make up for it. Where votes reward
+length and quality does not lengthen answers, 0.4 leaves a skew in; where length is all quality, it removes some;
+votes cannot say which world they are (benchmarks/RESULTS.md, "Length").
 
 The author share s (`author_share`). An author's mean votes are partly how well they write: where reach is pure
 popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
@@ -112,7 +114,7 @@ class VoteModelOptions:
     length_share: float = 0.4
     """Share of the estimated length term (log votes per log character, fitted by the "full" model) removed; the
     rest counts as quality. Votes cannot tell length rewarded for itself from the quality longer answers carry:
-    0.4 keeps the pairs' length skew near what quality explains on the `length` world (benchmarks/RESULTS.md,
+    0.4 keeps the pairs' length skew near what true quality gives on the `length` world (benchmarks/RESULTS.md,
     "Length")."""
 
 
