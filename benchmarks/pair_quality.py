@@ -8,6 +8,10 @@ answers and we report, against the truth file:
 - all pairs: the same over every pair the method's rules allow (and the one-use matching keeps);
 - ECE: expected calibration error of `p_chosen_better` over those pairs, 10 equal-width bins (model rows only);
 - mean p (top-3,000): the model's own estimate of the top-3,000 accuracy, to compare with the measured one;
+- chosen longer, length ratio (top-3,000): the share of those pairs whose chosen answer has more characters than
+  the rejected one, and the median chosen/rejected character ratio: what a reward model trained on them may learn
+  about length. The `truth-chosen` row is what quality alone gives: each question's truly best against its truly
+  worst usable answer, the 3,000 questions with the largest quality gaps;
 - instruct: share of questions (with at least two answers that pass the length filters) whose instruct answer is
   the truly best of those answers: over every such question (`--limit 0`); over those in the default instruct set
   (the 26,000 questions whose answer is most surely the best of its question, `p_best_in_question`); over the 26,000
@@ -23,12 +27,15 @@ at 0 and 1. The unranked methods' instruct columns are the raw level's (plain vo
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet      # uses FILE.truth.parquet
     python benchmarks/pair_quality.py --world kol --rows 200000 --reliability      # + the reliability table
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the 1M table's runs
+    python benchmarks/pair_quality.py --data W_200000_1.parquet --length   # length share x length-ratio bound grid
+    python benchmarks/pair_quality.py --data W_1m.parquet --length --defaults-only   # default + truth rows only
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -66,13 +73,31 @@ def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
 
 
 def with_truth(pairs: pl.DataFrame, quality: pl.DataFrame) -> pl.DataFrame:
-    """pairs + `right` (chosen has the higher true quality)."""
-    q = quality.select("answer_id", "quality")
+    """pairs + `right` (chosen has the higher true quality) + `length_ratio` (chosen / rejected characters);
+    `quality` has answer_id, quality and chars."""
+    q = quality.select("answer_id", "quality", "chars")
     return (
-        pairs.join(q.rename({"answer_id": "chosen_answer_id", "quality": "q_chosen"}), on="chosen_answer_id", maintain_order="left")
-        .join(q.rename({"answer_id": "rejected_answer_id", "quality": "q_rejected"}), on="rejected_answer_id", maintain_order="left")
-        .with_columns(right=pl.col("q_chosen") > pl.col("q_rejected"))
+        pairs.join(q.rename({"answer_id": "chosen_answer_id", "quality": "q_chosen", "chars": "c_chosen"}), on="chosen_answer_id", maintain_order="left")
+        .join(q.rename({"answer_id": "rejected_answer_id", "quality": "q_rejected", "chars": "c_rejected"}), on="rejected_answer_id", maintain_order="left")
+        .with_columns(right=pl.col("q_chosen") > pl.col("q_rejected"), length_ratio=pl.col("c_chosen") / pl.col("c_rejected"))
     )
+
+
+def length_skew(pairs: pl.DataFrame) -> tuple[float, float]:
+    """(share of pairs whose chosen answer is longer, median chosen/rejected length ratio) of `with_truth` pairs."""
+    return float((pairs["length_ratio"] > 1).mean()), float(pairs["length_ratio"].median())
+
+
+def truth_chosen_pairs(answers: pl.DataFrame, quality: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame:
+    """What quality alone gives: per question group, the truly best vs the truly worst usable answer (in different
+    near-duplicate clusters), the TOP questions with the largest quality gaps first."""
+    usable = answers.filter(length_drop_reason(filters).is_null()).select("question_group", "answer_id", "answer_cluster")
+    usable = usable.join(quality.select("answer_id", "quality"), on="answer_id").sort("quality", "answer_id")
+    ends = usable.group_by("question_group").agg(
+        chosen_answer_id=pl.col("answer_id").last(), rejected_answer_id=pl.col("answer_id").first(),
+        gap=pl.col("quality").last() - pl.col("quality").first(), clusters=pl.col("answer_cluster").n_unique(),
+    )
+    return ends.filter(pl.col("clusters") >= 2).sort(["gap", "question_group"], descending=[True, False]).head(TOP)
 
 
 def reliability(pairs: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
@@ -126,7 +151,7 @@ def wald_quality(answers: pl.DataFrame) -> pl.DataFrame:
 
 def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
     """Correlation, within questions, of the estimated exposure and author terms with the planted ones."""
-    planted = {"exposure_effect": "log_exposure", "author_effect": "author_log_reach"}
+    planted = {"exposure_effect": "log_exposure", "author_effect": "author_log_reach", "length_effect": "log_length_effect"}
     joined = estimated.join(truth, on="answer_id").filter(pl.len().over("question_group") >= 2)
     found = []
     for estimate, true in planted.items():
@@ -136,8 +161,47 @@ def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
     return "; ".join(found)
 
 
+def length_variants() -> dict[str, tuple[VoteModelOptions, PairOptions]]:
+    """The default model and rules, then each length share, then each length-ratio bound (the default share)."""
+    default_votes, default_rules = VoteModelOptions(), PairOptions(limit=0)
+    variants = {"default (length share {:g}, length ratio {:g})".format(default_votes.length_share, default_rules.max_length_ratio):
+                (default_votes, default_rules)}
+    for share in (0.0, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.75, 1.0):
+        if share != default_votes.length_share:
+            variants[f"length share {share:g}"] = (dataclasses.replace(default_votes, length_share=share), default_rules)
+    for bound in (math.inf, 4.0, 3.0, 2.0, 1.5):
+        if bound != default_rules.max_length_ratio:
+            variants[f"length ratio <= {bound:g}"] = (default_votes, dataclasses.replace(default_rules, max_length_ratio=bound))
+    return variants
+
+
+def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only: bool) -> list[dict]:
+    """The length grid (or only its default): per variant, top-3,000 right, chosen-longer share and median length
+    ratio, all pairs."""
+    base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
+    truth_set = with_truth(truth_chosen_pairs(base, quality, InstructOptions()), quality)
+    rows = [{"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0,
+             "skew": length_skew(truth_set), "pairs": truth_set.height, "all": 1.0, "ece": None}]
+    # The rules' pairs ranked by the true quality gap (one sd for every answer): what quality explains under the rules.
+    oracle = base.join(quality.select("answer_id", estimated_quality="quality"), on="answer_id").with_columns(quality_sd=pl.lit(1.0))
+    every = with_truth(select_pairs(oracle, PairOptions(limit=0))[0], quality)
+    rows.append({"method": "truth-ranked: the rules' pairs by true quality gap", "top": float(every.head(TOP)["right"].mean()),
+                 "skew": length_skew(every.head(TOP)), "pairs": every.height, "all": float(every["right"].mean()), "ece": None})
+    estimates: dict[float, pl.DataFrame] = {}
+    variants = length_variants()
+    for name, (votes, rules) in list(variants.items())[:1] if defaults_only else variants.items():
+        if votes.length_share not in estimates:
+            estimates[votes.length_share], fitted = estimate_quality(base, votes)
+            print(f"  length share {votes.length_share:g}: {fitted}", flush=True)
+        every = with_truth(select_pairs(estimates[votes.length_share], rules)[0], quality)
+        top = every.head(TOP)
+        rows.append({"method": name, "top": float(top["right"].mean()), "skew": length_skew(top), "pairs": every.height,
+                     "all": float(every["right"].mean()), "ece": expected_calibration_error(every)})
+    return rows
+
+
 def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool, levels_only: bool) -> list[dict]:
-    quality = truth.select("answer_id", "quality")
+    quality = truth.select("answer_id", "quality", "chars")
     rules, filters = PairOptions(limit=0), InstructOptions()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality)
@@ -148,7 +212,12 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliabi
             "method": method, "top": float(top["right"].mean()), "pairs": every.height, "all": float(every["right"].mean()),
             "ece": expected_calibration_error(every) if calibrated else None,
             "mean_p": float(top["p_chosen_better"].mean()) if calibrated else None, "instruct": instruct,
+            "skew": length_skew(top),
         })
+
+    truth_set = with_truth(truth_chosen_pairs(base, quality, filters), quality)
+    rows.append({"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
+                 "all": 1.0, "ece": None, "mean_p": None, "instruct": raw_instruct, "skew": length_skew(truth_set)})
 
     naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
     add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
@@ -178,6 +247,10 @@ def main() -> None:
     parser.add_argument("--reliability", action="store_true", help="also print the default model's reliability table")
     parser.add_argument("--levels-only", action="store_true",
                         help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
+    parser.add_argument("--length", action="store_true",
+                        help="only the length grid: the default, each --length-share, each --max-length-ratio")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="with --length: only the default model and rules beside the truth rows (the 1M runs)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,21 +261,34 @@ def main() -> None:
             data, truth_path = synth.write(args.rows, Path(tmp) / "synth.parquet", args.seed, world=args.world)
             label = f"{args.world}, {args.rows:,} rows, seed {args.seed}"
         truth = pl.read_parquet(truth_path)
-        planted = [c for c in ("author_log_reach", "log_exposure") if c in truth.columns]
+        planted = [c for c in ("author_log_reach", "log_exposure", "log_length_effect") if c in truth.columns]
         truth = truth.select("answer_id", "quality", *planted).drop_nulls("answer_id").unique("answer_id")
         started = time.perf_counter()
         answers, _ = prepare_answers(str(data), DedupeOptions(), VoteModelOptions(model="raw"))
         print(f"{label}: {answers.height:,} answers ready in {time.perf_counter() - started:.1f}s", flush=True)
-        rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
+        # characters of each answer as the pipeline sees it (normalised), for the length columns
+        truth = truth.join(answers.select("answer_id", chars=pl.col("answer").str.len_chars()), on="answer_id", how="left")
+        if args.length:
+            rows = evaluate_length(answers, truth, args.defaults_only)
+        else:
+            rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
 
-    print(f"\n| {label} | top-{TOP:,} right | all pairs | all right | ECE | mean p top-{TOP:,} | instruct: truly best "
-          "| in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if args.length:
+        print(f"\n| {label} | top-{TOP:,} right | chosen longer | median length ratio | all pairs | all right | ECE |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            ece = f"{r['ece']:.3f}" if r["ece"] is not None else "–"
+            print(f"| {r['method']} | {r['top']:.3f} | {r['skew'][0]:.3f} | {r['skew'][1]:.2f} | {r['pairs']:,} | {r['all']:.3f} | {ece} |")
+        return
+    print(f"\n| {label} | top-{TOP:,} right | chosen longer | median length ratio | all pairs | all right | ECE "
+          f"| mean p top-{TOP:,} | instruct: truly best | in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ece = f"{r['ece']:.3f}" if r["ece"] is not None else "–"
         mean_p = f"{r['mean_p']:.3f}" if r["mean_p"] is not None else "–"
         instruct = " | ".join(f"{share:.3f}" for share in r["instruct"])
-        print(f"| {r['method']} | {r['top']:.3f} | {r['pairs']:,} | {r['all']:.3f} | {ece} | {mean_p} | {instruct} |")
+        print(f"| {r['method']} | {r['top']:.3f} | {r['skew'][0]:.3f} | {r['skew'][1]:.2f} | {r['pairs']:,} | {r['all']:.3f} "
+              f"| {ece} | {mean_p} | {instruct} |")
 
 
 if __name__ == "__main__":

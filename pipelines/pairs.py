@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from zhihu_rlhf.export import write_dataset
-from zhihu_rlhf.pairs import PairOptions, select_pairs
+from zhihu_rlhf.pairs import PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
 
@@ -26,7 +26,9 @@ def build_pairs_set(
     pairs, dropped_here, funnel = select_pairs(answers, options)
     train, test = split_by_question(pairs, test_fraction)
     # rows_kept counts answer rows: each pair uses two, none twice
-    stats = set_stats(source_stats, 2 * pairs.height, dropped_here, train, test) | {"pairs": pairs.height, "funnel": funnel}
+    stats = set_stats(source_stats, 2 * pairs.height, dropped_here, train, test) | {
+        "pairs": pairs.height, "funnel": funnel, "length": length_skew(pairs)
+    }
     return write_dataset(
         out, "pairs", train.drop("question_group"), test.drop("question_group"), stats, params,
         formats=formats, keep_author_ids=keep_author_ids,

@@ -92,6 +92,27 @@ def test_pairs_card_reports_the_build(folders):
         assert section in body
 
 
+def test_pairs_card_states_the_length_skew(folders):
+    body = (folders["pairs"] / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[1]
+    both = pl.concat(pairs_frames())
+    ratios = sorted(len(c) / len(r) for c, r in zip(both["chosen"], both["rejected"], strict=True))
+    median = (ratios[3] + ratios[4]) / 2  # 8 pairs
+    longer = sum(len(c) > len(r) for c, r in zip(both["chosen"], both["rejected"], strict=True)) / both.height
+    assert f"The chosen answer is the longer one in **{100 * longer:.1f}%** of the pairs" in body
+    assert f"the median chosen/rejected length ratio is **{median:.2f}**" in body
+    assert "no bound\n  on how much longer one answer of a pair may be than the other in this build" in body
+    stats = json.loads((folders["pairs"] / "stats.json").read_text())
+    assert stats["length"]["chosen_longer_share"] == pytest.approx(longer, abs=1e-4)
+    assert stats["length"]["median_length_ratio"] == pytest.approx(median, abs=1e-3)
+
+
+def test_pairs_card_states_a_length_bound(tmp_path):
+    train, test = pairs_frames()
+    params = {**PARAMS, "pairs": {**PARAMS["pairs"], "max_length_ratio": 3.0}}
+    out = export.write_dataset(tmp_path / "out", "pairs", train, test, make_stats("pairs", train, test), params)
+    assert "the longer answer is at most **3.0×** as long as the shorter one" in (out / "README.md").read_text(encoding="utf-8")
+
+
 def test_instruct_card_has_no_pair_sections(folders):
     body = (folders["instruct"] / "README.md").read_text(encoding="utf-8").split("\n---\n", 1)[1]
     assert "# Zhihu instruct set" in body and "SFTTrainer" in body
@@ -101,7 +122,7 @@ def test_instruct_card_has_no_pair_sections(folders):
 
 @pytest.mark.parametrize(("kind", "plots"), [
     ("instruct", {"lengths", "answers_per_question"}),
-    ("pairs", {"lengths", "upvote_ratio", "time_gap", "p_chosen_better", "answers_per_question"}),
+    ("pairs", {"lengths", "upvote_ratio", "time_gap", "p_chosen_better", "pair_lengths", "answers_per_question"}),
 ])
 def test_plots_are_png_files_embedded_in_the_card(folders, kind, plots):
     text = (folders[kind] / "README.md").read_text(encoding="utf-8")

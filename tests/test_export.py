@@ -74,6 +74,7 @@ def make_stats(kind: str, train: pl.DataFrame, test: pl.DataFrame) -> dict:
         "answers_per_question": {"1": 40, "2": 9, "3": 3, "12": 1},
     }
     if kind == "pairs":
+        stats["length"] = pairs.length_skew(pl.concat([train, test]))
         stats["funnel"] = [
             {"rule": "same_question", "description": "two answers to one question group", "removed": 0, "left": 321},
             {"rule": "max_days_apart", "description": "created at most 30 days apart", "removed": 123, "left": 198},

@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 
 from zhihu_rlhf import pairs as pairs_module
+from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
-from zhihu_rlhf.pairs import PairOptions, one_use_greedy, select_pairs
+from zhihu_rlhf.pairs import PairOptions, length_skew, one_use_greedy, select_pairs
 from zhihu_rlhf.split import split_by_question, unit_hash
 from zhihu_rlhf.votes import QUALITY_COLUMNS, quality_lead
 
@@ -101,6 +102,40 @@ def test_chosen_not_earlier_rule() -> None:
     assert pair_ids(on) == {(3, 4)}
 
 
+def test_length_ratio_rule_bounds_the_length_gap_either_way() -> None:
+    rows = answers([{"upvotes": 100, "answer": "长" * 300}, {"upvotes": 10, "answer": "短" * 100},
+                    {"upvotes": 40, "question_id": 2, "answer": "短" * 100}, {"upvotes": 5, "question_id": 2, "answer": "中" * 250},
+                    {"upvotes": 40, "question_id": 3, "answer": "短" * 100}, {"upvotes": 5, "question_id": 3, "answer": "中" * 190}])
+    off, _, funnel = select_pairs(rows, PairOptions(**NO_EXTRA_RULES))
+    assert pair_ids(off) == {(1, 2), (3, 4), (5, 6)} and "length_ratio" not in [step["rule"] for step in funnel]
+    # Chosen 3x as long (question 1) and rejected 2.5x as long (question 2) are over a bound of 2; 1.9x is not.
+    bounded, _, funnel = select_pairs(rows, PairOptions(max_length_ratio=2.0, **NO_EXTRA_RULES))
+    assert pair_ids(bounded) == {(5, 6)}
+    step = next(step for step in funnel if step["rule"] == "length_ratio")
+    assert step["removed"] == 2 and step["description"] == "neither answer is more than 2x as long as the other"
+    assert pair_ids(select_pairs(rows, PairOptions(max_length_ratio=3.0, **NO_EXTRA_RULES))[0]) == {(1, 2), (3, 4), (5, 6)}
+
+
+@pytest.mark.parametrize("bound", [0.5, float("nan")])
+def test_a_length_ratio_bound_below_one_is_refused(bound: float) -> None:
+    with pytest.raises(UserError, match="--max-length-ratio"):
+        select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_length_ratio=bound))
+
+
+def test_build_refuses_a_bad_length_bound_before_reading_the_source(tmp_path) -> None:
+    options = BuildOptions(source=str(tmp_path / "missing.parquet"), out=tmp_path / "out", pairs=PairOptions(max_length_ratio=0.9))
+    with pytest.raises(UserError, match="--max-length-ratio must be at least 1"):
+        build("pairs", options, log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_length_skew_of_pairs() -> None:
+    pairs = pl.DataFrame({"chosen": ["aaaa", "a", "aaaaaa"], "rejected": ["aa", "aa", "aa"]})
+    assert length_skew(pairs) == {"chosen_longer_share": pytest.approx(2 / 3, abs=1e-4), "median_length_ratio": 2.0,
+                                  "chosen_median_chars": 4.0, "rejected_median_chars": 2.0}
+    assert length_skew(pairs.head(0))["chosen_longer_share"] is None
+
+
 def test_min_chosen_upvotes_rule() -> None:
     rows = answers([{"upvotes": 8}, {"upvotes": 1}, {"upvotes": 40, "question_id": 2}, {"upvotes": 3, "question_id": 2}])
     pairs, _, _ = select_pairs(rows, PairOptions(min_chosen_upvotes=10, limit=0))
@@ -142,11 +177,13 @@ def test_each_response_used_once_over_clusters_and_the_cap() -> None:
 
 def every_pair(table: pl.LazyFrame) -> pl.LazyFrame:
     """Every two answers of one question group, `chosen` = more upvotes: the exhaustive construction."""
-    slim = table.select("question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS)
+    slim = table.select("question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
+                        chars=pl.col("answer").str.len_chars())
     both = slim.join(slim, on="question_group", suffix="_b").filter(pl.col("answer_id") < pl.col("answer_id_b"))
     a_wins = pl.col("upvotes") >= pl.col("upvotes_b")
     columns = {}
-    fields = [("answer_id", "answer_id"), ("answer_cluster", "cluster"), ("upvotes", "upvotes"), ("created_at", "created_at")]
+    fields = [("answer_id", "answer_id"), ("answer_cluster", "cluster"), ("upvotes", "upvotes"), ("created_at", "created_at"),
+              ("chars", "chars")]
     for field, name in fields + [(column, column) for column in QUALITY_COLUMNS]:
         columns[f"chosen_{name}"] = pl.when(a_wins).then(pl.col(field)).otherwise(pl.col(f"{field}_b"))
         columns[f"rejected_{name}"] = pl.when(a_wins).then(pl.col(f"{field}_b")).otherwise(pl.col(field))
@@ -266,6 +303,9 @@ def exhaustive_selection(table: pl.DataFrame, opts: PairOptions) -> tuple[list[t
     if opts.chosen_not_earlier:
         rules.append(pl.col("chosen_created_at") >= pl.col("rejected_created_at"))
     rules += [pl.col("chosen_upvotes") >= opts.min_chosen_upvotes, pl.col("chosen_upvotes") >= opts.min_ratio * pl.col("rejected_upvotes")]
+    if opts.max_length_ratio < math.inf:
+        rules.append((pl.col("chosen_chars") <= opts.max_length_ratio * pl.col("rejected_chars"))
+                     & (pl.col("rejected_chars") <= opts.max_length_ratio * pl.col("chosen_chars")))
     rules = [rule.fill_null(False) for rule in rules]
     candidates = every_pair(usable)
     lefts = candidates.select(
@@ -309,7 +349,7 @@ def hot_world(seed: int) -> pl.DataFrame:
     table = pl.DataFrame(
         {
             "question_id": group, "answer_id": answer_id, "question": [f"问题{g}？" for g in group],
-            "answer": np.where(rng.random(n) < 0.01, "太短", TEXT), "upvotes": upvotes,
+            "answer": np.where(rng.random(n) < 0.01, "太短", [TEXT * k for k in rng.integers(1, 7, n)]), "upvotes": upvotes,
             "created_at": pl.Series(created).cast(pl.Datetime("us", "UTC")), "author_id": pl.Series([None] * n, dtype=pl.String),
             "source": "test", "question_group": group, "answer_cluster": cluster,
         }
@@ -334,10 +374,10 @@ def one_candidate_per_question(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pairs_module, "candidate_budget", lambda in_order, cap: np.ones(in_order["group"].max() + 1, np.int64))
 
 
-@pytest.mark.parametrize(("seed", "chosen_not_earlier"), [(0, False), (1, True), (2, False), (3, True)])
-def test_band_join_and_budgets_equal_the_exhaustive_rules(seed: int, chosen_not_earlier: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("seed", "chosen_not_earlier", "max_length_ratio"), [(0, False, math.inf), (1, True, math.inf), (2, False, 2.0), (3, True, 3.0)])
+def test_band_join_and_budgets_equal_the_exhaustive_rules(seed: int, chosen_not_earlier: bool, max_length_ratio: float, monkeypatch: pytest.MonkeyPatch) -> None:
     table = hot_world(seed)
-    options = PairOptions(chosen_not_earlier=chosen_not_earlier, max_days_apart=30, limit=0)
+    options = PairOptions(chosen_not_earlier=chosen_not_earlier, max_days_apart=30, limit=0, max_length_ratio=max_length_ratio)
     expected, expected_lefts = exhaustive_selection(table, options)
     assert len(expected) > 300 and expected_lefts[3] > 1_000_000  # the big questions give millions of pairs
     assert expected_lefts[-3] > expected_lefts[-2]  # some matched pairs are ones the model doubts

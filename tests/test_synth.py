@@ -3,6 +3,8 @@ and each preset world's defining property measured in its output."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -276,7 +278,7 @@ def test_cli_writes_both_files(tmp_path: Path) -> None:
         "row": pl.Int64, "question_id": pl.Int64, "answer_id": pl.Int64, "quality": pl.Float64,
         "question_group": pl.Int64, "answer_cluster": pl.Int64, "dup_kind": pl.String, "malformed": pl.String,
         "upvotes": pl.Int64, "created_at": pl.Datetime("us", "UTC"),
-        "author": pl.Int64, "author_log_reach": pl.Float64, "log_exposure": pl.Float64,
+        "author": pl.Int64, "author_log_reach": pl.Float64, "log_exposure": pl.Float64, "log_length_effect": pl.Float64,
     }
     assert sorted(p.name for p in out.parent.iterdir()) == ["kol.parquet", "kol.truth.parquet"]  # no temp files left
 
@@ -323,7 +325,7 @@ def worlds() -> dict[str, pl.DataFrame]:
 
 
 def test_the_contracts_presets_exist() -> None:
-    assert set(synth.WORLDS) == {"default", "hot", "kol", "popularity", "solo", "unlearnable", "templates", "pandas"}
+    assert set(synth.WORLDS) == {"default", "hot", "kol", "popularity", "solo", "unlearnable", "length", "templates", "pandas"}
     assert all(world.name == name and world.description for name, world in synth.WORLDS.items())
 
 
@@ -341,6 +343,33 @@ def test_default_world_still_makes_the_shipped_sample(tmp_path: Path) -> None:
     """The embedded sample was generated before worlds existed; the default world must still reproduce it."""
     out, _ = synth.write(4000, tmp_path / "sample.parquet", seed=20230416, mean_answer_chars=350, write_truth=False)
     assert pl.read_parquet(out).equals(pl.read_parquet(SAMPLE))
+
+
+# Digests of every text cell (and every truth cell but log_length_effect) of the presets that existed before the
+# length knobs, as the code before them wrote them (300 rows, seed 3, 120 chars): knobs a world leaves off draw nothing.
+_DIGESTS_BEFORE_LENGTH = {
+    "default": ("8e7d38947a8183f6", "2fd01a4f4052cd71"), "hot": ("a8869e56c342196d", "f285d74e19196b50"),
+    "kol": ("f4b4b555a112cf76", "8f4a757e96992cb4"), "popularity": ("b092a6529289627b", "dd6c850ae3198659"),
+    "solo": ("52a58cc123c09a10", "c4a5f7aa69e7ef8c"), "unlearnable": ("c422753a531e4b1e", "c4379871a694483e"),
+    "templates": ("80d490dd37b762e7", "19f7954cd1d9d071"), "pandas": ("9c693cb318e2200c", "b4c2319e780a0c6f"),
+}
+
+
+def _cells_digest(frame: pl.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for column in frame.columns:
+        if column != "log_length_effect":
+            digest.update(column.encode())
+            for value in frame[column].to_list():
+                digest.update(repr(value).encode() + b"\x00")
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", list(_DIGESTS_BEFORE_LENGTH))
+def test_presets_before_the_length_knobs_are_unchanged(name: str) -> None:
+    data, truth = synth.generate(300, seed=3, world=name, mean_answer_chars=120)
+    assert (_cells_digest(data), _cells_digest(truth)) == _DIGESTS_BEFORE_LENGTH[name]
+    assert (truth["log_length_effect"] == 0).all()
 
 
 def test_every_world_has_the_truth_columns_of_the_contract(worlds: dict[str, pl.DataFrame]) -> None:
@@ -410,6 +439,38 @@ def _quality_left_in_votes(frame: pl.DataFrame) -> float:
 def test_unlearnable_votes_carry_no_quality_given_reach(worlds: dict[str, pl.DataFrame]) -> None:
     assert abs(_quality_left_in_votes(worlds["unlearnable"])) < 0.05
     assert _quality_left_in_votes(worlds["popularity"]) > 0.2  # the same statistic where votes do carry quality
+
+
+def test_length_votes_grow_with_length_beyond_quality_and_better_answers_are_longer(worlds: dict[str, pl.DataFrame]) -> None:
+    """In `length`, log votes regressed on quality, reach, exposure and log length (all measured from the output)
+    give length a slope near the world's 0.5, and log length rises with quality; in `kol` length does nothing."""
+    def slopes(frame: pl.DataFrame) -> tuple[float, float]:
+        frame = frame.filter(pl.col("malformed").is_null() & (pl.col("upvotes") >= 5))
+        log_chars = np.log(frame["RESPONSE"].str.len_chars().to_numpy())
+        # question popularity as a constant per question: demean within questions
+        centred = frame.with_columns(log_chars=pl.Series(log_chars), log_votes=pl.col("upvotes").log()).select(
+            (pl.col(c) - pl.col(c).mean().over("question_id")).alias(c)
+            for c in ("log_votes", "quality", "author_log_reach", "log_exposure", "log_chars")
+        )
+        x = centred.select("quality", "author_log_reach", "log_exposure", "log_chars").to_numpy()
+        by_length = np.linalg.lstsq(x, centred["log_votes"].to_numpy(), rcond=None)[0][3]
+        return float(by_length), float(np.corrcoef(frame["quality"], log_chars)[0, 1])
+
+    length_slope, quality_length = slopes(worlds["length"])
+    assert 0.35 <= length_slope <= 0.65 and quality_length > 0.15, (length_slope, quality_length)
+    kol_slope, kol_quality_length = slopes(worlds["kol"])
+    assert abs(kol_slope) < 0.12 and abs(kol_quality_length) < 0.06, (kol_slope, kol_quality_length)
+    # the truth file says what the length term was: 0.5 * (log length - its mean), one-to-one with the text's length
+    length = worlds["length"].filter(pl.col("dup_kind").is_null() & pl.col("malformed").is_null())
+    assert np.corrcoef(length["log_length_effect"], np.log(length["RESPONSE"].str.len_chars()))[0, 1] > 0.9
+    assert 0.4 <= length["log_length_effect"].std() <= 0.6 and abs(length["log_length_effect"].mean()) < 0.05
+
+
+def test_length_knobs_off_is_kol() -> None:
+    """The length world is kol plus the two length knobs: with them off it is kol's bytes."""
+    off = dataclasses.replace(synth.WORLDS["length"], length_effect=0.0, quality_length=0.0)
+    assert synth.generate(300, seed=4, world=off, mean_answer_chars=120)[0].equals(
+        synth.generate(300, seed=4, world="kol", mean_answer_chars=120)[0])
 
 
 def _fold_cosmetics(title: str) -> str:

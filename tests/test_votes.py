@@ -12,21 +12,28 @@ import numpy as np
 import polars as pl
 import pytest
 
+from zhihu_rlhf import synth
 from zhihu_rlhf.build import BuildOptions, build, main
+from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.pairs import PAIRS_COLUMNS
+from zhihu_rlhf.pairs import PAIRS_COLUMNS, PairOptions, length_skew, select_pairs
+from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality, log_normal_cdf, normal_cdf, quality_lead
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
 
 
 def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, exposure: float = 0.4,
-                  prolific_authors: int = 60, solo_share: float = 0.3) -> tuple[pl.DataFrame, dict]:
-    """Canonical answers whose votes are Poisson(exp(question + quality + author + exposure + luck)), and the truth.
+                  prolific_authors: int = 60, solo_share: float = 0.3, length_effect: float = 0.0,
+                  quality_length: float = 0.0) -> tuple[pl.DataFrame, dict]:
+    """Canonical answers whose votes are Poisson(exp(question + quality + author + exposure + length + luck)), and the
+    truth.
 
     Each question has 2-8 answers written over 60 days; exposure = -exposure * log1p(answers written before it).
     A share of answers comes from authors who write only that one answer; the rest from `prolific_authors`
     authors, each with a log reach ~ N(0, author_sd) shared by all their answers. Quality ~ N(0, 1), luck ~ N(0, 0.3).
+    Answer texts are log(chars) ~ log 300 + quality_length * quality + N(0, 0.8) long; the length term is
+    length_effect * log(chars).
     """
     rng = np.random.default_rng(seed)
     sizes = rng.integers(2, 9, questions)
@@ -43,6 +50,8 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
     quality = rng.normal(0, 1, rows)
     exposure_term = -exposure * np.log1p(rank)
     log_rate = 2.0 + rng.normal(0, 1.0, questions)[question] + quality + reach + exposure_term + rng.normal(0, 0.3, rows)
+    chars = np.maximum(np.round(np.exp(np.log(300) + quality_length * quality + rng.normal(0, 0.8, rows))), 1).astype(np.int64)
+    log_rate = log_rate + length_effect * np.log(chars)
     answers = pl.DataFrame({
         "question_id": question + 1,
         "answer_id": np.arange(rows) + 1,
@@ -50,8 +59,10 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
         "created_at": [T0 + timedelta(days=float(d)) for d in days],
         "author_id": [f"author-{a}" for a in author],
         "source": "test",
+        "answer": ["字" * c for c in chars],
     }).with_columns(question_group="question_id", answer_cluster="answer_id")
-    truth = {"quality": quality, "reach": reach, "solo": solo, "exposure": exposure_term, "question": question}
+    truth = {"quality": quality, "reach": reach, "solo": solo, "exposure": exposure_term, "question": question,
+             "log_chars": np.log(chars)}
     return answers, truth
 
 
@@ -160,10 +171,85 @@ def test_followers_are_a_measured_part_of_reach() -> None:
     assert np.corrcoef(centred["effect"], centred["reach"])[0, 1] > 0.95
 
 
+def _within_question_corr(question: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    centred = pl.DataFrame({"q": question, "a": a, "b": b}).select(pl.col("a", "b") - pl.col("a", "b").mean().over("q"))
+    return float(np.corrcoef(centred["a"], centred["b"])[0, 1])
+
+
+def test_length_slope_is_recovered() -> None:
+    # Length independent of quality: the slope is the planted direct effect.
+    answers, truth = planted_world(seed=4, questions=1500, length_effect=0.5)
+    estimated, fitted = estimate_quality(answers, VoteModelOptions(model="full"))
+    assert fitted["length_slope"] == pytest.approx(0.5, abs=0.05)
+    assert _within_question_corr(truth["question"], estimated["length_effect"].to_numpy(), truth["log_chars"]) > 0.999
+    # Better answers longer too: votes cannot separate the two, the slope is the whole association,
+    # 0.5 + Cov(quality, log chars) / Var(log chars) = 0.5 + 0.4 / (0.16 + 0.64) = 1.0.
+    answers, _ = planted_world(seed=4, questions=1500, length_effect=0.5, quality_length=0.4)
+    assert estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"] == pytest.approx(1.0, abs=0.07)
+    # No length term: no slope; the levels below full do not fit one; a table without texts has none.
+    answers, _ = planted_world(seed=4, questions=1500)
+    assert abs(estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"]) < 0.05
+    assert estimate_quality(answers, VoteModelOptions(model="exposure"))[1]["length_slope"] is None
+    assert estimate_quality(answers.drop("answer"), VoteModelOptions(model="full"))[1]["length_slope"] is None
+
+
+def test_length_share_removes_that_share_of_the_length_lead() -> None:
+    # Votes reward length, quality does not lengthen answers: all of the length lead is spurious.
+    answers, truth = planted_world(seed=5, questions=1500, length_effect=0.7)
+    skew, rights = {}, {}
+    for share in (0.0, 0.5, 1.0):
+        estimated, fitted = estimate_quality(answers, VoteModelOptions(model="full", length_share=share))
+        assert fitted["length_share"] == share
+        skew[share] = _within_question_corr(truth["question"], estimated["estimated_quality"].to_numpy(), truth["log_chars"])
+        pairs = within_question_pairs(estimated, truth["quality"])
+        rights[share] = ((pairs["p"] > 0.5) == pairs["right"]).mean()
+    # Estimated quality follows length less the more is removed, and not at all once all of it is.
+    assert skew[0.0] > skew[0.5] + 0.1 > skew[1.0] + 0.2 and abs(skew[1.0]) < 0.03, skew
+    assert rights[0.0] < rights[0.5] < rights[1.0], rights
+
+
+@pytest.fixture(scope="module")
+def length_world(tmp_path_factory) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The synthetic `length` world (votes ~ length^0.5 beyond quality, better answers longer): answers, truth."""
+    path, truth_path = synth.write(30_000, tmp_path_factory.mktemp("length") / "length.parquet", 2, world="length")
+    answers, _ = prepare_answers(str(path), DedupeOptions(mode="exact"), VoteModelOptions(model="raw"))
+    return answers, pl.read_parquet(truth_path).drop_nulls("answer_id").unique("answer_id")
+
+
+def test_length_term_is_recovered_on_the_length_world(length_world) -> None:
+    answers, truth = length_world
+    estimated, fitted = estimate_quality(answers.drop("estimated_quality", "quality_sd"), VoteModelOptions())
+    # The slope is the whole association: the world's direct 0.5 plus what quality's lengthening adds
+    # (0.3 / (1 + 0.3^2) = 0.28 per log sentence), a little less per log character (the opener adds noise).
+    assert 0.6 <= fitted["length_slope"] <= 0.9, fitted
+    joined = estimated.join(truth.select("answer_id", "log_length_effect"), on="answer_id")
+    assert _within_question_corr(joined["question_group"].to_numpy(), joined["length_effect"].to_numpy(),
+                                 joined["log_length_effect"].to_numpy()) > 0.9
+
+
+def test_length_options_make_the_pairs_less_long_on_the_length_world(length_world) -> None:
+    answers, _ = length_world
+    base = answers.drop("estimated_quality", "quality_sd")
+    skew = {}
+    for share in (0.0, VoteModelOptions().length_share, 1.0):
+        estimated, _ = estimate_quality(base, VoteModelOptions(length_share=share))
+        skew[share] = length_skew(select_pairs(estimated, PairOptions(limit=300))[0])
+    default = VoteModelOptions().length_share
+    assert skew[0.0]["chosen_longer_share"] > skew[default]["chosen_longer_share"] > skew[1.0]["chosen_longer_share"], skew
+    assert skew[0.0]["median_length_ratio"] > skew[default]["median_length_ratio"] > skew[1.0]["median_length_ratio"], skew
+    estimated, _ = estimate_quality(base, VoteModelOptions(length_share=0.0))
+    bounded = select_pairs(estimated, PairOptions(limit=300, max_length_ratio=2.0))[0]
+    assert length_skew(bounded)["median_length_ratio"] < skew[0.0]["median_length_ratio"]
+    chosen, rejected = bounded["chosen"].str.len_chars(), bounded["rejected"].str.len_chars()
+    assert ((chosen <= 2.0 * rejected) & (rejected <= 2.0 * chosen)).all()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (VoteModelOptions(model="votes"), "--vote-model"),  # type: ignore[arg-type]
     (VoteModelOptions(author_share=1.5), "--author-share"),
     (VoteModelOptions(luck_sd=-1), "--luck-sd"),
+    (VoteModelOptions(length_share=-0.1), "--length-share"),
+    (VoteModelOptions(length_share=float("nan")), "--length-share"),
 ])
 def test_bad_options_are_named(options: VoteModelOptions, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -171,9 +257,11 @@ def test_bad_options_are_named(options: VoteModelOptions, message: str) -> None:
 
 
 def test_cli_vote_model_flags_reach_the_recipe(tmp_path: Path) -> None:
-    assert main(["pairs", "--source", "sample", "--out", str(tmp_path / "raw"), "--vote-model", "raw", "--limit", "50"]) == 0
+    assert main(["pairs", "--source", "sample", "--out", str(tmp_path / "raw"), "--vote-model", "raw", "--limit", "50",
+                 "--length-share", "0.25"]) == 0
     params = json.loads((tmp_path / "raw" / "params.json").read_text())["params"]
-    assert params["votes"] == {"model": "raw", "author_share": VoteModelOptions().author_share, "luck_sd": VoteModelOptions().luck_sd}
+    defaults = VoteModelOptions()
+    assert params["votes"] == {"model": "raw", "author_share": defaults.author_share, "luck_sd": defaults.luck_sd, "length_share": 0.25}
     stats = json.loads((tmp_path / "raw" / "stats.json").read_text())
     assert stats["vote_model"]["model"] == "raw" and stats["vote_model"]["exposure_slopes"] == {}
 
@@ -199,6 +287,14 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
     assert (train["p_chosen_better"] > 0.5).mean() > 0.9
     card = (out / "README.md").read_text()
     assert "## Vote model" in card and "Mean `p_chosen_better`" in card and "plots/p_chosen_better.png" in card
+    # the length figures: stats.json's over every pair (both splits) as the texts give them, and the card's
+    pairs = pl.concat([pl.read_parquet(path) for path in sorted((out / "data").glob("*.parquet"))])
+    stats = json.loads((out / "stats.json").read_text())
+    longer = (pairs["chosen"].str.len_chars() > pairs["rejected"].str.len_chars()).mean()
+    assert stats["length"]["chosen_longer_share"] == pytest.approx(longer, abs=1e-4)
+    assert f"longer one in **{100 * longer:.1f}%**" in card and "plots/pair_lengths.png" in card
+    assert stats["vote_model"]["length_share"] == VoteModelOptions().length_share
+    assert f"| share of it removed (`--length-share`) | {VoteModelOptions().length_share} |" in card
 
 
 def test_degenerate_tables_give_finite_estimates() -> None:

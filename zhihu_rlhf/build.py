@@ -23,7 +23,7 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.export import FORMATS, check_formats
 from zhihu_rlhf.instruct import InstructOptions
-from zhihu_rlhf.pairs import PairOptions
+from zhihu_rlhf.pairs import PairOptions, check_pair_options
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
 from zhihu_rlhf.pipelines.pairs import build_pairs_set
@@ -68,6 +68,8 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
         raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
     check_formats(options.formats)
     check_vote_options(options.votes)
+    if what in ("pairs", "all"):
+        check_pair_options(options.pairs)
     cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
@@ -171,11 +173,14 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
                      help="rapidfuzz similarity (0-100) above which two answers are near-duplicates")
     votes = VoteModelOptions()
     sub.add_argument("--vote-model", default=votes.model, choices=VOTE_MODELS,
-                     help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both)")
+                     help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both, and a share of answer length)")
     sub.add_argument("--author-share", type=float, default=votes.author_share,
                      help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality)")
     sub.add_argument("--luck-sd", type=float, default=votes.luck_sd,
                      help="assumed sd of log votes due to luck (how far an answer happened to spread)")
+    sub.add_argument("--length-share", type=float, default=votes.length_share,
+                     help="share (0-1) of the estimated effect of answer length on votes removed (the rest counts as "
+                          "quality: better answers are often longer); full model only")
     sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
     sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
     _add_cache_dir(sub)
@@ -210,6 +215,9 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
                      help="publish only pairs whose p_chosen_better (the vote model's probability that chosen is truly "
                           "the better answer) is at least this; below 0.5 the model favours the rejected answer. "
                           "Higher: fewer pairs, each more surely right")
+    sub.add_argument("--max-length-ratio", type=float, default=defaults.max_length_ratio,
+                     help="the longer answer of a pair is at most this many times as long as the shorter, in "
+                          "characters (inf: no bound); pairs of comparable length cannot teach that longer is better")
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
@@ -221,7 +229,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         keep_author_ids=args.keep_author_ids,
         dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
-        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd),
+        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd,
+                               length_share=args.length_share),
         use_cache=args.use_cache,
         cache_dir=args.cache_dir,
         cache_max_gb=args.cache_max_gb,
@@ -237,6 +246,7 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             max_pairs_per_question=args.max_pairs_per_question,
             chosen_not_earlier=args.chosen_not_earlier,
             min_p_chosen_better=args.min_p_chosen_better,
+            max_length_ratio=args.max_length_ratio,
             **filters,
         )
     return options

@@ -180,6 +180,26 @@ def _p_chosen_better_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
                 "The mean is the model's estimate of the share of pairs whose chosen answer is truly the better one.")
 
 
+def _pair_lengths_plot(folder: Path, frame: pl.DataFrame, length: dict) -> Plot | None:
+    if not length or length.get("chosen_longer_share") is None:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    lengths = {side: frame[side].str.len_chars().to_numpy() for side in ("chosen", "rejected")}
+    bins = _log_bins(np.concatenate(list(lengths.values())))
+    for side, values in lengths.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{side} (median {int(np.median(values))})")
+    ax.set_xscale("log")
+    ax.set_xlabel("answer length in characters (log scale)")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"Chosen longer in {length['chosen_longer_share']:.1%} of pairs; "
+                 f"median length ratio {length['median_length_ratio']:.2f}")
+    ax.legend()
+    return Plot("Length: chosen vs rejected", _save(fig, folder, "pair_lengths"),
+                "A reward model trained on these pairs may learn to prefer what separates the two curves; where chosen "
+                "answers are much longer, it may learn to pay for length.")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 
 def _answers_per_question_plot(folder: Path, counts: dict) -> Plot:
@@ -205,7 +225,8 @@ def write_plots(folder: Path, kind: str, splits: dict[str, pl.DataFrame], stats:
         return []
     plots: list[Plot | None] = [_length_plot(folder, kind, frame)]
     if kind == "pairs":
-        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame), _p_chosen_better_plot(folder, frame)]
+        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame), _p_chosen_better_plot(folder, frame),
+                  _pair_lengths_plot(folder, frame, stats.get("length") or {})]
     if stats.get("answers_per_question"):
         plots.append(_answers_per_question_plot(folder, stats["answers_per_question"]))
     return [plot for plot in plots if plot is not None]
@@ -282,6 +303,11 @@ def _flatten(params: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _finite(value: float | None) -> float | None:
+    """An optional bound as the card shows it: None where it is off (infinite)."""
+    return value if value is not None and np.isfinite(value) else None
+
+
 def _template() -> str:
     return resources.files("zhihu_rlhf.data_cards").joinpath(TEMPLATE).read_text(encoding="utf-8")
 
@@ -323,6 +349,8 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         llamafactory_name=f"zhihu_rlhf_{kind}",
         vote_model=stats.get("vote_model"),
         mean_p_chosen_better=every_split["p_chosen_better"].mean() if kind == "pairs" and rows else None,
+        length=stats.get("length") if kind == "pairs" else None,
+        length_bound=_finite(params.get("pairs", {}).get("max_length_ratio")) if isinstance(params.get("pairs"), dict) else None,
         instruct_ranking=stats.get("instruct_ranking") if kind == "instruct" else None,
     )
     return str(card) + "\n"

@@ -11,6 +11,11 @@ The rules, in the order the funnel in stats.json reports them:
    rejected one, so its lead cannot come from a head start.
 5. enough votes: the chosen answer has at least `min_chosen_upvotes`.
 6. upvote ratio: chosen has at least `min_ratio` times the rejected's upvotes.
+6b. length ratio (optional): the longer answer of the pair is at most `max_length_ratio` times as long as the
+   shorter one (characters). Votes reward length beyond quality, and a reward model learns from the pairs whose two
+   answers differ much in length to pay for length (or, where the shorter one won, to penalise it); pairs of
+   comparable length teach quality without it. Either way round, so where votes do not reward length the bound
+   takes out as many "longer wins" as "shorter wins" pairs.
 7. each response once: a response (a near-duplicate cluster) appears in at most one pair, in
    either slot, and a question gives at most `max_pairs_per_question` pairs. Conflicts are
    resolved greedily by rank, best pair first.
@@ -117,6 +122,18 @@ class PairOptions(AnswerFilters):
     min_p_chosen_better: float = 0.5
     """Publish a pair only if the vote model puts P(chosen is truly better) at least this high. Below 0.5 the model
     thinks the rejected answer more likely the better one; higher values give fewer pairs, each more surely right."""
+    max_length_ratio: float = math.inf
+    """The longer answer of a pair is at most this many times as long as the shorter one, in characters (inf: no
+    bound)."""
+
+
+def check_pair_options(opts: PairOptions) -> None:
+    if not opts.max_days_apart >= 0:
+        raise UserError(f"--max-days-apart must be a number of days >= 0 (inf: no time rule), got {opts.max_days_apart}")
+    if not 0.0 <= opts.min_p_chosen_better <= 1.0:
+        raise UserError(f"--min-p-chosen-better must be a probability in [0, 1], got {opts.min_p_chosen_better}")
+    if not opts.max_length_ratio >= 1:
+        raise UserError(f"--max-length-ratio must be at least 1 (inf: no bound), got {opts.max_length_ratio}")
 
 
 # Pairs are ranked best first by RANK_KEY, an expression over chosen_*/rejected_* QUALITY_COLUMNS; the answer ids
@@ -137,6 +154,7 @@ class BandedAnswers(NamedTuple):
     cluster: np.ndarray  # 0, 1, 2, ... one number per near-duplicate cluster (across groups)
     created_us: np.ndarray  # microseconds since 1970; 0 where `timed` is False
     timed: np.ndarray  # has a creation time
+    chars: np.ndarray  # length of the answer text in characters
     band_end: np.ndarray  # the position after the last later answer of the same group close enough in time
 
 
@@ -152,6 +170,8 @@ class PairBatch(NamedTuple):
     earlier_created_us: np.ndarray
     later_created_us: np.ndarray
     both_timed: np.ndarray
+    chosen_chars: np.ndarray
+    rejected_chars: np.ndarray
 
 
 # A rule says which pairs of a batch pass it.
@@ -192,6 +212,15 @@ def pair_rules(opts: PairOptions) -> list[tuple[str, str, Rule]]:
             lambda p: p.chosen_upvotes >= opts.min_ratio * p.rejected_upvotes,
         ),
     ]
+    if opts.max_length_ratio < math.inf:
+        rules.append(
+            (
+                "length_ratio",
+                f"neither answer is more than {opts.max_length_ratio:g}x as long as the other",
+                lambda p: (p.chosen_chars <= opts.max_length_ratio * p.rejected_chars)
+                & (p.rejected_chars <= opts.max_length_ratio * p.chosen_chars),
+            )
+        )
     return rules
 
 
@@ -249,6 +278,7 @@ def time_bands(usable: pl.DataFrame, max_days_apart: float) -> tuple[pl.DataFram
         cluster=answers["answer_cluster"].rank("dense").to_numpy().astype(np.int64) - 1,
         created_us=created_us,
         timed=answers["created_at"].is_not_null().to_numpy(),
+        chars=answers["answer_chars"].to_numpy(),
         band_end=band_end,
     )
     return answers.with_columns(group=pl.Series(group)), banded
@@ -303,6 +333,7 @@ def _pair_batch(banded: BandedAnswers, earlier: np.ndarray, later: np.ndarray) -
     """(the pairs' columns, chosen positions, rejected positions) for pairs of positions."""
     earlier_upvotes, later_upvotes = banded.upvotes[earlier], banded.upvotes[later]
     chosen_is_later = later_upvotes > earlier_upvotes
+    chosen, rejected = np.where(chosen_is_later, later, earlier), np.where(chosen_is_later, earlier, later)
     batch = PairBatch(
         chosen_upvotes=np.maximum(earlier_upvotes, later_upvotes),
         rejected_upvotes=np.minimum(earlier_upvotes, later_upvotes),
@@ -312,8 +343,10 @@ def _pair_batch(banded: BandedAnswers, earlier: np.ndarray, later: np.ndarray) -
         earlier_created_us=banded.created_us[earlier],
         later_created_us=banded.created_us[later],
         both_timed=banded.timed[earlier] & banded.timed[later],
+        chosen_chars=banded.chars[chosen],
+        rejected_chars=banded.chars[rejected],
     )
-    return batch, np.where(chosen_is_later, later, earlier), np.where(chosen_is_later, earlier, later)
+    return batch, chosen, rejected
 
 
 def _rank_values(banded: BandedAnswers, chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
@@ -471,13 +504,11 @@ def _match_within_budgets(
 
 def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
-    if not opts.max_days_apart >= 0:
-        raise UserError(f"--max-days-apart must be a number of days >= 0 (inf: no time rule), got {opts.max_days_apart}")
-    if not 0.0 <= opts.min_p_chosen_better <= 1.0:
-        raise UserError(f"--min-p-chosen-better must be a probability in [0, 1], got {opts.min_p_chosen_better}")
+    check_pair_options(opts)
     # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
     slim = answers.select(
         "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
+        answer_chars=pl.col("answer").str.len_chars(),
         drop_reason=length_drop_reason(opts),
     )
     usable = slim.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
@@ -541,3 +572,18 @@ def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
         .join(rejected, on="rejected_answer_id", how="left", maintain_order="left")
         .select(*PAIRS_COLUMNS, "chosen_author_id", "rejected_author_id", "question_group")
     )
+
+
+def length_skew(pairs: pl.DataFrame) -> dict:
+    """What the pairs may teach a reward model about length: the share whose chosen answer is longer (characters),
+    the median chosen/rejected length ratio, and each side's median length. For stats.json and the card."""
+    if pairs.height == 0:
+        return {"chosen_longer_share": None, "median_length_ratio": None, "chosen_median_chars": None, "rejected_median_chars": None}
+    chosen, rejected = pairs["chosen"].str.len_chars().cast(pl.Float64), pairs["rejected"].str.len_chars().cast(pl.Float64)
+    return {
+        "chosen_longer_share": round(float((chosen > rejected).mean()), 4),
+        "median_length_ratio": round(float((chosen / rejected.clip(lower_bound=1)).median()), 3),
+        "chosen_median_chars": float(chosen.median()),
+        "rejected_median_chars": float(rejected.median()),
+    }
+

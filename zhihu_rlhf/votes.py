@@ -3,8 +3,8 @@
 Zhihu votes are not a count of quality alone; the reference article says so itself (知乎的点赞受许多因素影响，例如
 答题人粉丝数，答题时间). Each answer's upvotes v_i are modelled as Poisson counts around a log rate that is a sum:
 
-    log E[v_i] = question + exposure + author + quality + luck
-               =   mu_q   +  b . x_i  +  a_A  +   q_i   + e_i
+    log E[v_i] = question + exposure + author + length + quality + luck
+               =   mu_q   +  b . x_i  +  a_A  + c l_i  +   q_i   + e_i
 
 - question mu_q: how many readers the question has. Answers are only compared within one question group, so it is
   a free constant per group, estimated and never interpreted.
@@ -19,6 +19,11 @@ Zhihu votes are not a count of quality alone; the reference article says so itse
   mean residual there, shrunk by B = omega^2 / (omega^2 + that mean's variance). An author with no other answer
   gets B = 0, no correction; one with hundreds gets B near 1, nearly their own mean. omega^2 is the mean product
   of the residuals of two different answers by one author (no noise model needed for that).
+- length c l_i: l_i = log(characters of the answer), centred within its question. Long, detailed answers collect
+  more votes than short ones of the same quality (Singhal et al. 2023 find length correlations in every vote- and
+  rater-based preference set), and a reward model trained on pairs that carry that lead learns to pay for length.
+  One slope c for the whole table. What the slope measures is length's whole association with votes: the direct
+  effect, plus quality's where better answers are also longer. Votes cannot separate the two (see the length share).
 - quality q_i: what we want, relative to the question.
 - luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour). Votes
   cannot tell luck from quality, so its size is an assumption (`luck_sd`). It keeps the model from trusting large
@@ -41,6 +46,18 @@ covariances are written out in `estimate_quality`; an author effect known from f
 variance). A pair's `p_chosen_better` = P(Q_chosen > Q_rejected) = Phi(lead / sd of the lead), its `confidence`
 the lead in sds.
 
+The length share s_L (`length_share`). Like the author share: the estimated length term c l_i is removed with share
+s_L, the rest counts as quality (z subtracts s_L c l_i; the kept (1 - s_L) c l_i enters Q like measured reach does).
+s_L = 1 says length never shows quality, so the pairs keep none of the length lead votes give, including what
+better answers' extra length earned; s_L = 0 says all of it is quality, the model before length was fitted. Where
+votes do not follow length (every preset but `length`) c is near 0 and the share changes nothing. The default,
+0.4, is measured, not estimated: on the `length` world it is the share whose top pairs are as often, and as much,
+longer as pairs chosen by true quality. It is not the world's direct part of c (about 0.65 there): the top pairs
+of any vote-based ranking are chosen partly for luck, which has nothing to do with length, so they show less of
+quality's length skew than the truth does, and 0.4 leaves some length bias in to make up for it. Where votes reward
+length and quality does not lengthen answers, 0.4 leaves a skew in; where length is all quality, it removes some;
+votes cannot say which world they are (benchmarks/RESULTS.md, "Length").
+
 The author share s (`author_share`). An author's mean votes are partly how well they write: where reach is pure
 popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
 cannot tell which. The default, 0.75, is the share with the best worst case over the synthetic worlds (kol:
@@ -48,7 +65,8 @@ reach half quality; popularity: none; default: follower counts) in pair accuracy
 choice, measured at 200k rows: benchmarks/RESULTS.md, "Vote model".
 
 Levels (`model`): "raw" takes the votes as they are (count noise and luck only: the article's plain votes, ranked
-by a probability); "exposure" removes exposure; "authors" removes author effects; "full" removes both.
+by a probability); "exposure" removes exposure; "authors" removes author effects; "full" removes both and the
+length share of the length term.
 
 What it cannot fix: an author's reach is only learnt from their other answers (or follower counts), so where
 authors never repeat it stays in the noise, unrecognised, and the probabilities are too sure; luck looks like
@@ -69,7 +87,7 @@ VoteModel = Literal["raw", "exposure", "authors", "full"]
 VOTE_MODELS: tuple[VoteModel, ...] = ("raw", "exposure", "authors", "full")
 QUALITY_COLUMNS = ["estimated_quality", "quality_sd"]
 # Also added to the answer table, to inspect the model: the estimated log-vote terms removed (before the share).
-EFFECT_COLUMNS = ["exposure_effect", "author_effect"]
+EFFECT_COLUMNS = ["exposure_effect", "author_effect", "length_effect"]
 
 SECONDS_PER_DAY = 86_400
 _MAX_ITERATIONS = 60
@@ -93,6 +111,11 @@ class VoteModelOptions:
     luck_sd: float = 0.3
     """Assumed sd of log votes that is neither quality, exposure, author nor count noise. Not identifiable from
     votes; larger makes every probability more modest."""
+    length_share: float = 0.4
+    """Share of the estimated length term (log votes per log character, fitted by the "full" model) removed; the
+    rest counts as quality. Votes cannot tell length rewarded for itself from the quality longer answers carry:
+    0.4 keeps the pairs' length skew near what true quality gives on the `length` world (benchmarks/RESULTS.md,
+    "Length")."""
 
 
 def check_vote_options(options: VoteModelOptions) -> None:
@@ -102,6 +125,8 @@ def check_vote_options(options: VoteModelOptions) -> None:
         raise UserError(f"--author-share must be in [0, 1], got {options.author_share}")
     if options.luck_sd < 0:
         raise UserError(f"--luck-sd must be at least 0, got {options.luck_sd}")
+    if not 0.0 <= options.length_share <= 1.0:
+        raise UserError(f"--length-share must be in [0, 1], got {options.length_share}")
 
 
 def quality_lead(chosen_prefix: str, rejected_prefix: str) -> pl.Expr:
@@ -147,6 +172,11 @@ def exposure_features(answers: pl.DataFrame, question: np.ndarray) -> np.ndarray
     return np.log1p(np.hstack([earlier[:, None], days[:, :1] / scales, days[:, 1:] / scales]))
 
 
+def answer_log_length(answers: pl.DataFrame) -> np.ndarray:
+    """Per answer, log(characters of its text): the length covariate (the text as normalised, at least 1 char)."""
+    return answers["answer"].str.len_chars().clip(lower_bound=1).cast(pl.Float64).log().to_numpy()
+
+
 def _earlier_answers(question: np.ndarray, created: np.ndarray) -> np.ndarray:
     """How many answers to the same question were written strictly before each answer (NaN: no creation time).
 
@@ -180,17 +210,21 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     questions = _Runs.of(question_code[order])
     votes = answers["upvotes"].cast(pl.Float64).to_numpy()[order]
 
-    # Covariates: the exposure columns and, with the author terms, log1p(followers) where the source has them.
-    # Centred within questions over the known values; an unknown value sits at its question's mean (no adjustment).
+    # Covariates: the exposure columns, log length (full model, where the table has texts) and, with the author
+    # terms, log1p(followers) where the source has them. Centred within questions over the known values; an
+    # unknown value sits at its question's mean (no adjustment).
     exposure = exposure_features(answers, question_code)[order] if use_exposure else np.zeros((rows, 0))
+    use_length = options.model == "full" and "answer" in answers.columns
+    length = answer_log_length(answers)[order, None] if use_length else np.zeros((rows, 0))
     has_followers = use_authors and "author_followers" in answers.columns and answers["author_followers"].null_count() < rows
     followers = (
         answers["author_followers"].cast(pl.Float64).log1p().to_numpy()[order, None] if has_followers else np.zeros((rows, 0))
     )
-    covariates = np.hstack([exposure, followers])
+    covariates = np.hstack([exposure, length, followers])
     known = ~np.isnan(covariates)
     covariates = np.where(known, questions.demean(np.where(known, covariates, 0.0), known.astype(float)), 0.0)
-    n_exposure = exposure.shape[1]
+    n_exposure, n_length = exposure.shape[1], length.shape[1]
+    length_columns = slice(n_exposure, n_exposure + n_length)
 
     # Authors: an unknown author stands alone; a "text" is one author's answer cluster (cross-posts are one text).
     author_code = _codes(answers.select(
@@ -209,27 +243,30 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
         others_weight, others_sum = _other_texts(author, text, fit.weight, residual)
         shrink = others_weight / (others_weight + 1.0 / omega2)
         author_term = others_sum / (others_weight + 1.0 / omega2)
-    followers_term = covariates[:, n_exposure:] @ slopes[n_exposure:]  # measured reach: known exactly (B = 1)
+    followers_term = covariates[:, length_columns.stop:] @ slopes[length_columns.stop:]  # measured reach: B = 1
     followers_var = float(np.var(followers_term))
     author_term = author_term + followers_term
     exposure_term = covariates[:, :n_exposure] @ slopes[:n_exposure]
+    length_term = covariates[:, length_columns] @ slopes[length_columns]
+    length_share = options.length_share if use_length else 0.0
 
     # z = y - exposure - s * (author effect) measures mu_q + Q, where Q is the answer's own quality plus the share
     # (1 - s) of its author's effect that counts as quality. Per answer, with B the author effect's shrink factor:
     #   Var(z - mu_q)    = u2 + count variance + omega2 (1 - s B (2 - s))     (what z varies by)
     #   Cov(Q, z - mu_q) = u2 - luck^2 + (1 - s) omega2 (1 - s B)            (how much of that is quality)
     #   Var(Q)           = u2 - luck^2 + (1 - s)^2 omega2
-    # (followers' part likewise, with B = 1), so E[Q - mu_q | z] = Cov / Var(z) * (z - mu_q) and the variance
-    # left is Var(Q) - Cov^2 / Var(z).
+    # (followers' part likewise, with B = 1, and the kept length term (1 - s_L) c l the same way), so
+    # E[Q - mu_q | z] = Cov / Var(z) * (z - mu_q) and the variance left is Var(Q) - Cov^2 / Var(z).
     kept = 1 - share
     own_quality = max(fit.answer_variance - options.luck_sd**2, _MIN_TAU2)
-    z = fit.working_log_rate - exposure_term - share * author_term
+    z = fit.working_log_rate - exposure_term - share * author_term - length_share * length_term
+    kept_length_var = (1 - length_share) ** 2 * float(np.var(length_term))
     z_var = (fit.answer_variance + fit.count_variance + omega2 * (1 - share * shrink * (2 - share))
-             + followers_var * kept**2)
+             + followers_var * kept**2 + kept_length_var)
     if n_exposure and known[:, 0].any():  # an unknown creation time leaves the exposure term unknown
         z_var = z_var + np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
-    quality_cov = own_quality + kept * (omega2 * (1 - share * shrink) + followers_var * kept)
-    quality_var = own_quality + kept**2 * (omega2 + followers_var)
+    quality_cov = own_quality + kept * (omega2 * (1 - share * shrink) + followers_var * kept) + kept_length_var
+    quality_var = own_quality + kept**2 * (omega2 + followers_var) + kept_length_var
     keep = quality_cov / z_var
     estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / z_var)))
     quality_sd = np.sqrt(np.maximum(quality_var - keep * quality_cov, _MIN_TAU2))
@@ -241,7 +278,10 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
         "answer_sd": round(float(np.sqrt(fit.answer_variance)), 4),
         "exposure_effect_sd": round(float(np.std(exposure_term)), 4) if n_exposure else None,
         "exposure_slopes": dict(zip(EXPOSURE_FEATURES, np.round(slopes[:n_exposure], 4).tolist(), strict=True)) if n_exposure else {},
-        "followers_slope": round(float(slopes[n_exposure]), 4) if has_followers else None,
+        "followers_slope": round(float(slopes[length_columns.stop]), 4) if has_followers else None,
+        "length_share": length_share,
+        "length_slope": round(float(slopes[n_exposure]), 4) if use_length else None,
+        "length_effect_sd": round(float(np.std(length_term)), 4) if use_length else None,
         "author_effect_sd": round(float(np.sqrt(fit.author_variance)), 4) if use_authors else None,
         "answers_with_author_correction": int((others_weight > 0).sum()),
         "iterations": fit.iterations,
@@ -252,6 +292,7 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
         quality_sd=unsorted(quality_sd),
         exposure_effect=unsorted(exposure_term),
         author_effect=unsorted(author_term),
+        length_effect=unsorted(length_term),
     ), summary
 
 

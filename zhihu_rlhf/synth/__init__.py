@@ -7,7 +7,7 @@ count and creation time the METADATA text denotes, and the author and exposure e
 
 Where things are:
 - worlds.py: the `World` knobs and the `WORLDS` presets (default, hot, kol, popularity, solo,
-  unlearnable, templates, pandas); a world's definition fits one screen there.
+  unlearnable, length, templates, pandas); a world's definition fits one screen there.
 - plan.py: the per-row plan (questions, re-asks, authors, times, duplicates, defects, votes, forms).
 - text.py: the Chinese text generator, titles, shared title templates, re-asked and cosmetic titles.
 - metadata.py: METADATA in each spelling (Zhihu-KOL's, pandas' NaN / Infinity / float ids, legacy rows).
@@ -17,7 +17,8 @@ How every world is simulated (so you know what a good pipeline should recover):
 - Questions: answers per question are Zipf-distributed (most have 1, many 2-10, a few hundreds), plus
   hot questions where the world has them. Question ids grow with question time, answer ids with answer time.
 - Answers: latent quality ~ N(0, 1). Upvotes ~ Poisson(exp(log rate)), the log rate adding the question's
-  popularity, quality, the author's reach, and exposure (see worlds.py). Pairs close in time, with a
+  popularity, quality, the author's reach, exposure and, in the `length` world, answer length beyond
+  quality (see worlds.py). Pairs close in time, with a
   large vote ratio and large counts are therefore more often right.
 - Planted duplicates: exact cross-posts, cross-posts with a prefix ("谢邀。") and/or suffix
   ("编辑于 ..."), punctuation edits, re-asked questions (title variants under a new question_id), and
@@ -34,7 +35,8 @@ Truth columns (one row per data row, same order):
     text denotes: "赞同 1.2 万" -> 12000), created_at (the time METADATA denotes, null when it is empty,
     missing, NaN or Infinity), author (the true author's index, also where METADATA lost it),
     author_log_reach (the author's log multiplier on votes: the author effect a vote model should
-    estimate), log_exposure (the exposure term added to the log rate).
+    estimate), log_exposure (the exposure term added to the log rate), log_length_effect (the length term
+    added to the log rate beyond quality; 0 in worlds without one).
     For malformed rows the ids/upvotes/created_at are what the row would have said. Rows whose creation
     time or author is missing are not malformed.
 

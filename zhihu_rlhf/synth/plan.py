@@ -47,6 +47,7 @@ class Plan:
     author: np.ndarray
     quality: np.ndarray
     log_exposure: np.ndarray  # the exposure term added to the log vote rate
+    log_length_effect: np.ndarray  # the length term added to the log vote rate (0 unless world.length_effect)
     created: np.ndarray  # epoch seconds
     n_sentences: np.ndarray
     dup_kind: np.ndarray  # index into DUP_KINDS
@@ -190,14 +191,28 @@ def _answer_times(rng: np.random.Generator, world: World, questions: _Questions,
 
 
 def _answer_lengths(
-    rng: np.random.Generator, rnd: random.Random, rows: int, mean_answer_chars: int
+    rng: np.random.Generator, rnd: random.Random, rows: int, mean_answer_chars: int, quality_lengthening: np.ndarray | None
 ) -> tuple[list[str], np.ndarray]:
-    """The sentence pool and, per row, a lognormal number of body sentences around the requested mean."""
+    """The sentence pool and, per row, a lognormal number of body sentences around the requested mean, times
+    exp(quality_lengthening) where the world makes better answers longer."""
     sentences = text.sentence_pool(rnd, int(np.clip(rows * mean_answer_chars / 30 / 8, 20_000, 400_000)))
     sentence_chars = float(np.mean([len(s) for s in sentences])) + 0.6  # + mean separator length
     target = max(1.0, (mean_answer_chars - 25) / sentence_chars)
-    n_sentences = np.clip(np.round(np.exp(rng.normal(np.log(target) - 0.5, 1.0, rows))), 1, 30 * target + 1).astype(np.int64)
+    log_sentences = rng.normal(np.log(target) - 0.5, 1.0, rows)
+    if quality_lengthening is not None:  # added after the draw, so worlds without it keep their exact floats
+        log_sentences = log_sentences + quality_lengthening
+    n_sentences = np.clip(np.round(np.exp(log_sentences)), 1, 30 * target + 1).astype(np.int64)
     return sentences, n_sentences
+
+
+def _log_length_effect(world: World, n_sentences: np.ndarray, dup_source: np.ndarray, quote_partner: np.ndarray) -> np.ndarray:
+    """The length term of log votes: length_effect * (log body sentences - their mean over rows), for the text as
+    rendered (a copy is as long as its source; a shared-quote answer has at least 24 sentences, see render.py)."""
+    if not world.length_effect:
+        return np.zeros(len(n_sentences))
+    rendered = np.where(quote_partner >= 0, np.maximum(n_sentences, 24), n_sentences)
+    log_length = np.log(rendered[np.where(dup_source >= 0, dup_source, np.arange(len(n_sentences)))])
+    return world.length_effect * (log_length - log_length.mean())
 
 
 def _duplicates(
@@ -342,7 +357,8 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
     if world.author_quality_sd:
         s = world.author_quality_sd
         quality = s * authors.skill[author] + np.sqrt(1.0 - s * s) * quality
-    sentences, n_sentences = _answer_lengths(rng, rnd, rows, mean_answer_chars)
+    quality_lengthening = world.quality_length * quality if world.quality_length else None
+    sentences, n_sentences = _answer_lengths(rng, rnd, rows, mean_answer_chars, quality_lengthening)
 
     dup_kind, dup_source, quote_partner = _duplicates(rng, row_question, reasked, n_sentences)
     is_copy = dup_source >= 0
@@ -353,6 +369,7 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
     malformed = _defects(rng, world, dup_kind, is_source)
 
     by_rank, by_lateness, by_age = _log_exposure(world, row_question, created)
+    log_length_effect = _log_length_effect(world, n_sentences, dup_source, quote_partner)
     log_rate = (  # summed in this order so that `default` keeps its exact floats
         1.0
         + questions.popularity[row_question]
@@ -364,6 +381,8 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
     )
     if world.crawl_age_effect:
         log_rate += by_age
+    if world.length_effect:
+        log_rate += log_length_effect
     true_votes = rng.poisson(np.exp(np.minimum(log_rate, np.log(3e5)))).astype(np.int64)
 
     upvote_form, upvotes = _upvote_forms(rng, world, true_votes)
@@ -383,7 +402,7 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
         world=world, title=questions.title, question_id=questions.question_id, question_group=question_group,
         reasked=reasked, author_token=authors.token, author_log_reach=authors.log_reach, row_question=row_question,
         answer_id=answer_id, answer_cluster=answer_cluster, author=author, quality=quality,
-        log_exposure=by_rank + by_lateness + by_age, created=created, n_sentences=n_sentences, dup_kind=dup_kind,
+        log_exposure=by_rank + by_lateness + by_age, log_length_effect=log_length_effect, created=created, n_sentences=n_sentences, dup_kind=dup_kind,
         dup_source=dup_source, quote_partner=quote_partner, malformed=malformed, upvotes=upvotes,
         upvote_form=upvote_form, time_form=time_form, question_id_form=question_id_form,
         answer_id_form=answer_id_form, ascii_json=ascii_json, author_missing=author_missing, sentences=sentences,

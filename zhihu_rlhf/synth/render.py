@@ -147,6 +147,7 @@ def render_chunk(plan: Plan, seed: int, start: int, stop: int) -> tuple[pa.Table
             "author": pl.Series(authors, dtype=pl.Int64),
             "author_log_reach": pl.Series(plan.author_log_reach[authors], dtype=pl.Float64),
             "log_exposure": pl.Series(plan.log_exposure[start:stop], dtype=pl.Float64),
+            "log_length_effect": pl.Series(plan.log_length_effect[start:stop], dtype=pl.Float64),
         }
     )
     return data, truth

@@ -2,11 +2,14 @@
 more than the world it was developed on. `WORLDS` maps each preset name to its World.
 
 How votes are made in every world (per answer, before Poisson count noise):
-    log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure + N(0, 0.3)
+    log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure
+               + length_effect * (log length - its mean) + N(0, 0.3)
 with quality ~ N(0, 1) per answer (an author's skill is part of it when author_quality_sd > 0), the
-author's log reach shared by all their answers, and the exposure term made of the early-answer effect
-(rank among the question's answers, days after its first answer) and the time from writing to the crawl.
-The truth file carries quality, `author_log_reach` and `log_exposure` per row.
+author's log reach shared by all their answers, the exposure term made of the early-answer effect
+(rank among the question's answers, days after its first answer) and the time from writing to the crawl,
+and the length term (0 unless the world sets length_effect), where length is the answer's number of body
+sentences (about 30 characters each), lognormal, longer for better answers when quality_length > 0.
+The truth file carries quality, `author_log_reach`, `log_exposure` and `log_length_effect` per row.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ class World:
     """Multiplier on the early-answer effect: -0.3 * log(1 + rank) - 0.35 * log(1 + days after the first answer / 7)."""
     crawl_age_effect: float = 0.0
     """Coefficient on log(1 + days from writing to the crawl / 30): older answers had longer to collect votes."""
+    length_effect: float = 0.0
+    """Coefficient of log answer length on log votes beyond quality: votes grow as length^length_effect (0.5: an
+    answer twice as long gets 1.41x the votes at the same quality)."""
+    quality_length: float = 0.0
+    """How much quality itself lengthens an answer: log length += quality_length * quality (0.3: a 1-sd better
+    answer is 1.35x as long). The length noise stays N(0, 1) on the log scale."""
 
     # Titles
     reask_share: float = 0.02
@@ -122,6 +131,10 @@ WORLDS: dict[str, World] = {
         replace(
             _KOL, name="unlearnable", reach_quality_share=0.0, quality_effect=0.0,
             description="votes from reach and exposure only; quality has no effect on votes",
+        ),
+        replace(
+            _KOL, name="length", reach_quality_share=0.5, length_effect=0.5, quality_length=0.3,
+            description="as kol, and votes grow with answer length beyond quality; better answers are also longer",
         ),
         replace(
             _BASE, name="templates", title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04,
