@@ -2,10 +2,11 @@
 more than the world it was developed on. `WORLDS` maps each preset name to its World.
 
 How votes are made in every world (per answer, before Poisson count noise):
-    log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure + N(0, 0.3)
+    log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure + N(0, luck_sd)
 with quality ~ N(0, 1) per answer (an author's skill is part of it when author_quality_sd > 0), the
 author's log reach shared by all their answers, and the exposure term made of the early-answer effect
-(rank among the question's answers, days after its first answer) and the time from writing to the crawl.
+(rank among the question's answers, days after its first answer, a bonus for the very first answers where
+the world has one) and the time from writing to the crawl (one crawl per file, or one per question).
 The truth file carries quality, `author_log_reach` and `log_exposure` per row.
 """
 
@@ -66,6 +67,16 @@ class World:
     """Multiplier on the early-answer effect: -0.3 * log(1 + rank) - 0.35 * log(1 + days after the first answer / 7)."""
     crawl_age_effect: float = 0.0
     """Coefficient on log(1 + days from writing to the crawl / 30): older answers had longer to collect votes."""
+    early_answers: int = 0
+    """The first this many answers to each question (by time) collect `early_answer_bonus` extra log votes ..."""
+    early_answer_bonus: float = 0.0
+    """... on top of the smooth early-answer effect: they sat at the top of the question page while it filled."""
+    crawl_per_question: bool = False
+    """Each question crawled on its own date (uniform between it being asked and the file's crawl date) instead of
+    one crawl for the file: answers are never newer than their question's crawl, and crawl age counts from it."""
+    luck_sd: float = 0.3
+    """Sd of the per-answer luck on log votes (how far an answer happened to travel); 0.3 in every preset but
+    `lucky`."""
 
     # Titles
     reask_share: float = 0.02
@@ -122,6 +133,17 @@ WORLDS: dict[str, World] = {
         replace(
             _KOL, name="unlearnable", reach_quality_share=0.0, quality_effect=0.0,
             description="votes from reach and exposure only; quality has no effect on votes",
+        ),
+        replace(
+            _KOL, name="earned", reach_quality_share=0.9, author_quality_sd=0.85, early_answers=3, early_answer_bonus=0.7,
+            crawl_per_question=True,
+            description="reach earned by writing well (quality mostly the author's skill), first answers collect extra "
+            "votes, each question crawled on its own date",
+        ),
+        replace(
+            _KOL, name="lucky", author_reach_sd=1.5, reach_quality_share=0.0, luck_sd=0.6,
+            description="more luck than the vote model assumes (sd 0.6) and reach that is pure popularity, varying "
+            "more than in kol",
         ),
         replace(
             _BASE, name="templates", title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04,
