@@ -53,17 +53,20 @@ DEFAULT_SHARE = f"{SHARE_LOW:g}:{SHARE_HIGH:g}" if SHARE_HIGH > SHARE_LOW else f
 MIN_BIN_PAIRS = 500  # bins with fewer pairs are too noisy for the worst-bin figure
 
 
-def calibration_variants() -> dict[str, VoteModelOptions]:
-    """The default against what it replaced and the ways it could have gone: one known author share, luck assumed."""
-    low, high = author_share_range(VoteModelOptions())
-    return {
-        f"vote model: full, share {low:g}:{high:g}, luck auto - the default": VoteModelOptions(),
+def calibration_variants(alternatives: bool) -> dict[str, VoteModelOptions]:
+    """The default against what it replaced; with alternatives, also the other ways it could have gone."""
+    variants = {
+        f"vote model: full, share {DEFAULT_SHARE}, luck auto - the default": VoteModelOptions(),
         "vote model: full, share 0.75 known, luck 0.3 assumed (before)": VoteModelOptions(author_share=0.75, luck_sd=0.3),
-        "vote model: full, share 0.75 known, luck auto": VoteModelOptions(author_share=0.75),
-        f"vote model: full, share {low:g}:{high:g}, luck 0.3 assumed": VoteModelOptions(luck_sd=0.3),
-        "vote model: full, share 0:1, luck auto": VoteModelOptions(author_share=(0.0, 1.0)),
-        "vote model: full, share 0.25:1, luck auto": VoteModelOptions(author_share=(0.25, 1.0)),
     }
+    if alternatives:
+        variants |= {
+            "vote model: full, share 0.75 known, luck auto": VoteModelOptions(author_share=0.75),
+            f"vote model: full, share {DEFAULT_SHARE}, luck 0.3 assumed": VoteModelOptions(luck_sd=0.3),
+            "vote model: full, share 0.5:1, luck auto": VoteModelOptions(author_share=(0.5, 1.0)),
+            "vote model: full, share 0.25:1, luck auto": VoteModelOptions(author_share=(0.25, 1.0)),
+        }
+    return variants
 
 
 def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
@@ -178,11 +181,11 @@ def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
 
 
 def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: dict[str, VoteModelOptions],
-             show_reliability: bool) -> list[dict]:
+             show_reliability: bool, baselines: bool = True) -> list[dict]:
     quality = truth.select("answer_id", "quality")
     rules, filters = PairOptions(limit=0), InstructOptions()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
-    raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality)
+    raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality) if baselines else ()
     rows = []
 
     def add(method: str, every: pl.DataFrame, top: pl.DataFrame, instruct: tuple[float, ...], calibrated: bool) -> None:
@@ -193,13 +196,14 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: di
             "mean_p": float(top["p_chosen_better"].mean()) if calibrated else None, "instruct": instruct,
         })
 
-    naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
-    add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
-    article = dataclasses.replace(rules, min_chosen_upvotes=0)
-    every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
-    add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
-    every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
-    add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
+    if baselines:
+        naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
+        article = dataclasses.replace(rules, min_chosen_upvotes=0)
+        every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
+        every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
+        add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
     for name, options in variants.items():
         started = time.perf_counter()
         estimated, fitted = estimate_quality(base, options)
@@ -207,6 +211,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: di
         every = with_truth(select_pairs(estimated, rules)[0], quality)
         add(name, every, every.head(TOP), instruct_truly_best(estimated, quality), True)
         print(f"  {name}: fitted in {seconds:.1f}s; {recovered_effects(estimated, truth)}\n    {fitted}", flush=True)
+        print(f"    luck sd {fitted['luck_sd']} ({fitted['luck_sd_from']}, {fitted['luck_copy_pairs']:,} pairs of copies)", flush=True)
         if show_reliability or options == VoteModelOptions():
             print(f"\nreliability of p_chosen_better over all {every.height:,} pairs, ECE {expected_calibration_error(every):.3f}:\n"
                   f"{reliability_markdown(name, every)}\n", flush=True)
@@ -225,8 +230,11 @@ def main() -> None:
     runs.add_argument("--levels-only", action="store_true",
                       help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
     runs.add_argument("--calibration", action="store_true",
-                      help="only the default and the alternatives to its luck and author-share handling, each with its "
-                           "reliability table")
+                      help="only the default and the model before luck was measured and the share carried as a range, "
+                           "each with its reliability table, no baselines")
+    parser.add_argument("--alternatives", action="store_true",
+                        help="with --calibration: also one known share with luck measured, luck assumed with the share "
+                             "range, and narrower share ranges")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,8 +250,8 @@ def main() -> None:
         started = time.perf_counter()
         answers, _ = prepare_answers(str(data), DedupeOptions(), VoteModelOptions(model="raw"))
         print(f"{label}: {answers.height:,} answers ready in {time.perf_counter() - started:.1f}s", flush=True)
-        variants = calibration_variants() if args.calibration else model_variants(args.levels_only)
-        rows = evaluate(answers, truth, args.seed, variants, args.reliability or args.calibration)
+        variants = calibration_variants(args.alternatives) if args.calibration else model_variants(args.levels_only)
+        rows = evaluate(answers, truth, args.seed, variants, args.reliability or args.calibration, baselines=not args.calibration)
 
     print(f"\n| {label} | top-{TOP:,} right | all pairs | all right | ECE | worst bin (>= {MIN_BIN_PAIRS} pairs) "
           f"| mean p top-{TOP:,} | instruct: truly best | in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
