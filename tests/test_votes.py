@@ -307,6 +307,10 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
     assert (train["p_chosen_better"] > 0.5).mean() > 0.9
     card = (out / "README.md").read_text()
     assert "## Vote model" in card and "Mean `p_chosen_better`" in card and "plots/p_chosen_better.png" in card
+    # The card says where the luck sd came from (the sample has too few copies to measure it), that the author share
+    # is a range, and what the probability does and does not promise.
+    assert "luck sd (`--luck-sd auto`) | 0.3, assumed: only" in card and "pairs of copies of one answer" in card
+    assert "anywhere from 0.0 to 1.0" in card and "What `p_chosen_better` promises, and what it does not" in card
 
 
 def test_degenerate_tables_give_finite_estimates() -> None:
