@@ -28,7 +28,7 @@ Zhihu votes are not a count of quality alone; the reference article says so itse
 - luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour). The
   votes of one answer cannot tell luck from quality, but copies of one text can (cross-posts and re-crawls that
   dedupe puts in one cluster): they share their quality, so the spread of their residuals is luck and count noise
-  (`luck_from_copies`). `luck_sd="auto"` measures it so where at least MIN_LUCK_COPY_PAIRS pairs of copies can be
+  (`luck_from_copies`). `luck_sd="auto"` measures it where at least MIN_LUCK_COPY_PAIRS pairs of copies can be
   compared, and falls back to an assumed FALLBACK_LUCK_SD otherwise; stats.json and the card say which, and from
   how many pairs. It keeps the model from trusting large counts blindly: 20,000 over 10,000 votes is only as
   certain as luck allows. The Poisson count noise on top makes few votes say little. It also decides how much of
@@ -61,7 +61,7 @@ lead hinges on one author's reach, whose p_chosen_better goes toward 0.5. This G
 mixture of Phi(lead(s) / sd) gave the same reliability tables as the mixture itself on the synthetic worlds. The
 default range, 0 to 1 (nothing assumed), has the best worst case over the synthetic worlds, whose best single
 shares run from about 0.25 (`earned`: reach earned by writing well) to 1 (`default`: reach from follower
-counts): benchmarks/RESULTS.md, "Vote model". No range is right for every world: a world whose share sits at an
+counts): benchmarks/RESULTS.md, "Calibration of p_chosen_better". No range is right for every world: a world whose share sits at an
 end of the range gets probabilities pulled toward 0.5 from the side of the truth (too modest where reach is
 earned, too sure where it is pure popularity) for the pairs that hinge on reach.
 
@@ -115,12 +115,13 @@ class VoteModelOptions:
     share"); a single number is taken as known."""
     luck_sd: float | Literal["auto"] = "auto"
     """Sd of log votes that is neither quality, exposure, author nor count noise. "auto": measured from copies of
-    one text (see "Luck"), or FALLBACK_LUCK_SD where fewer than MIN_LUCK_COPY_PAIRS pairs of copies can be
+    one text (see the module docstring), or FALLBACK_LUCK_SD where fewer than MIN_LUCK_COPY_PAIRS pairs of copies can be
     compared; a number is taken as known. Larger makes every probability more modest."""
 
 
 # Luck from copies: fewer pairs of copies than this and "auto" falls back to FALLBACK_LUCK_SD (the value assumed
-# before it was measured; with 200 pairs the measured sd is within about +-0.05 of the truth).
+# before it was measured). With N pairs and little count noise the measured sd has a standard error of about
+# sd / sqrt(2 N) (Var(D^2) = 2 E[D^2]^2): 0.015 at 200 pairs and sd 0.3, twice that where count noise is as large.
 MIN_LUCK_COPY_PAIRS = 200
 FALLBACK_LUCK_SD = 0.3
 
