@@ -5,8 +5,10 @@ The synthetic generator gives every answer a latent quality and makes upvotes de
 answers and we report, against the truth file:
 
 - top-3,000: share of the (at most) 3,000 pairs whose chosen answer has the higher true quality;
-- all pairs: the same over every pair the method's rules allow (and the one-use matching keeps);
-- ECE: expected calibration error of `p_chosen_better` over those pairs, 10 equal-width bins (model rows only);
+- all pairs: the same over every pair the method's rules allow (and the one-use matching keeps): what a user gets
+  with `--limit 1000000`;
+- ECE: expected calibration error of `p_chosen_better` over those pairs, 10 equal-width bins (model rows only), and
+  the worst bin: the largest |mean p - share right| over the bins holding at least 500 pairs;
 - mean p (top-3,000): the model's own estimate of the top-3,000 accuracy, to compare with the measured one;
 - chosen longer, length ratio (top-3,000): the share of those pairs whose chosen answer has more characters than
   the rejected one, and the median chosen/rejected character ratio: what a reward model trained on them may learn
@@ -20,15 +22,19 @@ answers and we report, against the truth file:
 
 Methods: the naive pairing (per question, most- vs least-upvoted answer), the article's rules (time window + 2x
 ratio, no ranking: a random subset), the Wald ranking used before the vote model (Poisson z of the log vote ratio,
-with today's rules), and the vote model at each level (zhihu_rlhf.votes), with the author share at its default and
-at 0 and 1. The unranked methods' instruct columns are the raw level's (plain votes).
+with today's rules), and the vote model at each level (zhihu_rlhf.votes), with other author shares and luck sds.
+The unranked methods' instruct columns are the raw level's (plain votes). For the default model, and for every
+variant with --calibration, the reliability table of `p_chosen_better` over all pairs is printed: per bin of p
+(0-0.1, ..., 0.9-1) the mean p, the share truly right and the number of pairs.
 
     python benchmarks/pair_quality.py --world default --rows 200000 --seed 1
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet      # uses FILE.truth.parquet
     python benchmarks/pair_quality.py --world kol --rows 200000 --reliability      # + the reliability table
-    python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the 1M table's runs
     python benchmarks/pair_quality.py --data W_200000_1.parquet --length   # length share x length-ratio bound grid
     python benchmarks/pair_quality.py --data W_1m.parquet --length --defaults-only   # default + truth rows only
+    python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the four levels only
+    python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --calibration   # the default vs the
+        # assumptions before luck was measured and the author share carried as a range
 """
 
 from __future__ import annotations
@@ -47,10 +53,28 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.instruct import InstructOptions, length_drop_reason, select_instruct
 from zhihu_rlhf.pairs import PairOptions, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
-from zhihu_rlhf.votes import EFFECT_COLUMNS, QUALITY_COLUMNS, VoteModelOptions, estimate_quality
+from zhihu_rlhf.votes import EFFECT_COLUMNS, QUALITY_COLUMNS, VoteModelOptions, author_share_range, estimate_quality
 
 TOP = 3_000
-DEFAULT_SHARE = VoteModelOptions().author_share
+SHARE_LOW, SHARE_HIGH = author_share_range(VoteModelOptions())
+DEFAULT_SHARE = f"{SHARE_LOW:g}:{SHARE_HIGH:g}" if SHARE_HIGH > SHARE_LOW else f"{SHARE_LOW:g}"
+MIN_BIN_PAIRS = 500  # bins with fewer pairs are too noisy for the worst-bin figure
+
+
+def calibration_variants(alternatives: bool) -> dict[str, VoteModelOptions]:
+    """The default against what it replaced; with alternatives, also the other ways it could have gone."""
+    variants = {
+        f"vote model: full, share {DEFAULT_SHARE}, luck auto - the default": VoteModelOptions(),
+        "vote model: full, share 0.75 known, luck 0.3 assumed (before)": VoteModelOptions(author_share=0.75, luck_sd=0.3),
+    }
+    if alternatives:
+        variants |= {
+            "vote model: full, share 0.75 known, luck auto": VoteModelOptions(author_share=0.75),
+            f"vote model: full, share {DEFAULT_SHARE}, luck 0.3 assumed": VoteModelOptions(luck_sd=0.3),
+            "vote model: full, share 0.5:1, luck auto": VoteModelOptions(author_share=(0.5, 1.0)),
+            "vote model: full, share 0.25:1, luck auto": VoteModelOptions(author_share=(0.25, 1.0)),
+        }
+    return variants
 
 
 def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
@@ -58,17 +82,16 @@ def model_variants(levels_only: bool = False) -> dict[str, VoteModelOptions]:
     variants = {
         "vote model: raw (plain votes)": VoteModelOptions(model="raw"),
         "vote model: exposure only": VoteModelOptions(model="exposure"),
-        f"vote model: authors only (share {DEFAULT_SHARE:g})": VoteModelOptions(model="authors"),
-        f"vote model: full (share {DEFAULT_SHARE:g}) - the default": VoteModelOptions(model="full"),
+        f"vote model: authors only (share {DEFAULT_SHARE})": VoteModelOptions(model="authors"),
+        f"vote model: full (share {DEFAULT_SHARE}) - the default": VoteModelOptions(model="full"),
     }
     if levels_only:
         return variants
     for share in (0.0, 0.25, 0.5, 0.75, 1.0):
-        if share != DEFAULT_SHARE:
-            variants[f"vote model: full, share {share:g}"] = VoteModelOptions(model="full", author_share=share)
-    # The worlds' luck sd is 0.3; these show what a wrong assumption does.
-    for luck in (0.15, 0.6):
-        variants[f"vote model: full, luck_sd {luck:g} (assumed wrong)"] = VoteModelOptions(model="full", luck_sd=luck)
+        variants[f"vote model: full, share {share:g} known"] = VoteModelOptions(model="full", author_share=share)
+    # Most worlds' luck sd is 0.3 (lucky: 0.6); these show what an assumed value does.
+    for luck in (0.15, 0.3, 0.6):
+        variants[f"vote model: full, luck_sd {luck:g} assumed"] = VoteModelOptions(model="full", luck_sd=luck)
     return variants
 
 
@@ -114,6 +137,26 @@ def expected_calibration_error(pairs: pl.DataFrame) -> float:
     return float((table["pairs"] * (table["mean_p"] - table["right"]).abs()).sum() / max(table["pairs"].sum(), 1))
 
 
+def worst_bin(pairs: pl.DataFrame) -> float | None:
+    """The largest |mean p - share right| over the bins holding at least MIN_BIN_PAIRS pairs (None: no such bin)."""
+    table = reliability(pairs).filter(pl.col("pairs") >= MIN_BIN_PAIRS)
+    return float((table["mean_p"] - table["right"]).abs().max()) if table.height else None
+
+
+def reliability_markdown(label: str, pairs: pl.DataFrame) -> str:
+    """The reliability table as markdown: one column per bin of p_chosen_better."""
+    table = reliability(pairs)
+    header = " | ".join(f"{b / 10:.1f}-{(b + 1) / 10:.1f}" for b in table["bin"])
+    rows = [
+        f"| {label}: bin of p | {header} |",
+        "|---" * (table.height + 1) + "|",
+        "| mean p | " + " | ".join(f"{p:.3f}" for p in table["mean_p"]) + " |",
+        "| share truly right | " + " | ".join(f"{r:.3f}" for r in table["right"]) + " |",
+        "| pairs | " + " | ".join(f"{n:,}" for n in table["pairs"]) + " |",
+    ]
+    return "\n".join(rows)
+
+
 def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[float, float, float, float]:
     """Share of questions with >= 2 usable answers whose instruct answer has the highest true quality among them:
     over all such questions, over those in the default set, over the 26k with the most-upvoted chosen answers (the
@@ -146,7 +189,9 @@ def naive_pairs(answers: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame
 def wald_quality(answers: pl.DataFrame) -> pl.DataFrame:
     """Quality columns under which a pair's confidence is the pre-vote-model Wald statistic:
     ln((u_c+1)/(u_r+1)) / sqrt(1/(u_c+1) + 1/(u_r+1))."""
-    return answers.with_columns(estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5))
+    return answers.with_columns(
+        estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5), quality_share_shift=0.0
+    )
 
 
 def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
@@ -200,41 +245,46 @@ def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only:
     return rows
 
 
-def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool, levels_only: bool) -> list[dict]:
+def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: dict[str, VoteModelOptions],
+             show_reliability: bool, baselines: bool = True) -> list[dict]:
     quality = truth.select("answer_id", "quality", "chars")
     rules, filters = PairOptions(limit=0), InstructOptions()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
-    raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality)
+    raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality) if baselines else ()
     rows = []
 
     def add(method: str, every: pl.DataFrame, top: pl.DataFrame, instruct: tuple[float, ...], calibrated: bool) -> None:
         rows.append({
             "method": method, "top": float(top["right"].mean()), "pairs": every.height, "all": float(every["right"].mean()),
             "ece": expected_calibration_error(every) if calibrated else None,
+            "worst_bin": worst_bin(every) if calibrated else None,
             "mean_p": float(top["p_chosen_better"].mean()) if calibrated else None, "instruct": instruct,
             "skew": length_skew(top),
         })
 
-    truth_set = with_truth(truth_chosen_pairs(base, quality, filters), quality)
-    rows.append({"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
-                 "all": 1.0, "ece": None, "mean_p": None, "instruct": raw_instruct, "skew": length_skew(truth_set)})
-
-    naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
-    add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
-    article = dataclasses.replace(rules, min_chosen_upvotes=0)
-    every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
-    add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
-    every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
-    add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
-    for name, options in model_variants(levels_only).items():
+    if baselines:
+        truth_set = with_truth(truth_chosen_pairs(base, quality, filters), quality)
+        rows.append({"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
+                     "all": 1.0, "ece": None, "worst_bin": None, "mean_p": None, "instruct": raw_instruct,
+                     "skew": length_skew(truth_set)})
+        naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
+        article = dataclasses.replace(rules, min_chosen_upvotes=0)
+        every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
+        every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
+        add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)
+    for name, options in variants.items():
         started = time.perf_counter()
         estimated, fitted = estimate_quality(base, options)
         seconds = time.perf_counter() - started
         every = with_truth(select_pairs(estimated, rules)[0], quality)
         add(name, every, every.head(TOP), instruct_truly_best(estimated, quality), True)
         print(f"  {name}: fitted in {seconds:.1f}s; {recovered_effects(estimated, truth)}\n    {fitted}", flush=True)
-        if show_reliability and options == VoteModelOptions():
-            print(f"\nreliability of p_chosen_better, {name}, all {every.height:,} pairs:\n{reliability(every)}\n")
+        print(f"    luck sd {fitted['luck_sd']} ({fitted['luck_sd_from']}, {fitted['luck_copy_pairs']:,} pairs of copies)", flush=True)
+        if show_reliability or options == VoteModelOptions():
+            print(f"\nreliability of p_chosen_better over all {every.height:,} pairs, ECE {expected_calibration_error(every):.3f}:\n"
+                  f"{reliability_markdown(name, every)}\n", flush=True)
     return rows
 
 
@@ -244,9 +294,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="synthetic rows to generate (ignored with --data)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", type=Path, help="an existing synthetic file (its .truth.parquet beside it)")
-    parser.add_argument("--reliability", action="store_true", help="also print the default model's reliability table")
-    parser.add_argument("--levels-only", action="store_true",
-                        help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
+    parser.add_argument("--reliability", action="store_true",
+                        help="print the reliability table of every variant (the default model's is always printed)")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--levels-only", action="store_true",
+                      help="only the four levels of the vote model, no other author shares or luck sds (fewer runs)")
+    runs.add_argument("--calibration", action="store_true",
+                      help="only the default and the model before luck was measured and the share carried as a range, "
+                           "each with its reliability table, no baselines")
+    parser.add_argument("--alternatives", action="store_true",
+                        help="with --calibration: also one known share with luck measured, luck assumed with the share "
+                             "range, and narrower share ranges")
     parser.add_argument("--length", action="store_true",
                         help="only the length grid: the default, each --length-share, each --max-length-ratio")
     parser.add_argument("--defaults-only", action="store_true",
@@ -271,7 +329,9 @@ def main() -> None:
         if args.length:
             rows = evaluate_length(answers, truth, args.defaults_only)
         else:
-            rows = evaluate(answers, truth, args.seed, args.reliability, args.levels_only)
+            variants = calibration_variants(args.alternatives) if args.calibration else model_variants(args.levels_only)
+            rows = evaluate(answers, truth, args.seed, variants, args.reliability or args.calibration,
+                            baselines=not args.calibration)
 
     if args.length:
         print(f"\n| {label} | top-{TOP:,} right | chosen longer | median length ratio | all pairs | all right | ECE |")
@@ -281,14 +341,16 @@ def main() -> None:
             print(f"| {r['method']} | {r['top']:.3f} | {r['skew'][0]:.3f} | {r['skew'][1]:.2f} | {r['pairs']:,} | {r['all']:.3f} | {ece} |")
         return
     print(f"\n| {label} | top-{TOP:,} right | chosen longer | median length ratio | all pairs | all right | ECE "
-          f"| mean p top-{TOP:,} | instruct: truly best | in the 26k set | 26k by upvotes (before) | mean p_best, 26k set |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| worst bin (>= {MIN_BIN_PAIRS} pairs) | mean p top-{TOP:,} | instruct: truly best | in the 26k set "
+          "| 26k by upvotes (before) | mean p_best, 26k set |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ece = f"{r['ece']:.3f}" if r["ece"] is not None else "–"
+        worst = f"{r['worst_bin']:.3f}" if r["worst_bin"] is not None else "–"
         mean_p = f"{r['mean_p']:.3f}" if r["mean_p"] is not None else "–"
         instruct = " | ".join(f"{share:.3f}" for share in r["instruct"])
         print(f"| {r['method']} | {r['top']:.3f} | {r['skew'][0]:.3f} | {r['skew'][1]:.2f} | {r['pairs']:,} | {r['all']:.3f} "
-              f"| {ece} | {mean_p} | {instruct} |")
+              f"| {ece} | {worst} | {mean_p} | {instruct} |")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def estimated(rows: list[dict]) -> pl.DataFrame:
                 "answer_cluster": row.get("cluster", i + 1),
                 "estimated_quality": row["quality"],
                 "quality_sd": row.get("sd", 0.5),
+                "quality_share_shift": 0.0,
             }
             for i, row in enumerate(rows)
         ],

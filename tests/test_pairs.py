@@ -48,7 +48,7 @@ def answers(rows: list[dict]) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(full, schema_overrides={"created_at": pl.Datetime("us", "UTC"), "author_id": pl.String}).with_columns(
-        estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5)
+        estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5), quality_share_shift=0.0
     )
 
 
@@ -358,6 +358,7 @@ def hot_world(seed: int) -> pl.DataFrame:
         created_at=pl.when(pl.lit(rng.random(n) < 0.05)).then(None).otherwise("created_at"),
         estimated_quality=np.log1p(upvotes) + rng.normal(0, 0.5, n),
         quality_sd=rng.uniform(0.1, 1.0, n),
+        quality_share_shift=rng.normal(0.0, 0.2, n),  # the author share's spread enters the rank key too
     )
 
 

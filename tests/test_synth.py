@@ -23,6 +23,7 @@ from rapidfuzz.distance import Levenshtein
 
 from zhihu_rlhf import synth
 from zhihu_rlhf.synth.__main__ import main as synth_cli
+from zhihu_rlhf.synth.plan import T_CRAWL, make_plan
 from zhihu_rlhf.errors import UserError
 
 SAMPLE = Path(synth.__file__).parent.parent / "data" / "sample.parquet"
@@ -325,7 +326,9 @@ def worlds() -> dict[str, pl.DataFrame]:
 
 
 def test_the_contracts_presets_exist() -> None:
-    assert set(synth.WORLDS) == {"default", "hot", "kol", "popularity", "solo", "unlearnable", "length", "templates", "pandas"}
+    assert set(synth.WORLDS) == {
+        "default", "hot", "kol", "popularity", "earned", "lucky", "solo", "unlearnable", "length", "templates", "pandas"
+    }
     assert all(world.name == name and world.description for name, world in synth.WORLDS.items())
 
 
@@ -370,6 +373,25 @@ def test_presets_before_the_length_knobs_are_unchanged(name: str) -> None:
     data, truth = synth.generate(300, seed=3, world=name, mean_answer_chars=120)
     assert (_cells_digest(data), _cells_digest(truth)) == _DIGESTS_BEFORE_LENGTH[name]
     assert (truth["log_length_effect"] == 0).all()
+
+
+# Digests of the presets that existed before the luck, early-answer and crawl-date knobs, taken from the
+# generator as it was before they were added: a knob a preset leaves off must not change its bytes.
+PRESET_DIGESTS = {
+    "default": "8402a45d64310f6f", "hot": "eb58be95b4b5e0cf", "kol": "d3155ffef423da81", "popularity": "eeccb2c4919e7d3a",
+    "solo": "ac512d4ae46b7c42", "unlearnable": "793c47b6e5645ced", "templates": "817f3fbade2e4af6", "pandas": "d8146207da01e378",
+}
+
+
+@pytest.mark.parametrize("name", list(PRESET_DIGESTS))
+def test_older_presets_keep_their_bytes(name: str) -> None:
+    data, truth = synth.generate(1500, seed=9, world=name, mean_answer_chars=100)
+    digest = hashlib.sha256()
+    for column in ("INSTRUCTION", "RESPONSE", "METADATA"):
+        digest.update("\x1f".join(data[column].fill_null("\x00").to_list()).encode())
+    digest.update(truth["quality"].to_numpy().tobytes())
+    digest.update(truth["upvotes"].to_numpy().tobytes())
+    assert digest.hexdigest()[:16] == PRESET_DIGESTS[name]
 
 
 def test_every_world_has_the_truth_columns_of_the_contract(worlds: dict[str, pl.DataFrame]) -> None:
@@ -418,6 +440,45 @@ def _reach_and_author_quality(frame: pl.DataFrame) -> float:
 def test_kol_reach_is_partly_quality_and_popularity_reach_is_not(worlds: dict[str, pl.DataFrame]) -> None:
     assert _reach_and_author_quality(worlds["kol"]) > 0.4
     assert abs(_reach_and_author_quality(worlds["popularity"])) < 0.25
+
+
+def test_earned_reach_is_skill_first_answers_gain_and_each_question_has_its_crawl(worlds: dict[str, pl.DataFrame]) -> None:
+    # Reach earned by writing well: an author's reach tracks their answers' quality far more than in kol.
+    assert _reach_and_author_quality(worlds["earned"]) > 0.85 > _reach_and_author_quality(worlds["kol"])
+    # Quality is mostly the author's skill: authors' mean quality varies nearly as much as answers' quality.
+    earned = worlds["earned"].filter(pl.col("malformed").is_null())
+    authors = earned.group_by("author").agg(pl.col("quality").mean(), n=pl.len()).filter(pl.col("n") >= 40)
+    assert authors["quality"].var() > 0.6 * earned["quality"].var()
+
+    # The first three answers of a question collect extra votes: a step in exposure between the 3rd and the 4th.
+    def step_after_third(frame: pl.DataFrame) -> float:
+        ranked = frame.with_columns(rank=pl.col("created_at").rank("ordinal").over("question_id"))
+        ranked = ranked.filter(pl.len().over("question_id") >= 6)
+        third, fourth = (ranked.filter(pl.col("rank") == r)["log_exposure"].mean() for r in (3, 4))
+        return third - fourth
+
+    assert step_after_third(worlds["earned"]) > step_after_third(worlds["kol"]) + 0.4
+    # Each question crawled on its own date; no answer is newer than its question's crawl.
+    for name, crawls in (("earned", 50), ("kol", 1)):
+        plan = make_plan(2000, seed=5, mean_answer_chars=100, world=synth.world_named(name))
+        assert len(np.unique(plan.question_crawled)) >= crawls
+        assert (plan.created <= plan.question_crawled[plan.row_question]).all()
+        assert (plan.question_crawled <= T_CRAWL).all()
+
+
+def test_lucky_has_more_luck_and_wider_reach(worlds: dict[str, pl.DataFrame]) -> None:
+    def luck_sd(frame: pl.DataFrame) -> float:
+        """Sd of log votes left after quality, reach, exposure and the question, where count noise is small."""
+        busy = frame.filter(pl.col("malformed").is_null() & (pl.col("upvotes") >= 300))
+        left = busy.select(
+            (pl.col("upvotes").log() - pl.col("quality") - pl.col("author_log_reach") - pl.col("log_exposure")).alias("left"),
+            "question_id",
+        ).filter(pl.len().over("question_id") >= 3)
+        return float(left.select(pl.col("left") - pl.col("left").mean().over("question_id"))["left"].std())
+
+    assert luck_sd(worlds["lucky"]) > 1.6 * luck_sd(worlds["popularity"])
+    assert worlds["lucky"]["author_log_reach"].unique().std() > 1.3 * worlds["popularity"]["author_log_reach"].unique().std()
+    assert abs(_reach_and_author_quality(worlds["lucky"])) < 0.25  # pure popularity
 
 
 def test_solo_authors_never_repeat(worlds: dict[str, pl.DataFrame]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +20,16 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.pairs import PAIRS_COLUMNS, PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
-from zhihu_rlhf.votes import VoteModelOptions, estimate_quality, log_normal_cdf, normal_cdf, quality_lead
+from zhihu_rlhf.votes import (
+    FALLBACK_LUCK_SD,
+    MIN_LUCK_COPY_PAIRS,
+    QUALITY_COLUMNS,
+    VoteModelOptions,
+    estimate_quality,
+    log_normal_cdf,
+    normal_cdf,
+    quality_lead,
+)
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
 
@@ -68,7 +79,7 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
 
 def within_question_pairs(estimated: pl.DataFrame, quality: np.ndarray) -> pl.DataFrame:
     """Every two answers of a question: p_chosen_better (first over second) and whether the first is truly better."""
-    frame = estimated.select("question_group", "answer_id", "estimated_quality", "quality_sd").with_columns(true=quality)
+    frame = estimated.select("question_group", "answer_id", *QUALITY_COLUMNS).with_columns(true=quality)
     first, second = (frame.rename(lambda c, side=side: c if c == "question_group" else side + c) for side in ("a_", "b_"))
     both = first.join(second, on="question_group").filter(pl.col("a_answer_id") < pl.col("b_answer_id"))
     return both.select(p=normal_cdf(quality_lead("a_", "b_")), right=pl.col("a_true") > pl.col("b_true"))
@@ -155,6 +166,81 @@ def test_author_share_scales_the_removed_author_effect(world) -> None:
     # The more of the author effect is removed, the less the widest-reaching author's answers are credited with.
     assert means[0.0][0] > means[0.5][0] > means[1.0][0]
     assert means[0.0][1] < means[0.5][1] < means[1.0][1]
+
+
+def world_with_copies(seed: int, luck_sd: float, copies: int, questions: int = 1500) -> pl.DataFrame:
+    """Questions of 3-8 answers by 150 authors (log reach ~ N(0, 0.5)); `copies` answers are posted once more into
+    their own question: one text (cluster), author and quality, but their own time, place and luck ~ N(0, luck_sd)."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 9, questions)
+    question = np.repeat(np.arange(questions), sizes)
+    quality, author = rng.normal(0, 1, len(question)), rng.integers(0, 150, len(question))
+    source = rng.choice(len(question), copies, replace=False)
+    cluster = np.concatenate([np.arange(len(question)), source])
+    question, quality, author = (np.concatenate([a, a[source]]) for a in (question, quality, author))
+    days = rng.uniform(0, 60, len(question))
+    rank = pl.DataFrame({"q": question, "d": days}).select(pl.col("d").rank("ordinal").over("q") - 1).to_series().to_numpy()
+    log_rate = (3.0 + rng.normal(0, 1, questions)[question] + quality + rng.normal(0, 0.5, 150)[author]
+                - 0.3 * np.log1p(rank) + rng.normal(0, luck_sd, len(question)))
+    return pl.DataFrame({
+        "question_id": question + 1,
+        "answer_id": np.arange(len(question)) + 1,
+        "upvotes": rng.poisson(np.exp(log_rate)),
+        "created_at": [T0 + timedelta(days=float(d)) for d in days],
+        "author_id": [f"author-{a}" for a in author],
+        "source": "test",
+        "answer_cluster": cluster + 1,
+    }).with_columns(question_group="question_id")
+
+
+@pytest.mark.parametrize("luck_sd", [0.3, 0.6])
+def test_luck_sd_auto_recovers_the_planted_luck_from_copies(luck_sd: float) -> None:
+    answers = world_with_copies(seed=7, luck_sd=luck_sd, copies=800)
+    _, fitted = estimate_quality(answers, VoteModelOptions())
+    assert fitted["luck_sd_from"] == "copies" and fitted["luck_copy_pairs"] >= 700
+    assert fitted["luck_sd"] == pytest.approx(luck_sd, abs=0.06)
+    # A number is taken as given, and the copies' measurement is still reported.
+    _, given = estimate_quality(answers, VoteModelOptions(luck_sd=0.45))
+    assert given["luck_sd"] == 0.45 and given["luck_sd_from"] == "assumed"
+    assert given["luck_sd_measured"] == pytest.approx(fitted["luck_sd"], abs=0.02)
+
+
+def test_luck_sd_auto_falls_back_where_copies_are_too_few() -> None:
+    answers = world_with_copies(seed=8, luck_sd=0.6, copies=MIN_LUCK_COPY_PAIRS // 2)
+    _, fitted = estimate_quality(answers, VoteModelOptions())
+    assert fitted["luck_sd_from"] == "fallback" and fitted["luck_sd"] == FALLBACK_LUCK_SD
+    assert 0 < fitted["luck_copy_pairs"] < MIN_LUCK_COPY_PAIRS
+
+
+def test_an_unknown_author_share_moves_leads_that_hinge_on_reach_toward_one_half(world) -> None:
+    answers, truth, _, _ = world
+    known, _ = estimate_quality(answers, VoteModelOptions(author_share=0.5))
+    unknown, _ = estimate_quality(answers, VoteModelOptions(author_share=(0.0, 1.0)))
+    # The estimates are those of the range's middle; only the probabilities change.
+    assert np.allclose(known["estimated_quality"], unknown["estimated_quality"])
+    assert (known["quality_share_shift"] == 0).all() and (unknown["quality_share_shift"].abs() > 0).mean() > 0.5
+
+    def leads(estimated: pl.DataFrame) -> pl.DataFrame:
+        frame = estimated.select("question_group", "answer_id", "author_effect", *QUALITY_COLUMNS)
+        first, second = (frame.rename(lambda c, side=side: c if c == "question_group" else side + c) for side in ("a_", "b_"))
+        both = first.join(second, on="question_group").filter(pl.col("a_answer_id") < pl.col("b_answer_id"))
+        return both.select(z=quality_lead("a_", "b_"), reach_gap=(pl.col("a_author_effect") - pl.col("b_author_effect")).abs())
+
+    z = {share: leads(estimate_quality(answers, VoteModelOptions(author_share=share))[0])["z"].to_numpy()
+         for share in (0.0, 0.75, 1.0)}
+    z_known, z_unknown = leads(known), leads(unknown)
+    # Pairs whose lead is explained by reach: removing none or all of the author effect turns it round, each way
+    # by more than a sd.
+    hinge = (np.sign(z[0.0]) != np.sign(z[1.0])) & (np.abs(z[0.0]) > 1) & (np.abs(z[1.0]) > 1)
+    sureness = lambda lead: np.abs(pl.DataFrame({"z": lead}).select(normal_cdf(pl.col("z")))["z"].to_numpy() - 0.5)  # noqa: E731
+    assert hinge.sum() > 50
+    assert sureness(z_unknown["z"].to_numpy()[hinge]).mean() < 0.1  # near 0.5 ...
+    assert sureness(z_unknown["z"].to_numpy()[hinge]).mean() < 0.8 * sureness(z_known["z"].to_numpy()[hinge]).mean()
+    assert sureness(z[0.75][hinge]).mean() > 0.2  # ... where one assumed share was confident
+    # Leads between two answers whose authors have no estimated reach lose next to nothing.
+    alike = (z_known["reach_gap"] == 0).to_numpy()
+    change = lambda pairs: np.abs(sureness(z_unknown["z"].to_numpy()[pairs]) - sureness(z_known["z"].to_numpy()[pairs])).mean()  # noqa: E731
+    assert alike.sum() > 100 and change(alike) < 0.01 < 0.03 < change(hinge)
 
 
 def test_followers_are_a_measured_part_of_reach() -> None:
@@ -247,23 +333,45 @@ def test_length_options_make_the_pairs_less_long_on_the_length_world(length_worl
 @pytest.mark.parametrize(("options", "message"), [
     (VoteModelOptions(model="votes"), "--vote-model"),  # type: ignore[arg-type]
     (VoteModelOptions(author_share=1.5), "--author-share"),
+    (VoteModelOptions(author_share=(0.8, 0.2)), "--author-share"),
+    (VoteModelOptions(author_share=(-0.1, 1.0)), "--author-share"),
+    (VoteModelOptions(author_share=(0.1, 0.2, 0.3)), "--author-share"),  # type: ignore[arg-type]
     (VoteModelOptions(luck_sd=-1), "--luck-sd"),
     (VoteModelOptions(length_share=-0.1), "--length-share"),
     (VoteModelOptions(length_share=float("nan")), "--length-share"),
+    (VoteModelOptions(luck_sd="sometimes"), "--luck-sd"),  # type: ignore[arg-type]
 ])
 def test_bad_options_are_named(options: VoteModelOptions, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build("pairs", BuildOptions(source="sample", votes=options), log=lambda _: None)
 
 
+@pytest.mark.parametrize(("flag", "value"), [("--author-share", "a:b"), ("--author-share", "0.9:0.1"), ("--luck-sd", "lots")])
+def test_cli_rejects_bad_vote_flags_in_one_line(tmp_path: Path, flag: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "zhihu_rlhf.build", "pairs", "--source", "sample", "--out", str(tmp_path / "x"), flag, value],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and flag in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_vote_model_flags_reach_the_recipe(tmp_path: Path) -> None:
     assert main(["pairs", "--source", "sample", "--out", str(tmp_path / "raw"), "--vote-model", "raw", "--limit", "50",
                  "--length-share", "0.25"]) == 0
     params = json.loads((tmp_path / "raw" / "params.json").read_text())["params"]
-    defaults = VoteModelOptions()
-    assert params["votes"] == {"model": "raw", "author_share": defaults.author_share, "luck_sd": defaults.luck_sd, "length_share": 0.25}
+    assert params["votes"] == {"model": "raw", "author_share": list(VoteModelOptions().author_share), "luck_sd": "auto",
+                               "length_share": 0.25}
     stats = json.loads((tmp_path / "raw" / "stats.json").read_text())
     assert stats["vote_model"]["model"] == "raw" and stats["vote_model"]["exposure_slopes"] == {}
+    out = tmp_path / "given"
+    assert main(["pairs", "--source", "sample", "--out", str(out), "--author-share", "0.2:0.9", "--luck-sd", "0.45", "--limit", "50"]) == 0
+    assert json.loads((out / "params.json").read_text())["params"]["votes"] == {"model": "full", "author_share": [0.2, 0.9], "luck_sd": 0.45}
+    fitted = json.loads((out / "stats.json").read_text())["vote_model"]
+    assert fitted["author_share_range"] == [0.2, 0.9] and fitted["author_share"] == pytest.approx(0.55)
+    assert fitted["luck_sd"] == 0.45 and fitted["luck_sd_from"] == "assumed"
+    card = (out / "README.md").read_text()
+    assert "anywhere from 0.2 to 0.9" in card and "0.45, assumed" in card
 
 
 def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
@@ -295,6 +403,10 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
     assert f"longer one in **{100 * longer:.1f}%**" in card and "plots/pair_lengths.png" in card
     assert stats["vote_model"]["length_share"] == VoteModelOptions().length_share
     assert f"| share of it removed (`--length-share`) | {VoteModelOptions().length_share} |" in card
+    # The card says where the luck sd came from (the sample has too few copies to measure it), that the author share
+    # is a range, and what the probability does and does not promise.
+    assert "luck sd (`--luck-sd auto`) | 0.3, assumed: only" in card and "pairs of copies of one answer" in card
+    assert "anywhere from 0.0 to 1.0" in card and "What `p_chosen_better` promises, and what it does not" in card
 
 
 def test_degenerate_tables_give_finite_estimates() -> None:

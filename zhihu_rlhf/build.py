@@ -28,7 +28,16 @@ from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
 from zhihu_rlhf.pipelines.pairs import build_pairs_set
 from zhihu_rlhf.sources import DEFAULT_SOURCE
-from zhihu_rlhf.votes import VOTE_MODELS, VoteModelOptions, check_vote_options
+from zhihu_rlhf.votes import (
+    FALLBACK_LUCK_SD,
+    MIN_LUCK_COPY_PAIRS,
+    VOTE_MODELS,
+    VoteModelOptions,
+    author_share_range,
+    check_vote_options,
+    parse_author_share,
+    parse_luck_sd,
+)
 
 What = Literal["instruct", "pairs", "all"]
 
@@ -174,10 +183,14 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
     votes = VoteModelOptions()
     sub.add_argument("--vote-model", default=votes.model, choices=VOTE_MODELS,
                      help="how votes become quality: raw (plain votes, the article's), exposure, authors, full (both, and a share of answer length)")
-    sub.add_argument("--author-share", type=float, default=votes.author_share,
-                     help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality)")
-    sub.add_argument("--luck-sd", type=float, default=votes.luck_sd,
-                     help="assumed sd of log votes due to luck (how far an answer happened to spread)")
+    low, high = author_share_range(votes)
+    sub.add_argument("--author-share", default=f"{low:g}:{high:g}",
+                     help="share (0-1) of the estimated author effect removed from the votes (the rest counts as quality): "
+                          "a number taken as known, or a range LO:HI taken as unknown within it, which p_chosen_better carries")
+    sub.add_argument("--luck-sd", default=str(votes.luck_sd),
+                     help="sd of log votes due to luck (how far an answer happened to spread): auto = measured from copies of "
+                          f"one answer, or {FALLBACK_LUCK_SD} where fewer than {MIN_LUCK_COPY_PAIRS} pairs of copies exist; "
+                          "or a number taken as known")
     sub.add_argument("--length-share", type=float, default=votes.length_share,
                      help="share (0-1) of the estimated effect of answer length on votes removed (the rest counts as "
                           "quality: better answers are often longer); full model only")
@@ -229,8 +242,10 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         keep_author_ids=args.keep_author_ids,
         dedupe=DedupeOptions(mode=args.dedupe, answer_threshold=args.answer_threshold),
-        votes=VoteModelOptions(model=args.vote_model, author_share=args.author_share, luck_sd=args.luck_sd,
-                               length_share=args.length_share),
+        votes=VoteModelOptions(
+            model=args.vote_model, author_share=parse_author_share(args.author_share), luck_sd=parse_luck_sd(args.luck_sd),
+            length_share=args.length_share,
+        ),
         use_cache=args.use_cache,
         cache_dir=args.cache_dir,
         cache_max_gb=args.cache_max_gb,

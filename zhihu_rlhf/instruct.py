@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from zhihu_rlhf.votes import log_normal_cdf, quality_lead
+from zhihu_rlhf.votes import QUALITY_COLUMNS, log_normal_cdf, quality_lead
 
 INSTRUCT_COLUMNS = ["question_id", "answer_id", "prompt", "completion", "upvotes", "created_at"]
 
@@ -81,7 +81,7 @@ def select_instruct(answers: pl.DataFrame, opts: InstructOptions) -> tuple[pl.Da
     by, descending = BEST_FIRST
     # Rank a slim copy (no texts: sorting two gigabytes of strings is the slow part); texts join back at the end.
     ranked = answers.select(
-        "answer_id", "question_group", "answer_cluster", "upvotes", "created_at", "estimated_quality", "quality_sd",
+        "answer_id", "question_group", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
         usable=length_drop_reason(opts).is_null(),
         drop_reason=pl.coalesce(
             length_drop_reason(opts),
@@ -128,7 +128,7 @@ def p_best_in_question(chosen: pl.DataFrame, usable: pl.DataFrame) -> pl.DataFra
     """Per question group with a chosen answer and at least one competitor: `log_p_best`, the log of the lower bound
     prod_j Phi(lead over j) over the group's usable answers j outside the chosen answer's cluster (module docstring).
     In logs, so that leads of many sds still order the questions (1 - Phi(8) is below float precision near 1)."""
-    quality = ["answer_cluster", "estimated_quality", "quality_sd"]
+    quality = ["answer_cluster", *QUALITY_COLUMNS]
     chosen = chosen.select("question_group", *(pl.col(c).alias(f"chosen_{c}") for c in quality))
     return (
         usable.select("question_group", *quality)

@@ -151,6 +151,7 @@ class BandedAnswers(NamedTuple):
     upvotes: np.ndarray
     estimated_quality: np.ndarray  # the vote model's QUALITY_COLUMNS, for the rank key
     quality_sd: np.ndarray
+    quality_share_shift: np.ndarray
     cluster: np.ndarray  # 0, 1, 2, ... one number per near-duplicate cluster (across groups)
     created_us: np.ndarray  # microseconds since 1970; 0 where `timed` is False
     timed: np.ndarray  # has a creation time
@@ -275,6 +276,7 @@ def time_bands(usable: pl.DataFrame, max_days_apart: float) -> tuple[pl.DataFram
         upvotes=answers["upvotes"].to_numpy(),
         estimated_quality=answers["estimated_quality"].to_numpy(),
         quality_sd=answers["quality_sd"].to_numpy(),
+        quality_share_shift=answers["quality_share_shift"].to_numpy(),
         cluster=answers["answer_cluster"].rank("dense").to_numpy().astype(np.int64) - 1,
         created_us=created_us,
         timed=answers["created_at"].is_not_null().to_numpy(),

@@ -9,9 +9,14 @@ Zhihu votes are not a count of quality alone; the reference article says so itse
 - question mu_q: how many readers the question has. Answers are only compared within one question group, so it is
   a free constant per group, estimated and never interpreted.
 - exposure b . x_i: how long and how prominently the answer was shown before the crawl. x_i is EXPOSURE_FEATURES:
-  log1p(answers to the question written before it), and the days after the question's first answer and the days
-  before the crawl, each at three time scales (the shape of exposure over time is not known). The crawl time is
-  not in the data: per source it is the latest creation time. One b for the whole table.
+  log1p(answers to the question written before it) with a term of its own for each of the first five places (the
+  first answers sit at the top of the page while it fills: a head start of any shape there), and the days after
+  the question's first answer and the days before the crawl, each at three time scales (the shape of exposure over
+  time is not known). The crawl time is not in the data: per source it is the latest creation time. Where each
+  question was crawled on its own date, that is wrong by the gap, but the gap is shared by a question's answers
+  (all that is ever compared) and changes log1p(days / 30) little once a crawl is months old; on the synthetic
+  world built for it (`earned`) the probabilities were as well calibrated as anywhere once the author share was
+  right (benchmarks/RESULTS.md). One b for the whole table.
 - author a_A ~ N(0, omega^2): the author's reach (followers, the feed), a factor on the votes of every answer they
   write that does not shrink as votes grow. Where the source has follower counts (`author_followers`),
   log1p(followers) is a measured part of it, with its own slope. The rest is learnt from the author's OTHER
@@ -25,10 +30,15 @@ Zhihu votes are not a count of quality alone; the reference article says so itse
   One slope c for the whole table. What the slope measures is length's whole association with votes: the direct
   effect, plus quality's where better answers are also longer. Votes cannot separate the two (see the length share).
 - quality q_i: what we want, relative to the question.
-- luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour). Votes
-  cannot tell luck from quality, so its size is an assumption (`luck_sd`). It keeps the model from trusting large
-  counts blindly: 20,000 over 10,000 votes is only as certain as luck allows. The Poisson count noise on top
-  makes few votes say little.
+- luck e_i ~ N(0, luck_sd^2): how far an answer happened to travel (a share by a big account, a lucky hour). The
+  votes of one answer cannot tell luck from quality, but copies of one text can (cross-posts and re-crawls that
+  dedupe puts in one cluster): they share their quality, so the spread of their residuals is luck and count noise
+  (`luck_from_copies`). `luck_sd="auto"` measures it where at least MIN_LUCK_COPY_PAIRS pairs of copies can be
+  compared, and falls back to an assumed FALLBACK_LUCK_SD otherwise; stats.json and the card say which, and from
+  how many pairs. It keeps the model from trusting large counts blindly: 20,000 over 10,000 votes is only as
+  certain as luck allows. The Poisson count noise on top makes few votes say little. It also decides how much of
+  the answer-level variance u2 is quality (u2 - luck^2): where copies vary as much as answers do, votes say
+  little about quality and every probability stays near 0.5.
 
 Fitting (`_fit`), numpy over rows sorted by question: penalised quasi-likelihood for this Poisson log-normal
 model. Each round turns every count into a Gaussian working observation of its log rate theta_i,
@@ -60,17 +70,27 @@ votes cannot say which world they are (benchmarks/RESULTS.md, "Length").
 
 The author share s (`author_share`). An author's mean votes are partly how well they write: where reach is pure
 popularity the whole author effect should go, where readers follow good writers part of it is quality, and votes
-cannot tell which. The default, 0.75, is the share with the best worst case over the synthetic worlds (kol:
-reach half quality; popularity: none; default: follower counts) in pair accuracy, calibration and the instruct
-choice, measured at 200k rows: benchmarks/RESULTS.md, "Vote model".
+cannot tell which (copies share their author too). So s is not one assumed value but a range (lo, hi), taken as
+uniform: estimates use its middle, and each answer's `quality_share_shift` is how far its estimate moves per sd of
+s (the slope between the range's ends times (hi - lo) / sqrt(12)). A pair's lead then has the extra variance
+(shift_chosen - shift_rejected)^2 (`quality_lead`): nothing where both authors' effects are alike, most where the
+lead hinges on one author's reach, whose p_chosen_better goes toward 0.5. This Gaussian stand-in for the uniform
+mixture of Phi(lead(s) / sd) gave the same reliability tables as the mixture itself on the synthetic worlds. The
+default range, 0 to 1 (nothing assumed), has the best worst case over the synthetic worlds, whose best single
+shares run from about 0.25 (`earned`: reach earned by writing well) to 1 (`default`: reach from follower
+counts): benchmarks/RESULTS.md, "Calibration of p_chosen_better". No range is right for every world: a world whose share sits at an
+end of the range gets probabilities pulled toward 0.5 from the side of the truth (too modest where reach is
+earned, too sure where it is pure popularity) for the pairs that hinge on reach.
 
 Levels (`model`): "raw" takes the votes as they are (count noise and luck only: the article's plain votes, ranked
 by a probability); "exposure" removes exposure; "authors" removes author effects; "full" removes both and the
 length share of the length term.
 
 What it cannot fix: an author's reach is only learnt from their other answers (or follower counts), so where
-authors never repeat it stays in the noise, unrecognised, and the probabilities are too sure; luck looks like
-quality; and where nothing but reach and exposure move votes there is no quality signal to find.
+authors never repeat it stays in the noise (copies by different authors then count it as luck, which keeps the
+probabilities honest, not sharper); luck is only measured where copies exist; how much of an author's reach is
+quality is unknown and only carried as a range; and where nothing but reach and exposure move votes there is no
+quality signal to find, yet the share of the author effect kept as quality still looks like one.
 """
 
 from __future__ import annotations
@@ -85,7 +105,9 @@ from zhihu_rlhf.errors import UserError
 
 VoteModel = Literal["raw", "exposure", "authors", "full"]
 VOTE_MODELS: tuple[VoteModel, ...] = ("raw", "exposure", "authors", "full")
-QUALITY_COLUMNS = ["estimated_quality", "quality_sd"]
+# Per answer: the estimated quality, its sd, and how far the estimate moves when the author share moves by one sd
+# of its assumed range (0 where the share is taken as known).
+QUALITY_COLUMNS = ["estimated_quality", "quality_sd", "quality_share_shift"]
 # Also added to the answer table, to inspect the model: the estimated log-vote terms removed (before the share).
 EFFECT_COLUMNS = ["exposure_effect", "author_effect", "length_effect"]
 
@@ -104,13 +126,15 @@ class VoteModelOptions:
     model: VoteModel = "full"
     """"raw": plain votes (the article's behaviour); "exposure": exposure removed; "authors": author effects
     removed; "full": both."""
-    author_share: float = 0.75
+    author_share: float | tuple[float, float] = (0.0, 1.0)
     """Share of the estimated author effect removed (0-1); the rest counts as quality. Reach that is pure popularity
-    wants 1, reach earned by writing well wants less, and votes cannot tell them apart: 0.75 has the best worst
-    case over the synthetic worlds (benchmarks/RESULTS.md, "Vote model")."""
-    luck_sd: float = 0.3
-    """Assumed sd of log votes that is neither quality, exposure, author nor count noise. Not identifiable from
-    votes; larger makes every probability more modest."""
+    wants 1, reach earned by writing well wants less, and votes cannot tell them apart. A range (lo, hi) says the
+    share is not known: estimates use its middle and every probability carries its spread (see "The author
+    share"); a single number is taken as known."""
+    luck_sd: float | Literal["auto"] = "auto"
+    """Sd of log votes that is neither quality, exposure, author nor count noise. "auto": measured from copies of
+    one text (see the module docstring), or FALLBACK_LUCK_SD where fewer than MIN_LUCK_COPY_PAIRS pairs of copies can be
+    compared; a number is taken as known. Larger makes every probability more modest."""
     length_share: float = 0.4
     """Share of the estimated length term (log votes per log character, fitted by the "full" model) removed; the
     rest counts as quality. Votes cannot tell length rewarded for itself from the quality longer answers carry:
@@ -118,22 +142,65 @@ class VoteModelOptions:
     "Length")."""
 
 
+# Luck from copies: fewer pairs of copies than this and "auto" falls back to FALLBACK_LUCK_SD (the value assumed
+# before it was measured). With N pairs and little count noise the measured sd has a standard error of about
+# sd / sqrt(2 N) (Var(D^2) = 2 E[D^2]^2): 0.015 at 200 pairs and sd 0.3, twice that where count noise is as large.
+MIN_LUCK_COPY_PAIRS = 200
+FALLBACK_LUCK_SD = 0.3
+
+
+def author_share_range(options: VoteModelOptions) -> tuple[float, float]:
+    """The author share as (lo, hi); a single number is a range of width 0."""
+    share = options.author_share
+    return (float(share), float(share)) if isinstance(share, (int, float)) else (float(share[0]), float(share[1]))
+
+
 def check_vote_options(options: VoteModelOptions) -> None:
     if options.model not in VOTE_MODELS:
         raise UserError(f"--vote-model must be one of {', '.join(VOTE_MODELS)}, got {options.model!r}")
-    if not 0.0 <= options.author_share <= 1.0:
-        raise UserError(f"--author-share must be in [0, 1], got {options.author_share}")
-    if options.luck_sd < 0:
-        raise UserError(f"--luck-sd must be at least 0, got {options.luck_sd}")
+    share = options.author_share
+    if not (isinstance(share, (int, float)) or (isinstance(share, (tuple, list)) and len(share) == 2)):
+        raise UserError(f"--author-share must be a number or a range LO:HI, got {share!r}")
+    low, high = author_share_range(options)
+    if not 0.0 <= low <= high <= 1.0:
+        raise UserError(f"--author-share must lie in [0, 1] (a range LO:HI with LO <= HI), got {share!r}")
+    if options.luck_sd != "auto" and not (isinstance(options.luck_sd, (int, float)) and options.luck_sd >= 0):
+        raise UserError(f"--luck-sd must be 'auto' or a number at least 0, got {options.luck_sd!r}")
     if not 0.0 <= options.length_share <= 1.0:
         raise UserError(f"--length-share must be in [0, 1], got {options.length_share}")
 
 
+def parse_author_share(text: str) -> float | tuple[float, float]:
+    """--author-share as written: a number ("0.75") or a range ("0.5:1")."""
+    try:
+        if ":" in text:
+            low, high = text.split(":")
+            return (float(low), float(high))
+        return float(text)
+    except ValueError:
+        raise UserError(f"--author-share must be a number or a range LO:HI such as 0.5:1, got {text!r}") from None
+
+
+def parse_luck_sd(text: str) -> float | Literal["auto"]:
+    """--luck-sd as written: "auto" or a number."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"--luck-sd must be 'auto' or a number such as 0.3, got {text!r}") from None
+
+
 def quality_lead(chosen_prefix: str, rejected_prefix: str) -> pl.Expr:
-    """How many sds the first answer's estimated quality leads the second's, from their QUALITY_COLUMNS."""
+    """How many sds the first answer's estimated quality leads the second's, from their QUALITY_COLUMNS.
+
+    The lead's variance is both answers' own plus what the unknown author share adds: the lead moves by the
+    difference of their shifts per sd of the share, so two answers by authors of equal reach lose nothing and a
+    lead that hinges on one author's reach loses most."""
     chosen, chosen_sd = pl.col(f"{chosen_prefix}estimated_quality"), pl.col(f"{chosen_prefix}quality_sd")
     rejected, rejected_sd = pl.col(f"{rejected_prefix}estimated_quality"), pl.col(f"{rejected_prefix}quality_sd")
-    return (chosen - rejected) / (chosen_sd.pow(2) + rejected_sd.pow(2)).sqrt()
+    share_shift = pl.col(f"{chosen_prefix}quality_share_shift") - pl.col(f"{rejected_prefix}quality_share_shift")
+    return (chosen - rejected) / (chosen_sd.pow(2) + rejected_sd.pow(2) + share_shift.pow(2)).sqrt()
 
 
 def normal_cdf(z: pl.Expr) -> pl.Expr:
@@ -148,17 +215,21 @@ def log_normal_cdf(z: pl.Expr) -> pl.Expr:
 
 
 # Exposure is a function of time whose shape is unknown: each time is given at three scales (a day, a month, a
-# year), so votes that saturate within days and votes that keep coming for years are both fitted.
+# year), so votes that saturate within days and votes that keep coming for years are both fitted. The first few
+# answers of a question sit at the top of its page while it fills: each of the first FIRST_ANSWERS places has its
+# own term, so a head start of any shape there is fitted, not only the smooth decline log1p(earlier answers) allows.
 TIME_SCALES_DAYS = (1, 30, 365)
+FIRST_ANSWERS = 5
 EXPOSURE_FEATURES = [
     "log1p(earlier answers)",
+    *(f"answer number {k + 1}" for k in range(FIRST_ANSWERS)),
     *(f"log1p(days after the first answer / {d})" for d in TIME_SCALES_DAYS),
     *(f"log1p(days before the crawl / {d})" for d in TIME_SCALES_DAYS),
 ]
 
 
 def exposure_features(answers: pl.DataFrame, question: np.ndarray) -> np.ndarray:
-    """Per answer, EXPOSURE_FEATURES (answers x 7, NaN where the creation time is unknown): earlier answers to its
+    """Per answer, EXPOSURE_FEATURES (NaN where the creation time is unknown): earlier answers to its
     question (`question`: one integer code per question group), days after the question's first answer, days
     before the crawl. The crawl time of each source is its latest creation time (no answer can be newer than the
     crawl that found it)."""
@@ -169,7 +240,8 @@ def exposure_features(answers: pl.DataFrame, question: np.ndarray) -> np.ndarray
     ).to_numpy()
     earlier = _earlier_answers(question, answers["created_at"].dt.epoch("us").to_numpy().astype(float))
     scales = np.array(TIME_SCALES_DAYS, dtype=float)
-    return np.log1p(np.hstack([earlier[:, None], days[:, :1] / scales, days[:, 1:] / scales]))
+    place = np.where(np.isnan(earlier[:, None]), np.nan, (earlier[:, None] == np.arange(FIRST_ANSWERS)).astype(float))
+    return np.hstack([np.log1p(earlier[:, None]), place, np.log1p(np.hstack([days[:, :1] / scales, days[:, 1:] / scales]))])
 
 
 def answer_log_length(answers: pl.DataFrame) -> np.ndarray:
@@ -199,7 +271,7 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     check_vote_options(options)
     use_exposure = options.model in ("exposure", "full")
     use_authors = options.model in ("authors", "full")
-    share = options.author_share if use_authors else 0.0
+    share_low, share_high = author_share_range(options) if use_authors else (0.0, 0.0)
     rows = answers.height
     if rows == 0:
         return answers.with_columns(pl.lit(None, pl.Float64).alias(c) for c in QUALITY_COLUMNS + EFFECT_COLUMNS), {}
@@ -230,7 +302,8 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     author_code = _codes(answers.select(
         pl.when(pl.col("author_id").is_null()).then(pl.format("\0{}", pl.col("answer_id"))).otherwise("author_id")
     ).to_series())
-    text_code = _codes(pl.Series(_codes(answers["answer_cluster"]) * (int(author_code.max()) + 1) + author_code))
+    cluster = _codes(answers["answer_cluster"])
+    text_code = _codes(pl.Series(cluster * (int(author_code.max()) + 1) + author_code))
     author, text = author_code[order], text_code[order]
     fit = _fit(votes, _Design(questions, covariates, author, text, use_authors))
 
@@ -244,37 +317,46 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
         shrink = others_weight / (others_weight + 1.0 / omega2)
         author_term = others_sum / (others_weight + 1.0 / omega2)
     followers_term = covariates[:, length_columns.stop:] @ slopes[length_columns.stop:]  # measured reach: B = 1
-    followers_var = float(np.var(followers_term))
     author_term = author_term + followers_term
     exposure_term = covariates[:, :n_exposure] @ slopes[:n_exposure]
     length_term = covariates[:, length_columns] @ slopes[length_columns]
     length_share = options.length_share if use_length else 0.0
-
-    # z = y - exposure - s * (author effect) measures mu_q + Q, where Q is the answer's own quality plus the share
-    # (1 - s) of its author's effect that counts as quality. Per answer, with B the author effect's shrink factor:
-    #   Var(z - mu_q)    = u2 + count variance + omega2 (1 - s B (2 - s))     (what z varies by)
-    #   Cov(Q, z - mu_q) = u2 - luck^2 + (1 - s) omega2 (1 - s B)            (how much of that is quality)
-    #   Var(Q)           = u2 - luck^2 + (1 - s)^2 omega2
-    # (followers' part likewise, with B = 1, and the kept length term (1 - s_L) c l the same way), so
-    # E[Q - mu_q | z] = Cov / Var(z) * (z - mu_q) and the variance left is Var(Q) - Cov^2 / Var(z).
-    kept = 1 - share
-    own_quality = max(fit.answer_variance - options.luck_sd**2, _MIN_TAU2)
-    z = fit.working_log_rate - exposure_term - share * author_term - length_share * length_term
-    kept_length_var = (1 - length_share) ** 2 * float(np.var(length_term))
-    z_var = (fit.answer_variance + fit.count_variance + omega2 * (1 - share * shrink * (2 - share))
-             + followers_var * kept**2 + kept_length_var)
+    exposure_unknown_var = np.zeros(rows)
     if n_exposure and known[:, 0].any():  # an unknown creation time leaves the exposure term unknown
-        z_var = z_var + np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
-    quality_cov = own_quality + kept * (omega2 * (1 - share * shrink) + followers_var * kept) + kept_length_var
-    quality_var = own_quality + kept**2 * (omega2 + followers_var) + kept_length_var
-    keep = quality_cov / z_var
-    estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / z_var)))
-    quality_sd = np.sqrt(np.maximum(quality_var - keep * quality_cov, _MIN_TAU2))
+        exposure_unknown_var = np.where(known[:, 0], 0.0, float(np.var(exposure_term[known[:, 0]])))
+    terms = _Terms(
+        fit.working_log_rate, fit.count_variance, exposure_term, author_term, shrink, exposure_unknown_var,
+        fit.answer_variance, omega2, float(np.var(followers_term)), length_share * length_term,
+        (1 - length_share) ** 2 * float(np.var(length_term)),
+    )
+
+    # Copies without a creation time have an unknown exposure term: they would measure it as luck.
+    copy_pairs, measured_luck = luck_from_copies(
+        fit.working_log_rate - exposure_term - author_term - length_term, fit.count_variance,
+        fit.weight * (exposure_unknown_var == 0), questions, cluster[order]
+    )
+    luck_sd = options.luck_sd
+    if luck_sd == "auto":
+        luck_sd = measured_luck if copy_pairs >= MIN_LUCK_COPY_PAIRS else FALLBACK_LUCK_SD
+
+    share = (share_low + share_high) / 2
+    estimated, quality_sd = _posterior_quality(terms, questions, share, luck_sd**2)
+    share_shift = np.zeros(rows)
+    if share_high > share_low:  # the estimate's slope in the share, times the sd of a uniform share over the range
+        at_high = _posterior_quality(terms, questions, share_high, luck_sd**2)[0]
+        at_low = _posterior_quality(terms, questions, share_low, luck_sd**2)[0]
+        share_shift = (at_high - at_low) / np.sqrt(12.0)
+    quality_var = (fit.answer_variance - luck_sd**2 + (1 - share) ** 2 * (omega2 + terms.followers_variance)
+                   + terms.kept_length_variance)
     summary = {
         "model": options.model,
         "author_share": share,
-        "luck_sd": options.luck_sd,
-        "quality_sd": round(float(np.sqrt(quality_var)), 4),
+        "author_share_range": [share_low, share_high],
+        "luck_sd": round(float(luck_sd), 4),
+        "luck_sd_from": "assumed" if options.luck_sd != "auto" else "copies" if copy_pairs >= MIN_LUCK_COPY_PAIRS else "fallback",
+        "luck_copy_pairs": copy_pairs,
+        "luck_sd_measured": round(float(measured_luck), 4) if copy_pairs else None,
+        "quality_sd": round(float(np.sqrt(max(quality_var, _MIN_TAU2))), 4),
         "answer_sd": round(float(np.sqrt(fit.answer_variance)), 4),
         "exposure_effect_sd": round(float(np.std(exposure_term)), 4) if n_exposure else None,
         "exposure_slopes": dict(zip(EXPOSURE_FEATURES, np.round(slopes[:n_exposure], 4).tolist(), strict=True)) if n_exposure else {},
@@ -290,10 +372,102 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     return answers.with_columns(
         estimated_quality=unsorted(estimated),
         quality_sd=unsorted(quality_sd),
+        quality_share_shift=unsorted(share_shift),
         exposure_effect=unsorted(exposure_term),
         author_effect=unsorted(author_term),
         length_effect=unsorted(length_term),
     ), summary
+
+
+@dataclass
+class _Terms:
+    """What scoring needs from the fit, per answer (sorted by question) and for the whole table."""
+
+    working_log_rate: np.ndarray
+    count_variance: np.ndarray
+    exposure_term: np.ndarray
+    author_term: np.ndarray  # estimated author effect, followers' part included
+    shrink: np.ndarray  # B: how much of the author's effect their other texts reveal
+    exposure_unknown_var: np.ndarray  # variance of the exposure term where the creation time is unknown
+    answer_variance: float  # u2 = Var(quality + luck)
+    author_variance: float  # omega2
+    followers_variance: float  # variance of the followers' part of reach
+    removed_length_term: np.ndarray  # s_L c l: the share of the length term taken out of the votes
+    kept_length_variance: float  # Var((1 - s_L) c l): the length term's part that counts as quality
+
+
+def _posterior_quality(terms: _Terms, questions: _Runs, share: float, luck_var: float) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and sd of Q - mu_q per answer, for author share `share` and luck variance `luck_var`.
+
+    z = y - exposure - s * (author effect) measures mu_q + Q, where Q is the answer's own quality plus the share
+    (1 - s) of its author's effect that counts as quality. Per answer, with B the author effect's shrink factor:
+      Var(z - mu_q)    = u2 + count variance + omega2 (1 - s B (2 - s))     (what z varies by)
+      Cov(Q, z - mu_q) = u2 - luck^2 + (1 - s) omega2 (1 - s B)            (how much of that is quality)
+      Var(Q)           = u2 - luck^2 + (1 - s)^2 omega2
+    (followers' part likewise, with B = 1, and the kept length term (1 - s_L) c l the same way), so
+    E[Q - mu_q | z] = Cov / Var(z) * (z - mu_q) and the variance left is Var(Q) - Cov^2 / Var(z).
+    """
+    kept = 1 - share
+    omega2, followers_var, shrink = terms.author_variance, terms.followers_variance, terms.shrink
+    own_quality = max(terms.answer_variance - luck_var, _MIN_TAU2)
+    kept_length_var = terms.kept_length_variance
+    z = terms.working_log_rate - terms.exposure_term - share * terms.author_term - terms.removed_length_term
+    z_var = (terms.answer_variance + terms.count_variance + omega2 * (1 - share * shrink * (2 - share))
+             + followers_var * kept**2 + kept_length_var + terms.exposure_unknown_var)
+    quality_cov = own_quality + kept * (omega2 * (1 - share * shrink) + followers_var * kept) + kept_length_var
+    quality_var = own_quality + kept**2 * (omega2 + followers_var) + kept_length_var
+    keep = quality_cov / z_var
+    estimated = keep * (z - questions.spread(questions.mean(z, 1.0 / z_var)))
+    return estimated, np.sqrt(np.maximum(quality_var - keep * quality_cov, _MIN_TAU2))
+
+
+def luck_from_copies(
+    residual: np.ndarray, count_variance: np.ndarray, weight: np.ndarray, questions: _Runs, cluster: np.ndarray
+) -> tuple[int, float]:
+    """(pairs of copies compared, luck sd they measure), from copies of one text: cross-posts and re-crawls that
+    dedupe put in one answer cluster. Copies share their quality, so what differs between their votes, once
+    question, exposure and author are taken out, is luck and count noise (and reach the model could not learn,
+    which to the model is luck too).
+
+    `residual` is log votes less exposure and the author effect (rows sorted by question). Each copy is measured
+    against its question's other answers outside its cluster: r = residual - their weighted mean, whose variance
+    is 1 / their total weight (two copies in one question share that mean, which then cancels). For consecutive
+    copies of a cluster, D = r1 - r2 has E[D^2] = 2 luck^2 + the two count variances (+ the two means'
+    variances), so luck^2 is a weighted mean of (D^2 - those) / 2, weighted by 1 / Var(D^2) (Gaussian: 2 E[D^2]^2,
+    refined from the estimate). Only fitted answers count (questions with two or more answers and some votes).
+    """
+    in_fit = weight > 0
+    question = questions.spread(np.arange(len(questions.sizes)))
+    # The question's weighted sums outside each answer's cluster.
+    n_clusters = int(cluster.max()) + 1 if len(cluster) else 0
+    qc = question.astype(np.int64) * n_clusters + cluster
+    _, qc_code = np.unique(qc, return_inverse=True)
+    w = np.where(in_fit, weight, 0.0)
+    wr = w * np.where(in_fit, residual, 0.0)
+    outside_weight = questions.spread(questions.sums(w)) - np.bincount(qc_code, w)[qc_code]
+    outside_sum = questions.spread(questions.sums(wr)) - np.bincount(qc_code, wr)[qc_code]
+    usable = in_fit & (outside_weight > 0)
+    r = residual - outside_sum / np.where(usable, outside_weight, 1.0)
+    mean_var = 1.0 / np.where(usable, outside_weight, np.inf)
+
+    # Consecutive usable copies of one cluster.
+    rows = np.flatnonzero(usable)
+    rows = rows[np.argsort(cluster[rows], kind="stable")]
+    first, second = rows[:-1], rows[1:]
+    copies = cluster[first] == cluster[second]
+    first, second = first[copies], second[copies]
+    if len(first) == 0:
+        return 0, 0.0
+    same_question = question[first] == question[second]
+    if same_question.sum() >= MIN_LUCK_COPY_PAIRS:
+        first, second, same_question = first[same_question], second[same_question], same_question[same_question]
+    difference = np.where(same_question, (residual[first] - residual[second]), r[first] - r[second])
+    known_var = count_variance[first] + count_variance[second] + np.where(same_question, 0.0, mean_var[first] + mean_var[second])
+    luck_var = FALLBACK_LUCK_SD**2
+    for _ in range(10):
+        pair_weight = 1.0 / (2 * luck_var + known_var) ** 2
+        luck_var = max(float(np.sum(pair_weight * (difference**2 - known_var) / 2) / np.sum(pair_weight)), 0.0)
+    return len(first), float(np.sqrt(luck_var))
 
 
 def _codes(values: pl.Series) -> np.ndarray:

@@ -6,7 +6,7 @@ ids, the latent answer quality, the planted duplicate groups, the planted defect
 count and creation time the METADATA text denotes, and the author and exposure effects on its votes.
 
 Where things are:
-- worlds.py: the `World` knobs and the `WORLDS` presets (default, hot, kol, popularity, solo,
+- worlds.py: the `World` knobs and the `WORLDS` presets (default, hot, kol, popularity, earned, lucky, solo,
   unlearnable, length, templates, pandas); a world's definition fits one screen there.
 - plan.py: the per-row plan (questions, re-asks, authors, times, duplicates, defects, votes, forms).
 - text.py: the Chinese text generator, titles, shared title templates, re-asked and cosmetic titles.

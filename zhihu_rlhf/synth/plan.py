@@ -20,7 +20,7 @@ CHUNK_ROWS = 20_000  # rows rendered and written at a time; fixed, so output nev
 
 T_QUESTIONS_FROM = int(datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp())
 T_QUESTIONS_TO = int(datetime(2022, 12, 31, tzinfo=timezone.utc).timestamp())
-T_CRAWL = int(datetime(2023, 4, 1, tzinfo=timezone.utc).timestamp())  # the crawl, one per file: no answer is newer
+T_CRAWL = int(datetime(2023, 4, 1, tzinfo=timezone.utc).timestamp())  # the file's crawl (the latest, where each question has its own)
 DAY = 86_400
 
 DUP_KINDS = [None, "exact_copy", "crosspost_prefix_suffix", "punct_edit", "shared_quote", "reasked_question"]
@@ -37,6 +37,7 @@ class Plan:
     question_id: np.ndarray
     question_group: np.ndarray
     reasked: np.ndarray
+    question_crawled: np.ndarray  # epoch seconds: when the question's answers and votes were crawled
     # per author
     author_token: list[str]
     author_log_reach: np.ndarray  # log multiplier on the votes of all the author's answers
@@ -72,6 +73,7 @@ class _Questions:
     question_id: np.ndarray
     popularity: np.ndarray  # log votes added to every answer of the question
     title: list[str]
+    crawled: np.ndarray  # epoch seconds: when the question's answers and votes were crawled
 
 
 def _answer_counts(rng: np.random.Generator, rows: int, world: World) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +121,10 @@ def _questions(rng: np.random.Generator, rnd: random.Random, rows: int, world: W
         titles = [title if title is not None else text.random_title(rnd) for title in picked]
     else:
         titles = [text.random_title(rnd) for _ in range(n_questions)]
-    return _Questions(counts, hot, asked, question_id, popularity, titles)
+    crawled = np.full(n_questions, T_CRAWL, dtype=np.int64)
+    if world.crawl_per_question:
+        crawled = asked + np.maximum(DAY, (rng.random(n_questions) * (T_CRAWL - asked)).astype(np.int64))
+    return _Questions(counts, hot, asked, question_id, popularity, titles, crawled)
 
 
 def _reasks(
@@ -177,7 +182,7 @@ def _authors(rng: np.random.Generator, rnd: random.Random, rows: int, world: Wor
 
 
 def _answer_times(rng: np.random.Generator, world: World, questions: _Questions, row_question: np.ndarray) -> np.ndarray:
-    """Answer times cluster days-to-months after the question (hot ones within weeks); never after the crawl."""
+    """Answer times cluster days-to-months after the question (hot ones within weeks); never after its crawl."""
     rows = len(row_question)
     asked = questions.asked[row_question]
     delay_days = np.exp(rng.normal(np.log(15.0), 1.8, rows))
@@ -185,8 +190,9 @@ def _answer_times(rng: np.random.Generator, world: World, questions: _Questions,
         in_window = questions.hot[row_question] & (rng.random(rows) < world.hot_in_window_share)
         delay_days[in_window] = rng.random(int(in_window.sum())) * world.hot_window_days
     created = asked + (delay_days * DAY).astype(np.int64)
-    late = created > T_CRAWL
-    created[late] = asked[late] + (rng.random(int(late.sum())) * (T_CRAWL - asked[late])).astype(np.int64)
+    crawled = questions.crawled[row_question]
+    late = created > crawled
+    created[late] = asked[late] + (rng.random(int(late.sum())) * (crawled[late] - asked[late])).astype(np.int64)
     return created
 
 
@@ -279,9 +285,12 @@ def _defects(rng: np.random.Generator, world: World, dup_kind: np.ndarray, is_so
     return malformed
 
 
-def _log_exposure(world: World, row_question: np.ndarray, created: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _log_exposure(
+    world: World, row_question: np.ndarray, created: np.ndarray, crawled: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The exposure terms of log votes: (rank, lateness, crawl age). Earlier answers to a question and
-    answers written soon after its first answer collect more votes; so do answers up longer before the crawl."""
+    answers written soon after its first answer collect more votes (the very first ones a bonus, where the world
+    has one); so do answers up longer before their crawl (`crawled`, per row)."""
     rows = len(row_question)
     order = np.lexsort((created, row_question))
     sorted_q = row_question[order]
@@ -293,8 +302,10 @@ def _log_exposure(world: World, row_question: np.ndarray, created: np.ndarray) -
     days_after_first = np.empty(rows)
     days_after_first[order] = (created[order] - first_answer) / DAY
     by_rank = world.exposure_strength * (-0.3 * np.log1p(rank))
+    if world.early_answer_bonus:
+        by_rank = by_rank + world.early_answer_bonus * (rank < world.early_answers)
     by_lateness = world.exposure_strength * (-0.35 * np.log1p(days_after_first / 7.0))
-    by_age = world.crawl_age_effect * np.log1p((T_CRAWL - created) / DAY / 30.0)
+    by_age = world.crawl_age_effect * np.log1p((crawled - created) / DAY / 30.0)
     return by_rank, by_lateness, by_age
 
 
@@ -368,7 +379,7 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
     answer_cluster, is_source = _clusters(answer_id, dup_source)
     malformed = _defects(rng, world, dup_kind, is_source)
 
-    by_rank, by_lateness, by_age = _log_exposure(world, row_question, created)
+    by_rank, by_lateness, by_age = _log_exposure(world, row_question, created, questions.crawled[row_question])
     log_length_effect = _log_length_effect(world, n_sentences, dup_source, quote_partner)
     log_rate = (  # summed in this order so that `default` keeps its exact floats
         1.0
@@ -377,7 +388,7 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
         + authors.log_reach[author]
         + by_rank
         + by_lateness
-        + rng.normal(0.0, 0.3, rows)
+        + rng.normal(0.0, world.luck_sd, rows)
     )
     if world.crawl_age_effect:
         log_rate += by_age
@@ -400,7 +411,8 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
 
     return Plan(
         world=world, title=questions.title, question_id=questions.question_id, question_group=question_group,
-        reasked=reasked, author_token=authors.token, author_log_reach=authors.log_reach, row_question=row_question,
+        reasked=reasked, question_crawled=questions.crawled, author_token=authors.token,
+        author_log_reach=authors.log_reach, row_question=row_question,
         answer_id=answer_id, answer_cluster=answer_cluster, author=author, quality=quality,
         log_exposure=by_rank + by_lateness + by_age, log_length_effect=log_length_effect, created=created, n_sentences=n_sentences, dup_kind=dup_kind,
         dup_source=dup_source, quote_partner=quote_partner, malformed=malformed, upvotes=upvotes,

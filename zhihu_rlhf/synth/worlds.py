@@ -3,10 +3,11 @@ more than the world it was developed on. `WORLDS` maps each preset name to its W
 
 How votes are made in every world (per answer, before Poisson count noise):
     log rate = 1 + question popularity + quality_effect * quality + author log reach + log exposure
-               + length_effect * (log length - its mean) + N(0, 0.3)
+               + length_effect * (log length - its mean) + N(0, luck_sd)
 with quality ~ N(0, 1) per answer (an author's skill is part of it when author_quality_sd > 0), the
 author's log reach shared by all their answers, the exposure term made of the early-answer effect
-(rank among the question's answers, days after its first answer) and the time from writing to the crawl,
+(rank among the question's answers, days after its first answer, a bonus for the very first answers where
+the world has one) and the time from writing to the crawl (one crawl per file, or one per question),
 and the length term (0 unless the world sets length_effect), where length is the answer's number of body
 sentences (about 30 characters each), lognormal, longer for better answers when quality_length > 0.
 The truth file carries quality, `author_log_reach`, `log_exposure` and `log_length_effect` per row.
@@ -69,6 +70,16 @@ class World:
     """Multiplier on the early-answer effect: -0.3 * log(1 + rank) - 0.35 * log(1 + days after the first answer / 7)."""
     crawl_age_effect: float = 0.0
     """Coefficient on log(1 + days from writing to the crawl / 30): older answers had longer to collect votes."""
+    early_answers: int = 0
+    """The first this many answers to each question (by time) collect `early_answer_bonus` extra log votes ..."""
+    early_answer_bonus: float = 0.0
+    """... on top of the smooth early-answer effect: they sat at the top of the question page while it filled."""
+    crawl_per_question: bool = False
+    """Each question crawled on its own date (uniform between it being asked and the file's crawl date) instead of
+    one crawl for the file: answers are never newer than their question's crawl, and crawl age counts from it."""
+    luck_sd: float = 0.3
+    """Sd of the per-answer luck on log votes (how far an answer happened to travel); 0.3 in every preset but
+    `lucky`."""
     length_effect: float = 0.0
     """Coefficient of log answer length on log votes beyond quality: votes grow as length^length_effect (0.5: an
     answer twice as long gets 1.41x the votes at the same quality)."""
@@ -135,6 +146,17 @@ WORLDS: dict[str, World] = {
         replace(
             _KOL, name="length", reach_quality_share=0.5, length_effect=0.5, quality_length=0.3,
             description="as kol, and votes grow with answer length beyond quality; better answers are also longer",
+        ),
+        replace(
+            _KOL, name="earned", reach_quality_share=0.9, author_quality_sd=0.85, early_answers=3, early_answer_bonus=0.7,
+            crawl_per_question=True,
+            description="reach earned by writing well (quality mostly the author's skill), first answers collect extra "
+            "votes, each question crawled on its own date",
+        ),
+        replace(
+            _KOL, name="lucky", author_reach_sd=1.5, reach_quality_share=0.0, luck_sd=0.6,
+            description="more luck than the vote model assumes (sd 0.6) and reach that is pure popularity, varying "
+            "more than in kol",
         ),
         replace(
             _BASE, name="templates", title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04,
