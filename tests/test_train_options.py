@@ -45,7 +45,7 @@ def test_dispatcher_rejects_unknown_command_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(train_main, ["sfx"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unknown command 'sfx'; choose one of sft, rm, ppo, dpo\n"
+    assert capsys.readouterr().err == "error: unknown command 'sfx'; choose one of sft, rm, ppo, dpo, rloo, grpo\n"
 
 
 def test_help_shows_the_default_and_the_tiny_default_side_by_side(capsys):
