@@ -97,3 +97,14 @@ def test_every_sizing_flag_is_documented_in_help(capsys):
                  "--merge-lora", "--shard", "--save-dtype"):
         assert f"{flag} " in help_text, flag
     assert "(default: all-linear)" in help_text and "(default: bf16)" in help_text and "{bf16,fp16,fp32}" in help_text
+
+
+def test_flash_attention_without_flash_attn_is_one_line(capsys, monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(train_main, ["sft", "--model", "tiny", "--data", "sample", "--out", "o", "--attn-impl", "flash_attention_2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "flash-attention is not installed" in err

@@ -73,10 +73,12 @@ class RLOptions(TrainOptions):
     log_samples: int = field(default=4, metadata={"help": "generations per iteration written to OUT/samples.jsonl"})
     save_steps: int = field(default=20, metadata={"help": "checkpoint every N iterations (0 = never)"})
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
         if isinstance(self.reward_fn, str):  # a library caller's single function
             self.reward_fn = [self.reward_fn]
+
+    def validate(self) -> None:
+        super().validate()
         if self.reward is not None and self.reward_fn:
             raise UserError("give one of --reward (a reward model) or --reward-fn (module:function), not both")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_fn):
