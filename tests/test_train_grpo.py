@@ -18,6 +18,7 @@ from zhihu_rlhf.train.grpo import GRPOOptions, grpo_update, train
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.rl_math import aggregate, clipped_policy_loss, grpo_advantages, k3_kl
+from zhihu_rlhf.train.rollout import response_logprobs
 
 
 def test_grpo_advantages_by_hand() -> None:
@@ -152,3 +153,24 @@ def test_grpo_cli_resumes_the_same_curve_and_refuses_changed_options(tmp_path: P
         for key in ("reward_mean", "kl", "policy_loss", "group_reward_std"):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), key
     assert (whole / "samples.jsonl").read_text() == (cut / "samples.jsonl").read_text()
+
+
+def test_one_step_rollouts_skip_the_policy_pass_and_get_the_same_update(fixture_model_dir, tmp_path):
+    """With one optimizer step per rollout, the sampling-time log-probs are the update's own: skipping that pass
+    (NaN placeholders filled in by the update) gives the gradient of the full path."""
+    model_dir = fixture_model_dir("qwen2.5")
+    rollout, advantages = fixed_batch(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        current, entropy = response_logprobs(TokenLogProbs(model), rollout.sequences, rollout.attention_mask, T, 1.0, True)
+    opts = GRPOOptions(policy="fixture", data="unused", out=tmp_path, num_generations=K, beta=0.1, max_new_tokens=T,
+                       rollout_batch_size=2, micro_batch_size=8, grad_accum=1, max_grad_norm=0.0)
+    grads = []
+    for on_policy in (False, True):
+        rollout.logprobs = current.clone() if not on_policy else torch.full_like(current, float("nan"))
+        recorder = GradientRecorder(model)
+        grpo_update(TokenLogProbs(model), recorder, GradientRecorder(model), rollout, advantages, opts, CPU, 0, on_policy)
+        grads.append(recorder.steps[0])
+    torch.testing.assert_close(rollout.logprobs, current)  # filled in by the update
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)

@@ -83,18 +83,27 @@ def grpo_update(
     opts: GRPOOptions,
     rt: Runtime,
     iteration: int,
+    on_policy: bool = False,
 ) -> dict[str, float]:
-    """--ppo-epochs passes of minibatch steps on the --loss-type aggregate of the clipped loss + beta * k3."""
+    """--ppo-epochs passes of minibatch steps on the --loss-type aggregate of the clipped loss + beta * k3.
+
+    on_policy: the rollout gets one optimizer step (single_step), so the policy here is still the sampling-time one
+    and its log-probs are the old ones (ratio 1, as TRL does for num_iterations=1): the rollout skipped that pass
+    and they are filled in here.
+    """
     T = rollout.response_len
 
     def micro_loss(rows: list[int]) -> tuple[torch.Tensor, float, dict[str, float]]:
         seq, attn, mask = rollout.sequences[rows], rollout.attention_mask[rows], rollout.response_mask[rows]
         logprobs, entropy = response_logprobs(policy, seq, attn, T, opts.temperature, with_entropy=True)
-        per_token, stats = clipped_policy_loss(logprobs, rollout.logprobs[rows], advantages[rows, None], mask, opts.clip_range)
+        if on_policy:
+            rollout.logprobs[rows], rollout.entropy[rows] = logprobs.detach().float(), entropy.detach().float()
+        old = rollout.logprobs[rows]
+        per_token, stats = clipped_policy_loss(logprobs, old, advantages[rows, None], mask, opts.clip_range)
         extras = {"policy_loss": aggregate(per_token, mask, opts.loss_type, opts.max_new_tokens)[0].item()}
         if opts.beta > 0:
             # k3 at tokens sampled from pi_old, weighted by rho = pi / pi_old: an unbiased estimate under pi.
-            kl = k3_kl(logprobs, rollout.ref_logprobs[rows]) * torch.exp(logprobs - rollout.logprobs[rows])
+            kl = k3_kl(logprobs, rollout.ref_logprobs[rows]) * torch.exp(logprobs - old)
             per_token = per_token + opts.beta * kl
             extras["kl_loss"] = aggregate(kl.detach(), mask, opts.loss_type, opts.max_new_tokens)[0].item()
         loss, count = aggregate(per_token, mask, opts.loss_type, opts.max_new_tokens)
@@ -104,6 +113,11 @@ def grpo_update(
 
     params = [[p for p in policy.parameters() if p.requires_grad]]
     return update_passes([policy], params, optimizer, scheduler, len(rollout.prompts), opts, rt, iteration, micro_loss)
+
+
+def single_step(opts: GRPOOptions) -> bool:
+    """Whether each rollout gets exactly one optimizer step (one pass, one minibatch on every process)."""
+    return opts.ppo_epochs == 1 and opts.rollout_batch_size * opts.num_generations <= opts.minibatch_size
 
 
 def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, float]:
@@ -129,7 +143,7 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             mask = rollout.response_mask
             scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
             advantages = grpo_advantages(scores, k, opts.scale_rewards)
-            stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration)
+            stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration, single_step(opts))
             mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
             metrics = {"advantage_abs_mean": mean(advantages.abs().mean()), **stats}
             if reference is not None:  # KL(policy || reference) per response at sampling time, as PPO and RLOO log it
@@ -139,7 +153,7 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
         return run_iterations(
             opts, rt, name="grpo", tokenizer=tokenizer, template=template, prompts=prompts, prompt_ids=prompt_ids,
             policy=policy, reference=reference, reward=reward, k=k, plan=plan, trained=policy, optimizers=[optimizer],
-            scheduler=scheduler, update=update,
+            scheduler=scheduler, update=update, policy_pass=not single_step(opts),
             card_extra=f"{k} samples per prompt, advantages relative to their group (scale_rewards={opts.scale_rewards}), "
             f"loss aggregated as {opts.loss_type}, k3 KL to the frozen starting model weighted by beta={opts.beta}.",
         )

@@ -210,12 +210,14 @@ def run_iterations(
     scheduler: Any,
     update: Callable[[int, Rollout], dict[str, float]],
     card_extra: str,
+    policy_pass: bool = True,
     state: Callable[[], dict[str, Any]] = dict,
     restore: Callable[[dict[str, Any]], None] = lambda _state: None,
 ) -> dict[str, float]:
     """Run the iterations through loop.run_steps, then save the policy (rank 0 writes OUT). Returns the last metrics.
 
     update(iteration, rollout) -> the algorithm's metrics (kl, losses, ...); it runs the optimizer steps.
+    policy_pass: see rollout.generate_rollout (False: `update` fills in the rollout's log-probs and entropy).
     """
     samples_path = opts.out / "samples.jsonl"
     last: dict[str, float] = {}
@@ -231,21 +233,24 @@ def run_iterations(
         t0 = time.perf_counter()
         rollout = generate_rollout(
             policy, reference, reward, tokenizer, [prompts[i] for i in rows], [prompt_ids[i] for i in rows],
-            opts.sampling, rt, k,
+            opts.sampling, rt, k, policy_pass,
         )
         t_rollout = time.perf_counter() - t0
         t1 = time.perf_counter()
         update_metrics = update(iteration, rollout)
         t_update = time.perf_counter() - t1
-        response_tokens = rollout.response_mask.sum().item()
+        response_tokens = rt.all_reduce_sum(rollout.response_mask.sum().item())
+        trained_tokens = rt.all_reduce_sum(rollout.attention_mask.sum().item() * opts.ppo_epochs)
         last = {
             "epoch": (iteration + 1) / plan.iterations_per_epoch,
             **rollout_metrics(rollout, k, rt),
             **update_metrics,
             "lr": optimizers[0].param_groups[0]["lr"],
             # Throughput: response tokens sampled (+ scored) per second; tokens through the update per second.
-            "rollout_tokens_per_s": rt.all_reduce_sum(response_tokens) / t_rollout,
-            "train_tokens_per_s": rt.all_reduce_sum(rollout.attention_mask.sum().item() * opts.ppo_epochs) / t_update,
+            "response_tokens": response_tokens,
+            "trained_tokens": trained_tokens,
+            "rollout_tokens_per_s": response_tokens / t_rollout,
+            "train_tokens_per_s": trained_tokens / t_update,
         }
         if isinstance(reward, WeightedRewards):
             last.update({f"reward_{n}": sum(v) / len(v) for n, v in reward.last_parts.items()})
@@ -299,7 +304,7 @@ model = AutoModelForCausalLM.from_pretrained("{opts.out}")
         base_model=opts.policy,
         data=opts.data,
         options=opts.to_dict(),
-        results={f"last_{k}": v for k, v in metrics.items() if not k.endswith("_per_s") and k not in ("lr", "epoch")},
+        results={f"last_{k}": v for k, v in metrics.items() if not k.endswith(("_per_s", "_tokens")) and k not in ("lr", "epoch")},
         usage=usage,
         extra=f"Policy optimised with {name.upper()} against the {reward}. {extra} `samples.jsonl` holds generations "
         "from every iteration.",

@@ -192,8 +192,13 @@ def generate_rollout(
     sampling: Sampling,
     rt: Runtime,
     k: int = 1,
+    policy_pass: bool = True,
 ) -> Rollout:
-    """Sample k responses per prompt, then their log-probs (policy, reference), entropy and scores."""
+    """Sample k responses per prompt, then their log-probs (policy, reference), entropy and scores.
+
+    policy_pass False: skip the policy's log-probs and entropy (left NaN), for an update that takes exactly one
+    optimizer step on the rollout and so sees the sampling-time policy itself (it fills them in: GRPO, as TRL).
+    """
     end_ids = end_token_ids(tokenizer, unwrap(policy).generation_config)
     input_ids, prompt_mask = pad_ids(prompt_ids, tokenizer.pad_token_id, side="left")  # (B, P)
     input_ids = input_ids.to(rt.device).repeat_interleave(k, dim=0)  # (N, P)
@@ -230,12 +235,16 @@ def generate_rollout(
     attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
     T = responses.shape[1]
 
+    unknown = torch.full((len(prompts), T), float("nan"), device=rt.device)
     logprobs, ref_logprobs, entropy, model_scores = [], [], [], []
     with rt.autocast():
         for rows in iter_chunks(range(len(prompts)), sampling.micro_batch_size):
             rows = list(rows)
             seq, seq_mask = sequences[rows], attention_mask[rows]
-            lp, ent = response_logprobs(TokenLogProbs(policy), seq, seq_mask, T, sampling.temperature, with_entropy=True)
+            if policy_pass:
+                lp, ent = response_logprobs(TokenLogProbs(policy), seq, seq_mask, T, sampling.temperature, with_entropy=True)
+            else:
+                lp, ent = unknown[rows], unknown[rows]
             logprobs.append(lp)
             entropy.append(ent)
             if reference is not None:
