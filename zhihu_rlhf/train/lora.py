@@ -129,7 +129,7 @@ def merged_copy(peft_model: nn.Module, adapter_weights: dict[str, torch.Tensor],
 def describe(model: nn.Module) -> str:
     """One line for the model card and the run's start: what is adapted and how much of the model trains.
 
-    `model` is a PeftModel or a module around one (PPO's TokenScorer).
+    `model` is a PeftModel or a module around one (scoring.TokenScorer).
     """
     peft_model = next(m for m in model.modules() if is_peft(m))
     config = peft_model.peft_config["default"]

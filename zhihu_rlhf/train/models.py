@@ -181,7 +181,7 @@ def load_for_training(
     Full fine-tuning: fp32 weights straight onto rt.device. --lora: the frozen base in bf16 on CUDA (4-bit with
     --load-in-4bit), adapters (and an RM's score head) trainable in fp32. --shard: sharded over the processes.
     wrap: a module put around the model before sharding, whose forward is then the one every call goes through
-    (PPO's TokenScorer returns what the loss uses; a sharded model's backward starts from its root's outputs).
+    (scoring.TokenScorer returns what the loss uses; a sharded model's backward starts from its root's outputs).
     """
     if kind == "causal-lm":
         require_causal_lm(name, "model")
@@ -207,7 +207,7 @@ def load_frozen(
 ) -> tuple[Any, nn.Module]:
     """An inference-only model (no grads, eval mode), sharded like the trained ones.
 
-    dtype: bf16 on CUDA and fp32 on the CPU unless given (PPO's reference takes the policy's, see ppo.make_reference).
+    dtype: bf16 on CUDA and fp32 on the CPU unless given (the RL reference takes the policy's, see rl.make_reference).
     """
     dtype = dtype or _weights_dtype(rt, frozen=True)
     if opts.shard:
