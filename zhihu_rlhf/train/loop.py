@@ -129,7 +129,8 @@ def fit(
 
     run_steps(
         opts, rt, len(positions), step, model=model, optimizers=optimizer, scheduler=scheduler, out=out, desc=desc,
-        state=lambda: dict(progress), restore=progress.update, postfix=("loss", "tokens_per_s"),
+        state=lambda: dict(progress), restore=lambda saved: progress.update(tokens_seen=saved["tokens_seen"]),
+        postfix=("loss", "tokens_per_s"),
     )
     return eval_metrics
 
@@ -185,7 +186,7 @@ def run_steps(
         bar.update(1)
         bar.set_postfix({k: f"{records['train'][k]:.4g}" for k in postfix if k in records["train"]})
         if opts.save_steps and (i + 1) % opts.save_steps == 0 and i + 1 < n_steps:
-            checkpoint_state = {"global_step": i + 1, "options": curve_options(opts), **state()}
+            checkpoint_state = {**state(), "global_step": i + 1, "options": curve_options(opts)}
             save_checkpoint(out, rt, model, optimizers, scheduler, checkpoint_state, opts.save_limit)
     bar.close()
     logger.close()
