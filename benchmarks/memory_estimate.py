@@ -17,7 +17,9 @@ Bytes per parameter, as the trainer holds them:
 Stages: SFT and DPO hold one trained causal LM (DPO's reference log-probs are computed once, before training, by
 the same weights); RM one trained classifier; PPO a trained policy, a frozen reference, a trained value model and a
 frozen RM, where with LoRA the reference is the policy's base and the RM the value model's base (adapters off),
-so two bases instead of four.
+so two bases instead of four. RLOO and GRPO (column RLOO/GRPO) hold no value model: a trained policy, its frozen
+reference (with LoRA: the policy's base, adapters off) and a frozen RM; counted with both (GRPO with --beta 0 loads
+no reference, and --reward-fn no RM: those runs hold less).
 8 GPUs: full fine-tuning uses --shard (FSDP2: every byte above / 8), plus one gathered bf16 copy (2 bytes per
 parameter) of the model being evaluated (SFT, RM, DPO) or generating (PPO's policy). LoRA and QLoRA use data
 parallel (torchrun without --shard): each GPU holds what one GPU holds and the run is 8x faster; sharding a LoRA
@@ -71,22 +73,24 @@ def count(size: str, kind: str) -> dict[str, int]:
 
 def stage_bytes(stage: str, mode: str, gpus: int, lm: dict[str, int], cls: dict[str, int]) -> float:
     """Bytes one GPU holds for weights, gradients and optimizer states (plus the gathered copy when sharded)."""
-    trained = [lm] if stage in ("SFT", "DPO") else [cls] if stage == "RM" else [lm, cls]
+    trained = [lm] if stage in ("SFT", "DPO", "RLOO/GRPO") else [cls] if stage == "RM" else [lm, cls]
     if mode == "full":
         held = sum(TRAINED * m["total"] for m in trained)
-        if stage == "PPO":  # the frozen reference (policy-shaped) and RM (classifier-shaped)
+        if stage in ("PPO", "RLOO/GRPO"):  # the frozen reference (policy-shaped) and RM (classifier-shaped)
             held += REFERENCE * lm["total"] + FROZEN * cls["total"]
     elif mode == "LoRA":
         held = sum(FROZEN * m["total"] + ADAPTER * m["lora"] for m in trained)
     else:  # QLoRA: the quantised blocks, the rest of the base in bf16, the adapters
         held = sum(NF4 * m["quantisable"] + FROZEN * (m["total"] - m["quantisable"]) + ADAPTER * m["lora"] for m in trained)
+    if stage == "RLOO/GRPO" and mode != "full":  # the frozen RM: PPO's is its value model's base, here a model of its own
+        held += FROZEN * cls["total"]
     if gpus == 1 or mode != "full":
         return held
     return held / gpus + FROZEN * trained[0]["total"]  # sharded, plus the gathered model evaluating / generating
 
 
 def table() -> str:
-    columns = [(stage, gpus) for stage in ("SFT", "DPO", "RM", "PPO") for gpus in (1, 8)]
+    columns = [(stage, gpus) for stage in ("SFT", "DPO", "RM", "PPO", "RLOO/GRPO") for gpus in (1, 8)]
     header = "| model | mode | " + " | ".join(f"{stage} {gpus}x80GB" for stage, gpus in columns) + " |"
     lines = [header, "|---|---|" + "---:|" * len(columns)]
     for size in QWEN25:

@@ -94,3 +94,29 @@ def test_shuffled_batches_cut_the_epoch_order_into_fixed_sizes():
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sum(batches, []) == data.epoch_permutation(10, seed=3, epoch=1).tolist()
     assert data.shuffled_batches(10, 4, seed=3, epoch=2) != batches
+
+
+def test_a_path_that_looks_local_fails_at_once_without_trying_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("tried the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for typo in ("out/instruct_typo", "./out_typo/instruct", "runs/a/b", "~/no/such", "/no/such/folder"):
+        with pytest.raises(UserError, match="no such folder"):
+            data.load_split(typo, "train", "instruct")
+    assert data.looks_local("out/instruct") and not data.looks_local("liyucheng/zhihu_rlhf_3k")
+    assert not data.looks_local("gpt2")
+
+
+def test_quiet_hub_silences_hub_loggers_and_restores_them():
+    import logging
+
+    hub = logging.getLogger("huggingface_hub")
+    before = hub.level
+    with data.quiet_hub():
+        assert hub.getEffectiveLevel() == logging.ERROR and not hub.isEnabledFor(logging.WARNING)
+    assert hub.level == before

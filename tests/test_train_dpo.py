@@ -16,7 +16,8 @@ from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.runtime import seed_everything
-from zhihu_rlhf.train.dpo import DPOOptions, dpo_loss, encode_pairs, pair_logps, train
+from zhihu_rlhf.train.dpo import DPOOptions, dpo_loss, pair_logps, train
+from zhihu_rlhf.train.prompts import encode_pairs, render_prompt
 
 
 def test_dpo_loss_matches_sigmoid_formula() -> None:
@@ -73,7 +74,7 @@ def _write_pairs(folder: Path, split: str, n: int, seed: int) -> None:
 
 def _policy_preference_accuracy(model, tokenizer, folder: Path) -> float:
     """Share of held-out pairs where the model itself gives the chosen answer the higher log-probability."""
-    pairs = encode_pairs(tokenizer, load_split(str(folder), "test", "pairs"), "plain", 256)
+    pairs = encode_pairs(tokenizer, load_split(str(folder), "test", "pairs"), "plain", 256, drop_cut=False, what="test")
     with torch.no_grad():
         chosen, rejected = pair_logps(TokenLogProbs(model.eval()), pairs, tokenizer.pad_token_id, torch.device("cpu"))
     return (chosen > rejected).float().mean().item()
@@ -127,13 +128,12 @@ def test_step_zero_loss_is_log_2_when_policy_equals_reference(fixture_model_dir,
 
 def test_chosen_and_rejected_keep_the_identical_prompt_when_cut(fixture_model_dir) -> None:
     tokenizer, _ = load_tokenizer_and_model(str(fixture_model_dir("qwen2.5")), "causal-lm")
-    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 30}
-    (pair,) = encode_pairs(tokenizer, [row], "chat", 128)
+    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 150}
+    (pair,) = encode_pairs(tokenizer, [row], "chat", 256, drop_cut=False, what="train")
     prompt = pair.chosen_ids[: pair.prompt_len]
     assert pair.rejected_ids[: pair.prompt_len] == prompt
-    assert len(pair.chosen_ids) <= 128 and len(pair.rejected_ids) == 128
-    # The kept prompt is the end of the rendered prompt (closest to the answer), at least half of max_len.
-    full_prompt = tokenizer(tokenizer.apply_chat_template(
-        [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
-    ), add_special_tokens=False)["input_ids"]
-    assert len(prompt) >= 64 and full_prompt[-len(prompt) :] == prompt
+    assert len(pair.chosen_ids) <= 256 and len(pair.rejected_ids) == 256
+    # The kept prompt is the template around the end of the question (closest to the answer), at most max_len / 2 (256).
+    assert prompt[:3] == tokenizer(render_prompt(tokenizer, "", "chat"), add_special_tokens=False)["input_ids"][:3]
+    assert "�" not in tokenizer.decode(prompt) and row["prompt"][-20:] in tokenizer.decode(prompt)
+    assert 120 < len(prompt) <= 128

@@ -19,7 +19,8 @@ from model_fixtures import token_id
 from zhihu_rlhf.train import ppo, rm, sft
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.prompts import encode_example, render_prompt
-from zhihu_rlhf.train.rm import TokenScorer
+from zhihu_rlhf.train.rollout import generate_rollout
+from zhihu_rlhf.train.scoring import TokenScorer
 from zhihu_rlhf.train.runtime import Runtime
 
 QUESTIONS = ("如何评价这部电影？", "为什么天空是蓝色的？我觉得这个问题很有意思。")
@@ -74,8 +75,7 @@ def test_ppo_response_ends_where_sft_target_ended_and_reward_equals_rm_score(
 ):
     tokenizer, policy = load_tokenizer_and_model(str(fixture_model_dir(family)), "causal-lm")
     _, reward_model = load_tokenizer_and_model(str(fixture_model_dir(family, "reward")), "reward")
-    _, value_model = load_tokenizer_and_model(str(fixture_model_dir(family, "reward")), "reward")
-    policy.eval(), reward_model.eval(), value_model.eval()
+    policy.eval(), reward_model.eval()
     target = sft_target(tokenizer, template)
     filler = tokenizer("好", add_special_tokens=False)["input_ids"][0]
     opts = ppo.PPOOptions(
@@ -85,9 +85,9 @@ def test_ppo_response_ends_where_sft_target_ended_and_reward_equals_rm_score(
     # Two prompts of different lengths: the shorter one is left-padded, as in every real rollout.
     prompt_ids = [tokenizer(render_prompt(tokenizer, q, template), add_special_tokens=False)["input_ids"] for q in QUESTIONS]
     Script(policy, target, filler)
-    rollout = ppo.generate_rollout(
-        policy, policy, TokenScorer(value_model), TokenScorer(reward_model), tokenizer, list(QUESTIONS), prompt_ids,
-        opts, Runtime(device=torch.device("cpu"), autocast_dtype=None),
+    rollout = generate_rollout(
+        policy, policy, TokenScorer(reward_model), tokenizer, list(QUESTIONS), prompt_ids, opts.sampling,
+        Runtime(device=torch.device("cpu"), autocast_dtype=None),
     )
 
     responses = rollout.sequences[:, -rollout.response_len :]

@@ -22,8 +22,8 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     opts = SFTOptions(model="tiny", data="d", out=tmp_path, lr=1e-2)
     torch.manual_seed(0)
     _, model = models.load_tokenizer_and_model("tiny", "causal-lm")
-    optimizer = loop.make_optimizer(model, opts)
-    scheduler = loop.make_scheduler(optimizer, opts, total_steps=10)
+    optimizer = loop.make_optimizer(list(model.parameters()), opts.lr, opts.weight_decay)
+    scheduler = loop.make_scheduler(optimizer, opts.warmup_ratio, total_steps=10)
     model(torch.tensor([[5, 6, 7]])).logits.sum().backward()
     optimizer.step()
     scheduler.step()
@@ -35,8 +35,8 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
 
     torch.manual_seed(99)
     _, fresh = models.load_tokenizer_and_model("tiny", "causal-lm")
-    fresh_opt = loop.make_optimizer(fresh, opts)
-    fresh_sched = loop.make_scheduler(fresh_opt, opts, total_steps=10)
+    fresh_opt = loop.make_optimizer(list(fresh.parameters()), opts.lr, opts.weight_decay)
+    fresh_sched = loop.make_scheduler(fresh_opt, opts.warmup_ratio, total_steps=10)
     state = loop.load_checkpoint(loop.latest_checkpoint(tmp_path), fresh, fresh_opt, fresh_sched, rt)
     assert state == {"global_step": 3, "epoch": 0}
     assert all(torch.equal(v, saved_weights[k]) for k, v in fresh.state_dict().items())

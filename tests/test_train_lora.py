@@ -15,7 +15,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train import dpo, loop, models, ppo, report, rm, runtime, sft
+from zhihu_rlhf.train.prompts import encode_pairs
+from zhihu_rlhf.train import dpo, loop, models, ppo, report, rl, rm, runtime, sft
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 
@@ -165,8 +166,8 @@ def test_checkpoint_holds_only_the_trained_tensors(tmp_path):
     rt = runtime.Runtime(device=torch.device("cpu"), autocast_dtype=None)
     opts = sft.SFTOptions(model="tiny", data="d", out=tmp_path, device="cpu", **LORA)
     _, model = models.load_for_training("tiny", "causal-lm", opts, rt)
-    optimizer = loop.make_optimizer(model, opts)
-    scheduler = loop.make_scheduler(optimizer, opts, total_steps=4)
+    optimizer = loop.make_optimizer([p for p in model.parameters() if p.requires_grad], opts.lr, opts.weight_decay)
+    scheduler = loop.make_scheduler(optimizer, opts.warmup_ratio, total_steps=4)
     path = loop.save_checkpoint(tmp_path, rt, model, optimizer, scheduler, {"global_step": 1}, save_limit=1)
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -220,8 +221,8 @@ def test_lora_dpo_reference_is_the_base_with_adapters_off(tmp_path, monkeypatch)
     assert_only_adapters_changed(model, "causal-lm")
 
     tokenizer, start = models.load_tokenizer_and_model("tiny", "causal-lm")
-    pairs = dpo.encode_pairs(tokenizer, [{"prompt": "问题1234", "chosen": "abcdefghijk", "rejected": "nopqrstuvw"}],
-                             "plain", 128)
+    pairs = encode_pairs(tokenizer, [{"prompt": "问题1234", "chosen": "abcdefghijk", "rejected": "nopqrstuvw"}],
+                         "plain", 128, drop_cut=False, what="test")
     cpu = torch.device("cpu")
     with torch.no_grad():
         initial = dpo.pair_logps(TokenLogProbs(start.eval()), pairs, tokenizer.pad_token_id, cpu)
@@ -236,10 +237,15 @@ def test_lora_ppo_shares_base_weights_instead_of_copying_them(tmp_path, monkeypa
     data = tmp_path / "prompts"
     write_letter_pairs(data, "train", 16, seed=1)
     wired: dict = {}
-    monkeypatch.setattr(ppo, "_ppo_loop", lambda *args: wired.update(args=args) or {})
-    opts = ppo.PPOOptions(policy="tiny", reward="tiny", data=str(data), out=tmp_path / "o", device="cpu", **LORA)
+    monkeypatch.setattr(ppo, "run_iterations", lambda *args, **kwargs: wired.update(kwargs) or {})
+
+    def roles() -> tuple:
+        return wired["policy"], wired["reference"], wired["trained"]["value"], wired["reward"]
+
+    opts = ppo.PPOOptions(policy="tiny", reward="tiny", data=str(data), out=tmp_path / "o", device="cpu",
+                          rollout_batch_size=8, **LORA)
     ppo.train(opts)
-    policy, ref_policy, value_model, reward = wired["args"][6:10]
+    policy, ref_policy, value_model, reward = roles()
     assert isinstance(ref_policy, WithoutAdapters) and ref_policy.model is policy
     assert isinstance(reward, WithoutAdapters) and reward.model is value_model
 
@@ -248,16 +254,16 @@ def test_lora_ppo_shares_base_weights_instead_of_copying_them(tmp_path, monkeypa
 
     assert storages(policy, ref_policy, value_model, reward) == storages(policy) | storages(value_model)
     # Without LoRA the reference and the RM are separate frozen models.
-    monkeypatch.setattr(ppo, "_ppo_loop", lambda *args: wired.update(args=args) or {})
-    ppo.train(ppo.PPOOptions(policy="tiny", reward="tiny", data=str(data), out=tmp_path / "o2", device="cpu"))
-    policy, ref_policy, value_model, reward = wired["args"][6:10]
+    ppo.train(ppo.PPOOptions(policy="tiny", reward="tiny", data=str(data), out=tmp_path / "o2", device="cpu",
+                             rollout_batch_size=8))
+    policy, ref_policy, value_model, reward = roles()
     assert not storages(policy) & storages(ref_policy) and not storages(value_model) & storages(reward)
 
 
 def test_lora_ppo_raises_the_reward_from_a_zero_kl_start(tmp_path, monkeypatch):
     from test_train_ppo import _tiny_opts, latin_letter_share
 
-    kept = keep_final_model(monkeypatch, ppo)
+    kept = keep_final_model(monkeypatch, rl)  # PPO saves through rl.run_iterations
     # The random tiny model's logits are bounded by its frozen final norm and tied embeddings (near-uniform, entropy
     # ~ln 384): adapters on the blocks alone barely move them, so the LM head gets an adapter too.
     targets = "q_proj,v_proj,o_proj,down_proj,lm_head"

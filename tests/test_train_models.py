@@ -34,3 +34,39 @@ def test_packed_rows_do_not_attend_across_examples():
         position_ids = torch.tensor([list(range(len(a))) + list(range(len(b)))])
         packed = model(torch.tensor([a + b]), position_ids=position_ids, use_cache=False).logits[0]
     assert torch.allclose(packed[len(a) :], alone_b, atol=1e-5)
+
+
+def test_a_causal_lm_given_as_reward_or_value_model_is_refused(fixture_model_dir, tmp_path):
+    from test_train_ppo import _write_prompts
+    from zhihu_rlhf.train import ppo
+
+    _write_prompts(tmp_path / "prompts", 8)
+    policy = str(fixture_model_dir("qwen2.5"))
+    with pytest.raises(UserError, match="not a reward model .*score head would be random"):
+        models.require_score_head(policy, "--reward")
+    models.require_score_head(str(fixture_model_dir("qwen2.5", "reward")), "--reward")  # an RM folder passes
+    opts = ppo.PPOOptions(policy=policy, reward=policy, data=str(tmp_path / "prompts"), out=tmp_path / "o", device="cpu")
+    with pytest.raises(UserError, match=f"--reward {policy}: a causal language model"):
+        ppo.train(opts)
+    opts = ppo.PPOOptions(policy=policy, reward_fn="math:fsum", value_model=policy, data=str(tmp_path / "prompts"),
+                          out=tmp_path / "o2", device="cpu")
+    with pytest.raises(UserError, match="--value-model .*: a causal language model"):
+        ppo.train(opts)
+
+
+def test_sft_on_a_reward_model_folder_is_refused(fixture_model_dir, tmp_path):
+    from test_train_sft import doubling_rows, write_instruct
+    from zhihu_rlhf.train import sft
+
+    data = write_instruct(tmp_path / "instruct", doubling_rows(0, 4), doubling_rows(100, 2))
+    rm_folder = str(fixture_model_dir("qwen2.5", "reward"))
+    opts = sft.SFTOptions(model=rm_folder, data=str(data), out=tmp_path / "o", device="cpu")
+    with pytest.raises(UserError, match="a reward model .*has no language-model head"):
+        sft.train(opts)
+
+
+def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="does not exist"):
+        models.load_tokenizer("runs/sft_typo")

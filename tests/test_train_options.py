@@ -45,7 +45,7 @@ def test_dispatcher_rejects_unknown_command_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(train_main, ["sfx"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "error: unknown command 'sfx'; choose one of sft, rm, ppo, dpo\n"
+    assert capsys.readouterr().err == "error: unknown command 'sfx'; choose one of sft, rm, ppo, dpo, rloo, grpo\n"
 
 
 def test_help_shows_the_default_and_the_tiny_default_side_by_side(capsys):
@@ -97,3 +97,14 @@ def test_every_sizing_flag_is_documented_in_help(capsys):
                  "--merge-lora", "--shard", "--save-dtype"):
         assert f"{flag} " in help_text, flag
     assert "(default: all-linear)" in help_text and "(default: bf16)" in help_text and "{bf16,fp16,fp32}" in help_text
+
+
+def test_flash_attention_without_flash_attn_is_one_line(capsys, monkeypatch):
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(train_main, ["sft", "--model", "tiny", "--data", "sample", "--out", "o", "--attn-impl", "flash_attention_2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "flash-attention is not installed" in err

@@ -23,24 +23,22 @@ from zhihu_rlhf.train.__main__ import main as train_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs, entropy_from_logits
 from zhihu_rlhf.train.models import load_tokenizer_and_model
 from zhihu_rlhf.train.prompts import render_prompt
-from zhihu_rlhf.train.rm import TokenScorer
-from zhihu_rlhf.train.runtime import Runtime
+from zhihu_rlhf.train.ppo import PPOOptions, ppo_update, rollout_values, train
 from zhihu_rlhf.train.report import read_metrics
-from zhihu_rlhf.train.ppo import (
+from zhihu_rlhf.train.rl import make_reference
+from zhihu_rlhf.train.rl_math import (
     AdaptiveKLController,
-    PPOOptions,
     RunningMoments,
     explained_variance,
     gae_advantages,
-    generate_rollout,
     kl_penalty_rewards,
-    make_reference,
     masked_whiten,
     policy_loss,
-    ppo_update,
-    train,
     value_loss,
 )
+from zhihu_rlhf.train.rollout import generate_rollout
+from zhihu_rlhf.train.runtime import Runtime
+from zhihu_rlhf.train.scoring import TokenScorer
 
 
 def test_gae_matches_hand_computed_example() -> None:
@@ -284,8 +282,7 @@ def _fixture_rollout(fixture_model_dir, tmp_path: Path, rt: Runtime, **overrides
     value_model = TokenScorer(value_base)
     torch.manual_seed(0)
     rollout = generate_rollout(
-        policy, make_reference(policy, rt), value_model, lambda p, r: [0.0] * len(p), tokenizer, prompts, prompt_ids,
-        opts, rt,
+        policy, make_reference(policy, rt), lambda p, r: [0.0] * len(p), tokenizer, prompts, prompt_ids, opts.sampling, rt
     )
     return policy, value_model, rollout
 
@@ -327,7 +324,11 @@ def test_ppo_loss_is_a_token_mean_over_the_minibatch(fixture_model_dir, tmp_path
     for micro_batch_size, grad_accum in ((4, 1), (1, 4), (2, 2)):
         opts = _tiny_opts(tmp_path, micro_batch_size=micro_batch_size, grad_accum=grad_accum, ppo_epochs=1, max_grad_norm=0.0)
         recorder = _GradientRecorder(both)
-        ppo_update(TokenLogProbs(policy), value_model, recorder, _GradientRecorder(both), rollout, advantages, returns, opts, rt, 0)
+        values = rollout_values(value_model, rollout, micro_batch_size, rt)
+        ppo_update(
+            TokenLogProbs(policy), value_model, recorder, _GradientRecorder(both), rollout, values, advantages, returns,
+            opts, rt, 0,
+        )
         (step,) = recorder.steps
         gradients.append(step)
     for other in gradients[1:]:
@@ -340,7 +341,7 @@ def test_reward_statistics_are_reduced_over_torchrun_ranks(tmp_path: Path) -> No
     script = tmp_path / "moments.py"
     script.write_text(
         "import json, sys, torch\n"
-        "from zhihu_rlhf.train.ppo import RunningMoments\n"
+        "from zhihu_rlhf.train.rl_math import RunningMoments\n"
         "from zhihu_rlhf.train.runtime import setup_runtime, shutdown_runtime\n"
         "rt = setup_runtime('cpu')\n"
         "moments = RunningMoments()\n"

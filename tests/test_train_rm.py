@@ -13,8 +13,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from zhihu_rlhf.errors import cli_main
 from zhihu_rlhf.train import models, report, rm
-from zhihu_rlhf.train.prompts import encode_example
-from zhihu_rlhf.train.rm import EncodedPair, RMOptions, pair_rewards, pairwise_loss
+from zhihu_rlhf.train.prompts import EncodedPair, encode_example, encode_pairs, render_prompt
+from zhihu_rlhf.train.rm import RMOptions, pair_rewards, pairwise_loss
+from zhihu_rlhf.train.scoring import TokenScorer
 
 
 def write_pairs(root: Path, train: list[tuple[str, str, str]], test: list[tuple[str, str, str]]) -> Path:
@@ -56,16 +57,16 @@ def test_chosen_and_rejected_share_one_forward_pass_and_padding_does_not_change_
     tokenizer, model = models.load_tokenizer_and_model("tiny", "reward")
     model.eval()
     pairs = [
-        EncodedPair(encode_example(tokenizer, p, c, "plain", 128)[0], encode_example(tokenizer, p, r, "plain", 128)[0])
+        EncodedPair(encode_example(tokenizer, p, c, "plain", 128)[0], encode_example(tokenizer, p, r, "plain", 128)[0], 0, False)
         for p, c, r in planted_pairs(3, seed=1)
     ]
     calls = []
     model.model.register_forward_hook(lambda module, args, output: calls.append(output.last_hidden_state.shape[0]))
     with torch.no_grad():
-        r_c, r_r = pair_rewards(rm.TokenScorer(model), pairs, tokenizer.pad_token_id, torch.device("cpu"))
+        r_c, r_r = pair_rewards(TokenScorer(model), pairs, tokenizer.pad_token_id, torch.device("cpu"))
         assert calls == [6]
         calls.clear()
-        alone = [model(torch.tensor([s])).logits[0, 0].item() for p in pairs for s in (p.chosen, p.rejected)]
+        alone = [model(torch.tensor([s])).logits[0, 0].item() for p in pairs for s in (p.chosen_ids, p.rejected_ids)]
     assert r_c.tolist() == pytest.approx(alone[0::2], abs=1e-5)
     assert r_r.tolist() == pytest.approx(alone[1::2], abs=1e-5)
 
@@ -125,14 +126,12 @@ def test_bad_option_value_gives_one_clear_line(tmp_path, capsys):
 
 def test_chosen_and_rejected_keep_the_identical_prompt_when_cut(fixture_model_dir):
     tokenizer, _ = models.load_tokenizer_and_model(str(fixture_model_dir("qwen2.5", "reward")), "reward")
-    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 30}
-    (pair,) = rm.encode_pairs(tokenizer, [row], "chat", 128)
-    full_prompt = tokenizer(tokenizer.apply_chat_template(
-        [{"role": "user", "content": row["prompt"]}], tokenize=False, add_generation_prompt=True
-    ), add_special_tokens=False)["input_ids"]
-    # Both sides start with the same end of the rendered prompt, at least half of max_len, then their answers.
-    shared = 0
-    while pair.chosen[shared] == pair.rejected[shared]:
-        shared += 1
-    assert shared >= 64 and full_prompt[-shared:] == pair.chosen[:shared]
-    assert pair.chosen[shared:] == tokenizer("好。<|im_end|>", add_special_tokens=False)["input_ids"]
+    row = {"prompt": "如何评价这部电影？" * 30, "chosen": "好。", "rejected": "这本书值得一读。" * 150}
+    (pair,) = encode_pairs(tokenizer, [row], "chat", 256, drop_cut=False, what="train")
+    prompt = pair.chosen_ids[: pair.prompt_len]
+    assert pair.rejected_ids[: pair.prompt_len] == prompt and pair.answer_cut
+    # The prompt is the whole template around the question's last characters, at most half of max_len (256).
+    kept = next(n for n in range(len(row["prompt"]), -1, -1) if prompt == tokenizer(
+        render_prompt(tokenizer, row["prompt"][len(row["prompt"]) - n :], "chat"), add_special_tokens=False)["input_ids"])
+    assert 0 < kept < len(row["prompt"]) and 120 < len(prompt) <= 128
+    assert pair.chosen_ids[pair.prompt_len :] == tokenizer("好。<|im_end|>", add_special_tokens=False)["input_ids"]

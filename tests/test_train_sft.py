@@ -180,11 +180,16 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(instruct_dir, tmp_path
     monkeypatch.setattr(report.MetricsLogger, "log", original_log)
     assert loop.latest_checkpoint(tmp_path / "resumed").name == "step-00000004"
 
-    resumed = sft.train(small_opts(instruct_dir, tmp_path / "resumed", resume=True, **kw))
+    resumed = sft.train(small_opts(instruct_dir, tmp_path / "resumed", resume=True, keep_checkpoints=True, **kw))
     resumed_train = [r for r in report.read_metrics(tmp_path / "resumed") if r["split"] == "train"]
     assert [r["step"] for r in resumed_train] == [r["step"] for r in full_train]  # one curve, no fork
     assert resumed_train[-1]["loss"] == pytest.approx(full_train[-1]["loss"], abs=1e-5)
     assert resumed["loss"] == pytest.approx(full["loss"], abs=1e-5)
+    # Checkpoints written after the resume carry their own step (a second kill would resume from there).
+    later = sorted((tmp_path / "resumed" / "checkpoints").glob("step-*"))
+    assert later and later[-1].name > "step-00000004"
+    for ckpt in later:
+        assert json.loads((ckpt / "state.json").read_text())["global_step"] == int(ckpt.name.removeprefix("step-"))
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:

@@ -150,3 +150,23 @@ def test_sharded_lora_ppo_generates_scores_and_saves_adapters(tmp_path):
     assert all(r[k] is not None for r in records for k in ("reward_mean", "value_loss", "policy_loss", "entropy"))
     assert (tmp_path / "ppo" / "adapter_model.safetensors").exists()
     assert len((tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()) == 2 * 4
+
+
+@pytest.mark.parametrize("stage", ["rloo", "grpo"])
+def test_sharded_critic_free_rl_generates_groups_and_saves(tmp_path, stage):
+    """RLOO with LoRA (reference = adapters off) and GRPO with full weights (a sharded frozen reference, --beta > 0),
+    each sharded over 2 ranks: K samples per prompt generated on the gathered policy, scored by the tiny RM."""
+    from test_train_ppo import _write_prompts
+
+    _write_prompts(tmp_path / "prompts", 16)
+    extra = ["--lora", "--lora-dropout", "0"] if stage == "rloo" else ["--beta", "0.1"]
+    torchrun(stage, ["--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
+                     "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "2",
+                     "--micro-batch-size", "4", "--grad-accum", "1", "--epochs", "1", "--lr", "1e-3", "--shard",
+                     "--out", str(tmp_path / stage), *extra])
+    records = train_records(tmp_path / stage)
+    assert [r["step"] for r in records] == [1, 2]  # 16 prompts / (4 per rank x 2 ranks)
+    assert records[0]["kl"] == 0.0  # reference == starting policy on every rank
+    assert all(r[k] is not None for r in records for k in ("reward_mean", "policy_loss", "group_reward_std", "entropy"))
+    saved = "adapter_model.safetensors" if stage == "rloo" else "model.safetensors"
+    assert (tmp_path / stage / saved).exists()

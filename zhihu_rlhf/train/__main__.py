@@ -1,4 +1,4 @@
-"""`python -m zhihu_rlhf.train {sft,rm,ppo,dpo} ...` (also under `torchrun ... -m zhihu_rlhf.train ...`)."""
+"""`python -m zhihu_rlhf.train {sft,rm,ppo,dpo,rloo,grpo} ...` (also under `torchrun ... -m zhihu_rlhf.train ...`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ COMMANDS = {
     "rm": "reward model on chosen/rejected pairs",
     "ppo": "PPO against a reward model (policy from SFT)",
     "dpo": "direct preference optimisation on chosen/rejected pairs",
+    "rloo": "RLOO: K samples per prompt, leave-one-out baseline, no value model",
+    "grpo": "GRPO: K samples per prompt, group-normalised advantages, no value model",
 }
 
 USAGE = "usage: python -m zhihu_rlhf.train {" + ",".join(COMMANDS) + "} [options]   (--help after a command lists them)\n\n" + "\n".join(

@@ -2,6 +2,8 @@
 
     INSTRUCT_COLUMNS, PAIRS_COLUMNS
     load_split(data, split, kind) -> list[dict[str, str]]      folder we built | Hub dataset id | "sample"
+    looks_local(name) -> bool                                   a path on this machine, never a Hub id
+    quiet_hub()                                                 Hub loading without retry/progress chatter
     pad_ids(seqs, value, side="right") -> (ids, attention_mask)  [N, longest] torch.long, on the CPU
     position_ids_from(attention_mask) -> position ids            0, 1, 2, ... over the real tokens of each row
     epoch_permutation(n, seed, epoch) -> np.ndarray             deterministic data order per epoch
@@ -13,7 +15,10 @@ The only edge from train/ to the data-building side is _sample_root(), which bui
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -41,9 +46,35 @@ def load_split(data: str, split: str, kind: DataKind) -> list[dict[str, str]]:
     folder = Path(data).expanduser()
     if folder.exists():
         return _load_folder_split(folder, split, kind, columns)
-    if data.startswith((".", "/", "~")):
-        raise UserError(f"--data {data!r}: no such folder")
+    if looks_local(data):
+        raise UserError(f"--data {data!r}: no such folder (a Hub dataset id is org/name)")
     return _load_hub_split(data, split, columns)
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only mean a path on this machine, so that a missing one fails at once instead of being
+    tried on the Hub (tens of seconds of retries): it starts with . / or ~, has more separators than a Hub id's
+    org/name, or its first part is a folder here (out/instruct_typo)."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    parts = name.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+@contextlib.contextmanager
+def quiet_hub() -> Iterator[None]:
+    """Hub downloads without their retry and progress chatter: a missing id ends in the one line we raise."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _load_folder_split(folder: Path, split: str, kind: str, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -74,7 +105,8 @@ def _load_hub_split(dataset_id: str, split: str, columns: Sequence[str]) -> list
     import datasets
 
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        with quiet_hub():
+            ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as err:  # noqa: BLE001 - datasets raises many types for "not found / no such split"
         raise UserError(f"cannot load Hub dataset {dataset_id!r} split {split!r}: {first_line(err)}") from None
     for col in columns:

@@ -26,7 +26,7 @@ from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import disable_dropout, load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
-from zhihu_rlhf.train.prompts import TEMPLATES, encode_pair, resolve_template
+from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_pairs, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
 from zhihu_rlhf.train.runtime import Runtime, gathered, seed_everything, setup_runtime, shutdown_runtime
 
@@ -46,6 +46,11 @@ class DPOOptions(TrainOptions):
         default=0.0, metadata={"help": "conservative DPO: assumed probability that a pair's label is flipped (0 = plain DPO)"}
     )
     max_len: int = field(default=1024, metadata={"help": "tokens per prompt + response, longer ones are cut"})
+    drop_cut_answers: bool = field(
+        default=False,
+        metadata={"help": "drop pairs with an answer longer than --max-len allows (TRL drops them); kept by default, "
+                  "cut without their end token"},
+    )
     batch_size: int = field(default=4, metadata={"help": "pairs per micro-batch (chosen and rejected in one forward)"})
     grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step (per process)"})
     lr: float = field(default=1e-6, metadata={"help": "peak learning rate (AdamW)"})
@@ -88,22 +93,6 @@ def dpo_loss(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sequence log-probs
-
-
-@dataclass
-class EncodedPair:
-    """One pair tokenized as two examples with the identical prompt; log-probs cover the tokens after prompt_len."""
-
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    prompt_len: int
-
-
-def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: int) -> list[EncodedPair]:
-    return [
-        EncodedPair(*encode_pair(tokenizer, row["prompt"], row["chosen"], row["rejected"], template, max_len))
-        for row in rows
-    ]
 
 
 def sequence_logps(
@@ -167,8 +156,8 @@ def train(opts: DPOOptions) -> dict[str, float]:
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
         template = resolve_template(tokenizer, opts.template)
-        train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
-        test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
+        train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len, opts.drop_cut_answers, "train")
+        test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len, opts.drop_cut_answers, "test")
         # The reference log-probs are computed in eval mode; the policy trains in train mode, so without this
         # a config's dropout (OPT, GPT-2: 0.1) makes policy != reference at step 0 and the loss starts off log 2.
         disable_dropout(scorer)

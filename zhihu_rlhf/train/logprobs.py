@@ -16,7 +16,7 @@ root hooks that gather the embeddings, final norm and LM head all apply), and tw
 duration of the call, turn it into that chunked computation: the pre-hook keeps the head's input (the final hidden
 states) and hands the head an empty slice of it, so the full logits are never computed; the forward hook returns
 log p(target) in place of the logits. They come back as the model output's `logits`, so a sharded root's backward
-hooks see them like any output. (rm.TokenScorer reads a classifier's `score` head the same way.)
+hooks see them like any output. (scoring.TokenScorer reads a classifier's `score` head the same way.)
 
 Models whose forward changes the logits after the LM head (Gemma's soft-capping, Cohere's and Granite's logit
 scales: _LOGIT_TRANSFORMS) return their logits at the N positions instead (logits_to_keep), and those go through

@@ -1,6 +1,7 @@
 """The shared training loop: accumulation, the loss contract, optimizer, schedule, checkpoints.
 
-SFT, RM and DPO plug a loss into `fit`; PPO drives its own loop with the same optimizer, schedule and checkpoints.
+SFT, RM and DPO plug a loss into `fit`; PPO, RLOO and GRPO plug one rollout and its updates per step into
+`run_steps`, the loop `fit` runs too (one place for logging, checkpoints and resume).
 
 The loss contract. Every loss_fn returns a SUM, and fit divides the gradients by the step's global count:
 
@@ -23,7 +24,9 @@ The loss contract. Every loss_fn returns a SUM, and fit divides the gradients by
     logged (train `loss` and each extra, all-reduced and divided by C) is that mean.
 
     fit(opts, rt, model, *, epoch_batches, loss_fn, evaluate, batch_tokens, out) -> last eval metrics
-    make_optimizer(model, opts) / make_scheduler(optimizer, opts, total_steps)
+    run_steps(opts, rt, n_steps, step, *, model, optimizers, scheduler, out, desc, state, restore, on_start)
+    accumulate_step(ddp_models, param_groups, micro_losses, optimizer, scheduler, max_grad_norm, rt) -> StepResult
+    make_optimizer(params, lr, weight_decay) / make_scheduler(optimizer, warmup_ratio, total_steps)
     step_plan(n_batches, grad_accum, world_size) -> list[list[int]]
     save_checkpoint / latest_checkpoint / load_checkpoint   OUT/checkpoints/step-XXXXXXXX (torch.distributed.checkpoint)
 """
@@ -38,6 +41,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,114 +86,199 @@ def fit(
     plans = [step_plan(len(epoch_batches(e)), opts.grad_accum, rt.world_size) for e in range(n_epochs)]
     last_fraction = opts.epochs - (n_epochs - 1)
     plans[-1] = plans[-1][: max(1, math.ceil(len(plans[-1]) * last_fraction))]
-    total_steps = sum(len(p) for p in plans)
-    if total_steps == 0:
+    positions = [(epoch, i) for epoch, plan in enumerate(plans) for i in range(len(plan))]  # step -> (epoch, index)
+    if not positions:
         raise UserError("the training split gives no optimizer step (too few examples for the batch settings)")
 
     ddp_model = wrap_ddp(model, rt)
-    optimizer = make_optimizer(model, opts)
-    scheduler = make_scheduler(optimizer, opts, total_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, opts.lr, opts.weight_decay)
+    scheduler = make_scheduler(optimizer, opts.warmup_ratio, len(positions))
+    progress = {"tokens_seen": 0}
+    epoch_cache: dict[int, Sequence[Batch]] = {}
+    eval_metrics: dict[str, float] = {}
 
-    global_step, start_epoch, start_step_in_epoch, tokens_seen = 0, 0, 0, 0
-    resume_step: int | None = None
+    def step(global_step: int) -> dict[str, dict[str, float]]:
+        nonlocal eval_metrics
+        t0 = time.perf_counter()
+        epoch, step_in_epoch = positions[global_step]
+        batches = epoch_cache.setdefault(epoch, epoch_batches(epoch))
+        my_batches = [batches[i] for i in plans[epoch][step_in_epoch][rt.rank :: rt.world_size]]
+        ddp_model.train()
+        result = accumulate_step(
+            [ddp_model], [params], [lambda b=b: loss_fn(ddp_model, b) for b in my_batches], optimizer, scheduler,
+            opts.max_grad_norm, rt,
+        )
+        step_tokens = int(rt.all_reduce_sum(sum(batch_tokens(b) for b in my_batches)))
+        progress["tokens_seen"] += step_tokens
+        at = epoch + (step_in_epoch + 1) / len(plans[epoch])
+        records = {
+            "train": {
+                "epoch": at, "loss": result.loss, **result.extras, "lr": scheduler.get_last_lr()[0],
+                "grad_norm": result.grad_norm, "tokens": progress["tokens_seen"],
+                "tokens_per_s": step_tokens / (time.perf_counter() - t0),
+            }
+        }
+        if step_in_epoch == len(plans[epoch]) - 1 or (opts.eval_steps and (global_step + 1) % opts.eval_steps == 0):
+            ddp_model.eval()
+            # gathered: ranks may evaluate unequal shares, which a sharded model's per-forward all-gather forbids.
+            with torch.no_grad(), rt.autocast(), gathered(model):
+                eval_metrics = evaluate(model)
+            records["eval"] = {"epoch": at, **eval_metrics}
+        return records
+
+    run_steps(
+        opts, rt, len(positions), step, model=model, optimizers=optimizer, scheduler=scheduler, out=out, desc=desc,
+        state=lambda: dict(progress), restore=lambda saved: progress.update(tokens_seen=saved["tokens_seen"]),
+        postfix=("loss", "tokens_per_s"),
+    )
+    return eval_metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop every command runs: steps, logging, checkpoints, resume
+
+
+def run_steps(
+    opts: TrainOptions,
+    rt: Runtime,
+    n_steps: int,
+    step: Callable[[int], dict[str, dict[str, float]]],
+    *,
+    model: nn.Module,
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+    scheduler: Any,
+    out: Path,
+    desc: str,
+    state: Callable[[], dict[str, Any]] = dict,
+    restore: Callable[[dict[str, Any]], None] = lambda _state: None,
+    on_start: Callable[[int], None] = lambda _first: None,
+    postfix: Sequence[str] = (),
+) -> None:
+    """Run step(0) .. step(n_steps - 1), or from the newest checkpoint with --resume; log, checkpoint, clean up.
+
+    step(i) -> {split: metrics} ("train", and "eval" when it evaluated), logged at step i + 1. A step is one
+    optimizer step for SFT, RM and DPO (fit) and one rollout with its updates for PPO, RLOO and GRPO.
+    state() -> what else a checkpoint must hold to continue the same curve (JSON); restore(state) puts it back.
+    on_start(first step) runs once before the first step (after a resume: the checkpoint's step).
+    Checkpoints every --save-steps steps also record the options that shape the curve; --resume refuses others.
+    """
+    start = 0
     ckpt = latest_checkpoint(out)
     if opts.resume:
         if ckpt is None:
             raise UserError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, rt)
-        global_step, start_epoch = state["global_step"], state["epoch"]
-        start_step_in_epoch, tokens_seen = state["step_in_epoch"], state["tokens_seen"]
-        resume_step = global_step
+        saved = load_checkpoint(ckpt, model, optimizers, scheduler, rt)
+        check_same_curve(ckpt, saved.get("options", {}), curve_options(opts))
+        start = saved["global_step"]
+        restore(saved)
     elif ckpt is not None:
         raise UserError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-
-    logger = MetricsLogger(out, rt, resume_step)
-    params = [p for p in model.parameters() if p.requires_grad]
-    eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=global_step, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
-    for epoch in range(start_epoch, n_epochs):
-        batches = epoch_batches(epoch)
-        first = start_step_in_epoch if epoch == start_epoch else 0
-        for step_in_epoch in range(first, len(plans[epoch])):
-            t0 = time.perf_counter()
-            ddp_model.train()
-            my_batches = [batches[i] for i in plans[epoch][step_in_epoch][rt.rank :: rt.world_size]]
-            loss_sum, count, extra_sums, step_tokens = 0.0, 0.0, {}, 0
-            for i, batch in enumerate(my_batches):
-                with rt.no_sync(ddp_model, sync=i == len(my_batches) - 1), rt.autocast():
-                    loss, n, extras = loss_fn(ddp_model, batch)
-                loss.backward()
-                loss_sum += loss.item()
-                count += n
-                step_tokens += batch_tokens(batch)
-                for k, v in extras.items():
-                    extra_sums[k] = extra_sums.get(k, 0.0) + v
-            # Gradients hold sum-over-count of this rank; DDP averaged them over ranks. Scale to a mean over
-            # everything the step saw on all ranks.
-            total_count = rt.all_reduce_sum(count)
-            scale = rt.world_size / max(total_count, 1.0)
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-            grad_norm = clip_grad_norm(params, opts.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-
-            step_loss = rt.all_reduce_sum(loss_sum) / max(total_count, 1.0)
-            step_tokens = int(rt.all_reduce_sum(step_tokens))
-            tokens_seen += step_tokens
-            tokens_per_s = step_tokens / (time.perf_counter() - t0)
-            extras_mean = {k: rt.all_reduce_sum(v) / max(total_count, 1.0) for k, v in sorted(extra_sums.items())}
-            logger.log(
-                global_step,
-                "train",
-                epoch=epoch + (step_in_epoch + 1) / len(plans[epoch]),
-                loss=step_loss,
-                **extras_mean,
-                lr=scheduler.get_last_lr()[0],
-                grad_norm=grad_norm,
-                tokens=tokens_seen,
-                tokens_per_s=tokens_per_s,
-            )
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", epoch=epoch)
-
-            at_epoch_end = step_in_epoch == len(plans[epoch]) - 1
-            if at_epoch_end or (opts.eval_steps and global_step % opts.eval_steps == 0):
-                ddp_model.eval()
-                # gathered: ranks may evaluate unequal shares, which a sharded model's per-forward all-gather forbids.
-                with torch.no_grad(), rt.autocast(), gathered(model):
-                    eval_metrics = evaluate(model)
-                logger.log(global_step, "eval", epoch=epoch + (step_in_epoch + 1) / len(plans[epoch]), **eval_metrics)
-                if rt.is_main:
-                    bar.write(f"step {global_step} eval " + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
-            if opts.save_steps and global_step % opts.save_steps == 0 and global_step < total_steps:
-                position = {"epoch": epoch, "step_in_epoch": step_in_epoch + 1}
-                if at_epoch_end:
-                    position = {"epoch": epoch + 1, "step_in_epoch": 0}
-                state = {"global_step": global_step, "tokens_seen": tokens_seen, **position}
-                save_checkpoint(out, rt, model, optimizer, scheduler, state, opts.save_limit)
+    logger = MetricsLogger(out, rt, start if opts.resume else None)
+    on_start(start)
+    bar = tqdm(total=n_steps, initial=start, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    for i in range(start, n_steps):
+        records = step(i)
+        for split, metrics in records.items():
+            logger.log(i + 1, split, **metrics)
+        if "eval" in records and rt.is_main:
+            bar.write(f"step {i + 1} eval " + " ".join(f"{k}={v:.4f}" for k, v in records["eval"].items()))
+        bar.update(1)
+        bar.set_postfix({k: f"{records['train'][k]:.4g}" for k in postfix if k in records["train"]})
+        if opts.save_steps and (i + 1) % opts.save_steps == 0 and i + 1 < n_steps:
+            checkpoint_state = {**state(), "global_step": i + 1, "options": curve_options(opts)}
+            save_checkpoint(out, rt, model, optimizers, scheduler, checkpoint_state, opts.save_limit)
     bar.close()
     logger.close()
     if rt.is_main and not opts.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return eval_metrics
+
+
+# Options that do not change what is trained, only where it goes, how often it is saved or what else is logged.
+_NOT_CURVE = {"out", "resume", "save_steps", "save_limit", "keep_checkpoints", "eval_steps", "log_samples", "merge_lora",
+              "save_dtype", "device", "grad_ckpt"}
+
+
+def curve_options(opts: TrainOptions) -> dict[str, Any]:
+    """The options a resumed run must share with the run that wrote the checkpoint."""
+    return {k: v for k, v in opts.to_dict().items() if k not in _NOT_CURVE}
+
+
+def check_same_curve(ckpt: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    changed = [k for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        what = ", ".join(f"--{k.replace('_', '-')} {now[k]} (checkpoint: {saved[k]})" for k in changed)
+        raise UserError(f"--resume: {ckpt} was written with other options: {what}; resume with the checkpoint's values")
+
+
+@dataclass
+class StepResult:
+    loss: float  # sum over the step's micro-batches and ranks / their count (the loss contract's mean)
+    extras: dict[str, float]  # each extra, likewise a mean per unit
+    grad_norm: float  # of the first parameter group, before clipping
+    count: float
+
+
+def accumulate_step(
+    ddp_models: Sequence[nn.Module],
+    param_groups: Sequence[list[nn.Parameter]],
+    micro_losses: Sequence[Callable[[], tuple[torch.Tensor, float, dict[str, float]]]],
+    optimizer: Any,
+    scheduler: Any,
+    max_grad_norm: float,
+    rt: Runtime,
+) -> StepResult:
+    """One optimizer step over this rank's micro-batches, under the loss contract (module docstring).
+
+    micro_losses: one call per micro-batch, each returning (loss sum, count, extras sums) with the autograd graph.
+    param_groups: clipped to max_grad_norm each on its own (PPO: the policy's and the value model's).
+    """
+    loss_sum, count, extra_sums = 0.0, 0.0, {}
+    for i, micro_loss in enumerate(micro_losses):
+        last = i == len(micro_losses) - 1
+        with contextlib.ExitStack() as stack:
+            for m in ddp_models:
+                stack.enter_context(rt.no_sync(m, sync=last))
+            stack.enter_context(rt.autocast())
+            loss, n, extras = micro_loss()
+        loss.backward()
+        loss_sum += loss.item()
+        count += n
+        for k, v in extras.items():
+            extra_sums[k] = extra_sums.get(k, 0.0) + v
+    # Gradients hold sum-over-count of this rank; DDP averaged them over ranks. Scale to a mean over
+    # everything the step saw on all ranks.
+    total_count = rt.all_reduce_sum(count)
+    scale = rt.world_size / max(total_count, 1.0)
+    for group in param_groups:
+        for p in group:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+    norms = [clip_grad_norm(group, max_grad_norm) for group in param_groups]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    denominator = max(total_count, 1.0)
+    return StepResult(
+        loss=rt.all_reduce_sum(loss_sum) / denominator,
+        extras={k: rt.all_reduce_sum(v) / denominator for k, v in sorted(extra_sums.items())},
+        grad_norm=norms[0],
+        count=total_count,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizer, schedule, step plan
 
 
-def make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
-    """AdamW; weight decay only on matrices (embeddings, linear weights), not on norms and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable `params`; weight decay only on matrices (embeddings, linear weights), not on norms
+    and biases."""
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
@@ -201,10 +290,11 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, opts: TrainOptions, total_steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_ratio: float, total_steps: int):
+    """Linear warmup over warmup_ratio of the steps, then cosine decay to 0."""
     from transformers import get_cosine_schedule_with_warmup
 
-    warmup = int(round(opts.warmup_ratio * total_steps))
+    warmup = int(round(warmup_ratio * total_steps))
     return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 

@@ -1,9 +1,9 @@
 """LoRA adapters through peft: add them, run the base without them, merge them, save them.
 
-    add_adapters(model, kind, opts, base_name) -> PeftModel      --lora-r/--lora-alpha/--lora-dropout/--lora-targets
+    add_adapters(model, kind, *, r, alpha, dropout, targets, base_name) -> PeftModel   (--lora-r, --lora-alpha, ...)
     WithoutAdapters(model, peft_model)        the frozen base: `model` run with the adapters switched off
     merge_adapters(base, folder) -> model     a saved adapter folder merged into its base (plain transformers model)
-    merged_copy(peft_model, adapter_weights, dtype) -> model     a fresh base in `dtype`, trained adapters merged in
+    merged_copy(peft_model, adapter_weights, base) -> model     a freshly loaded base with the trained adapters merged in
     is_peft(model) / describe(peft_model)
 
 Only the adapters train (and a reward model's `score` head, which peft keeps as a trainable copy for SEQ_CLS). The
@@ -15,16 +15,12 @@ model's base with its adapters off. So LoRA PPO holds two sets of base weights (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, first_line
-
-if TYPE_CHECKING:
-    from zhihu_rlhf.train.models import ModelKind
-    from zhihu_rlhf.train.options import TrainOptions
 
 
 def is_peft(model: nn.Module) -> bool:
@@ -33,28 +29,31 @@ def is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def add_adapters(model: nn.Module, kind: ModelKind, opts: TrainOptions, base_name: str) -> nn.Module:
-    """Wrap `model` in LoRA adapters as the options say; the base is frozen, the trainable weights are fp32.
+def add_adapters(
+    model: nn.Module, kind: str, *, r: int, alpha: float, dropout: float, targets: str, base_name: str
+) -> nn.Module:
+    """Wrap `model` (kind "causal-lm" or "reward") in LoRA adapters; the base is frozen, the trainable weights fp32.
 
+    targets: "all-linear" or module names, comma-separated (--lora-targets).
     base_name goes into the adapters' config (base_model_name_or_path), so the saved folder says what it belongs
     to and `--model FOLDER` (or peft's AutoPeftModel) can put it back on that base.
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
-    targets: str | list[str] = opts.lora_targets.strip()
-    if targets != "all-linear":
-        targets = [name.strip() for name in opts.lora_targets.split(",") if name.strip()]
+    target_modules: str | list[str] = targets.strip()
+    if target_modules != "all-linear":
+        target_modules = [name.strip() for name in targets.split(",") if name.strip()]
     config = LoraConfig(
-        r=opts.lora_r,
-        lora_alpha=opts.lora_alpha,
-        lora_dropout=opts.lora_dropout,
-        target_modules=targets,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
         task_type=TaskType.CAUSAL_LM if kind == "causal-lm" else TaskType.SEQ_CLS,
     )
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as err:
-        raise UserError(f"--lora-targets {opts.lora_targets!r}: {first_line(err)}") from None
+        raise UserError(f"--lora-targets {targets!r}: {first_line(err)}") from None
     # Set after get_peft_model, which overwrites it with the model's own name_or_path ("" for the tiny model).
     peft_model.peft_config["default"].base_model_name_or_path = _base_reference(base_name)
     # AdamW needs fp32 weights to update: the score head copy comes in the base's dtype (bf16 on CUDA).
@@ -108,8 +107,8 @@ def merge_adapters(base: nn.Module, folder: str | Path) -> nn.Module:
     return peft_model.merge_and_unload()
 
 
-def merged_copy(peft_model: nn.Module, adapter_weights: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    """A fresh copy of the base, loaded in `dtype` on the CPU, with the trained adapters merged in.
+def merged_copy(peft_model: nn.Module, adapter_weights: dict[str, torch.Tensor], base: nn.Module) -> nn.Module:
+    """`base` (a fresh copy of the adapters' base model, in the dtype to save) with the trained adapters merged in.
 
     The base is reloaded rather than merged in place so that the same code serves a 4-bit base (merging into
     NF4 weights would round them again) and a sharded one (rank 0 holds only its shard); `adapter_weights` are the
@@ -118,12 +117,8 @@ def merged_copy(peft_model: nn.Module, adapter_weights: dict[str, torch.Tensor],
     from peft import PeftModel, set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
 
-    from zhihu_rlhf.train.models import load_tokenizer_and_model
-
-    config = peft_model.peft_config["default"]
-    kind = "reward" if config.task_type == "SEQ_CLS" else "causal-lm"
-    _, base = load_tokenizer_and_model(config.base_model_name_or_path, kind, dtype=dtype, device="cpu")
-    fresh = PeftModel(base, config)
+    dtype = next(base.parameters()).dtype
+    fresh = PeftModel(base, peft_model.peft_config["default"])
     adapters = get_peft_model_state_dict(peft_model, state_dict=adapter_weights, save_embedding_layers=False)
     result = set_peft_model_state_dict(fresh, {k: v.to(dtype) for k, v in adapters.items()})
     if result.unexpected_keys:
@@ -134,7 +129,7 @@ def merged_copy(peft_model: nn.Module, adapter_weights: dict[str, torch.Tensor],
 def describe(model: nn.Module) -> str:
     """One line for the model card and the run's start: what is adapted and how much of the model trains.
 
-    `model` is a PeftModel or a module around one (PPO's TokenScorer).
+    `model` is a PeftModel or a module around one (scoring.TokenScorer).
     """
     peft_model = next(m for m in model.modules() if is_peft(m))
     config = peft_model.peft_config["default"]

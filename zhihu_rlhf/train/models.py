@@ -25,22 +25,20 @@ layout (packed rows with their boundaries, or padded length buckets) follows fro
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, first_line
 from zhihu_rlhf.train.batching import choose_attention, loader_attn_impl
+from zhihu_rlhf.train.data import looks_local, quiet_hub
+from zhihu_rlhf.train.lora import add_adapters, describe, merge_adapters
+from zhihu_rlhf.train.options import TINY_MODEL, TrainOptions
 from zhihu_rlhf.train.runtime import Runtime, load_from_rank0, shard_model
 
-if TYPE_CHECKING:
-    from zhihu_rlhf.train.options import TrainOptions
-
-TINY_MODEL = "tiny"
 # The tiny model's weights are random but the same in every process and run, so a run's saved LoRA adapters can be
 # put back on the base they were trained on. 42: the weights the default --seed gave when the init drew from it.
 TINY_SEED = 42
@@ -87,7 +85,8 @@ def load_tokenizer(name: str):
 
     _check_model_name(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        with quiet_hub():
+            tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load tokenizer for model {name!r}: {first_line(err)}") from None
     if tokenizer.pad_token is None:
@@ -133,8 +132,6 @@ def load_tokenizer_and_model(
                 f"--load-in-4bit: {name} holds LoRA adapters, which cannot be merged into a 4-bit base; "
                 "save that run with --merge-lora and start from it"
             )
-        from zhihu_rlhf.train.lora import merge_adapters
-
         _, base = load_tokenizer_and_model(adapters_base, kind, attn_impl=attn_impl, dtype=dtype, device=device)
         model = merge_adapters(base, name)
     else:
@@ -142,9 +139,10 @@ def load_tokenizer_and_model(
         if load_in_4bit:
             extra["quantization_config"] = _nf4_config()
         try:
-            model = auto_cls.from_pretrained(
-                name, dtype=dtype, device_map=str(device), attn_implementation=load_attn, **extra
-            )
+            with quiet_hub():
+                model = auto_cls.from_pretrained(
+                    name, dtype=dtype, device_map=str(device), attn_implementation=load_attn, **extra
+                )
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load model {name!r} as {kind}: {first_line(err)}") from None
     # The classifier reads its score at the last non-pad token; generation pads with this id too.
@@ -183,8 +181,10 @@ def load_for_training(
     Full fine-tuning: fp32 weights straight onto rt.device. --lora: the frozen base in bf16 on CUDA (4-bit with
     --load-in-4bit), adapters (and an RM's score head) trainable in fp32. --shard: sharded over the processes.
     wrap: a module put around the model before sharding, whose forward is then the one every call goes through
-    (PPO's TokenScorer returns what the loss uses; a sharded model's backward starts from its root's outputs).
+    (scoring.TokenScorer returns what the loss uses; a sharded model's backward starts from its root's outputs).
     """
+    if kind == "causal-lm":
+        require_causal_lm(name, "model")
     if opts.shard:
         return _load_sharded(name, kind, opts, rt, wrap=wrap)
     if opts.load_in_4bit:
@@ -195,9 +195,7 @@ def load_for_training(
     )
     choose_attention(model, opts.attn_impl, rt.device)
     if opts.lora:
-        from zhihu_rlhf.train.lora import add_adapters, describe
-
-        model = add_adapters(model, kind, opts, base_name=name)
+        model = _with_adapters(model, kind, opts, name)
         if rt.is_main:
             print(f"{name}: {describe(model)}")
     return tokenizer, wrap(model) if wrap else model
@@ -209,7 +207,7 @@ def load_frozen(
 ) -> tuple[Any, nn.Module]:
     """An inference-only model (no grads, eval mode), sharded like the trained ones.
 
-    dtype: bf16 on CUDA and fp32 on the CPU unless given (PPO's reference takes the policy's, see ppo.make_reference).
+    dtype: bf16 on CUDA and fp32 on the CPU unless given (the RL reference takes the policy's, see rl.make_reference).
     """
     dtype = dtype or _weights_dtype(rt, frozen=True)
     if opts.shard:
@@ -235,14 +233,12 @@ def _load_sharded(
     (transformers' own load-time sharding, from_pretrained(distributed_config=...), shards before peft can add
     adapters, which then stay unsharded and unsynchronised across ranks.)
     """
-    from zhihu_rlhf.train.lora import add_adapters, describe
-
     def build(model: nn.Module) -> nn.Module:
         choose_attention(model, opts.attn_impl, rt.device)
         if trained and opts.grad_ckpt:
             _enable_grad_ckpt(model)
         if trained and opts.lora:
-            model = add_adapters(model, kind, opts, base_name=name)
+            model = _with_adapters(model, kind, opts, name)
         return wrap(model) if wrap else model
 
     tokenizer = load_tokenizer(name)
@@ -256,6 +252,13 @@ def _load_sharded(
     if rt.is_main and trained and opts.lora:
         print(f"{name}: {describe(source)}")
     return tokenizer, model
+
+
+def _with_adapters(model: nn.Module, kind: ModelKind, opts: TrainOptions, name: str) -> nn.Module:
+    return add_adapters(
+        model, kind, r=opts.lora_r, alpha=opts.lora_alpha, dropout=opts.lora_dropout, targets=opts.lora_targets,
+        base_name=name,
+    )
 
 
 def _weights_dtype(rt: Runtime, *, frozen: bool) -> torch.dtype:
@@ -319,6 +322,50 @@ def lora_base_of(name: str) -> str | None:
 
 
 def _check_model_name(name: str) -> None:
-    looks_like_path = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
-    if looks_like_path and not Path(name).expanduser().exists():
-        raise UserError(f"model path {name!r} does not exist (give a Hub id, a local folder or 'tiny')")
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise UserError(f"model path {name!r} does not exist (give a Hub id org/name, a local folder or 'tiny')")
+
+
+def _is_classifier(name: str) -> bool | None:
+    """Whether `name` was saved as a sequence classifier (an RM) rather than a causal LM; None if unknown (`tiny`).
+
+    A folder of LoRA adapters says so in its task type; a model in its config's `architectures`.
+    """
+    if name == TINY_MODEL:
+        return None
+    adapter_config = Path(name).expanduser() / "adapter_config.json"
+    if adapter_config.is_file():
+        return json.loads(adapter_config.read_text(encoding="utf-8")).get("task_type") == "SEQ_CLS"
+    from transformers import AutoConfig
+
+    _check_model_name(name)
+    try:
+        with quiet_hub():
+            architectures = AutoConfig.from_pretrained(name).architectures or []
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load model {name!r}: {first_line(err)}") from None
+    if not architectures:
+        return None
+    return all(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def require_score_head(name: str, flag: str) -> None:
+    """Refuse a reward/value model whose score head would not come from its checkpoint.
+
+    A causal LM (an SFT or DPO output) loads as a sequence classifier with a randomly initialised head, and RL would
+    then train on random rewards without any error.
+    """
+    if _is_classifier(name) is False:
+        raise UserError(
+            f"{flag} {name}: a causal language model, not a reward model (its score head would be random): give the "
+            "output of `train rm`"
+        )
+
+
+def require_causal_lm(name: str, flag: str) -> None:
+    """Refuse a reward model folder where a causal LM is expected (SFT's --model, DPO's, RL's --policy)."""
+    if _is_classifier(name):
+        raise UserError(
+            f"{flag} {name}: a reward model (sequence classifier) has no language-model head to generate with; "
+            "give a causal LM (a base model or an SFT output)"
+        )

@@ -23,9 +23,11 @@ from typing import Any, ClassVar, TypeVar
 
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.batching import ATTN_IMPLS
-from zhihu_rlhf.train.models import TINY_MODEL
 from zhihu_rlhf.train.runtime import PRECISIONS
 from zhihu_rlhf.train.versions import check_transformers
+
+# The random 2-layer model every test and CPU demo uses (models.py builds it); its name turns on the tiny profile.
+TINY_MODEL = "tiny"
 
 # Every command imports this module before it does anything: an older transformers stops it here, with one line
 # (the CLI imports the command inside cli_main), instead of an IndexError in the middle of training.
@@ -128,6 +130,15 @@ class TrainOptions:
         for flag, given in (("--load-in-4bit", self.load_in_4bit), ("--merge-lora", self.merge_lora)):
             if given and not self.lora:
                 raise UserError(f"{flag} only applies to LoRA training: add --lora")
+        if self.attn_impl in ("flash_attention_2", "flash_attention_3"):
+            from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+            available = is_flash_attn_2_available if self.attn_impl == "flash_attention_2" else is_flash_attn_3_available
+            if not available():
+                raise UserError(
+                    f"--attn-impl {self.attn_impl}: flash-attention is not installed here (it needs a CUDA GPU and "
+                    "pip install flash-attn); leave --attn-impl auto to use it where it is"
+                )
         if self.load_in_4bit and self.shard:
             raise UserError("--load-in-4bit and --shard do not work together (FSDP2 cannot shard 4-bit weights)")
 
@@ -159,6 +170,9 @@ def parse_options(cls: type[OptionsT], argv: Sequence[str] | None, prog: str, de
         else:
             kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         value_type = _base_type(hints[f.name])
+        if typing.get_origin(value_type) is list:  # --reward-fn a:f b:g
+            kwargs["nargs"] = "+"
+            value_type = typing.get_args(value_type)[0]
         if value_type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:

@@ -4,8 +4,10 @@
     resolve_template(tokenizer, template) -> "chat" | "plain"
     render_prompt(tokenizer, prompt, template) -> str           text the model continues from
     render_completion(tokenizer, prompt, completion, template) -> str   the answer, ending on an end token
+    prompt_ids_within(tokenizer, prompt, template, max_tokens) -> ids   the rendered prompt, its question cut to fit
     encode_example(tokenizer, prompt, completion, template, max_len) -> (input_ids, prompt_len)
-    encode_pair(tokenizer, prompt, chosen, rejected, template, max_len) -> (chosen_ids, rejected_ids, prompt_len)
+    encode_pair(tokenizer, prompt, chosen, rejected, template, max_len) -> EncodedPair   (RM and DPO)
+    encode_pairs(tokenizer, rows, template, max_len, drop_cut, what) -> list[EncodedPair]
     end_of_turn(tokenizer) -> str | None        the special token that closes an assistant turn in the chat template
     end_token_ids(tokenizer, generation_config=None) -> list[int]   every token a response may end on
     response_mask(responses, end_ids) -> (B, T) mask    1 up to and including the first end token
@@ -23,6 +25,8 @@ sequence classifier reads "the last token that is not pad" instead, which is one
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -124,19 +128,53 @@ def score_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
-def _prompt_and_completion_ids(tokenizer, prompt: str, completion: str, template: str) -> tuple[list[int], list[int]]:
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(
-        render_completion(tokenizer, prompt, completion, template), add_special_tokens=False
-    )["input_ids"]
-    return prompt_ids, completion_ids
+def prompt_ids_within(tokenizer, prompt: str, template: str, max_tokens: int) -> list[int]:
+    """Token ids of the rendered prompt, at most max_tokens: an over-long question loses its start, as text.
+
+    The question is cut, never the templated tokens: cutting rendered tokens from the left would drop the template's
+    opening (Qwen's system turn, Llama 3's <|begin_of_text|> header) and could split a UTF-8 character into bytes.
+    The end of the question is kept (closest to the answer), cut at a character boundary: the longest tail of the
+    question whose rendered prompt fits (a binary search over its length in characters).
+    """
+    ids = _prompt_ids(tokenizer, prompt, template)
+    if len(ids) <= max_tokens:
+        return ids
+    empty = _prompt_ids(tokenizer, "", template)
+    if len(empty) > max_tokens:
+        raise UserError(
+            f"the prompt template alone is {len(empty)} tokens, more than the {max_tokens} a prompt may have here: "
+            "raise --max-len (or --max-prompt-len)"
+        )
+    low, high = 0, len(prompt)  # the last `low` characters fit, the last `high` do not
+    best = empty
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = _prompt_ids(tokenizer, prompt[len(prompt) - middle :], template)
+        if len(candidate) <= max_tokens:
+            low, best = middle, candidate
+        else:
+            high = middle
+    return best
 
 
-def _prompt_tokens_kept(n_prompt: int, n_completion: int, max_len: int) -> int:
-    """Over-long examples keep the end of the prompt, at least half of max_len when the completion is long."""
+def _prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
+    return tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"]
+
+
+def _completion_ids(tokenizer, prompt: str, completion: str, template: str) -> list[int]:
+    return tokenizer(render_completion(tokenizer, prompt, completion, template), add_special_tokens=False)["input_ids"]
+
+
+def _prompt_tokens_kept(tokenizer, prompt_ids: list[int], n_completion: int, template: str, max_len: int) -> int:
+    """Over-long examples keep the end of the question: the prompt keeps at least half of max_len when the completion
+    is long, and always the whole template (the rest of max_len goes to the completion)."""
+    n_prompt = len(prompt_ids)
     if n_prompt + n_completion <= max_len:
         return n_prompt
-    return min(n_prompt, max(max_len // 2, max_len - n_completion))
+    n_template = len(_prompt_ids(tokenizer, "", template))
+    if n_template >= max_len:
+        raise UserError(f"--max-len {max_len} leaves no room for an answer: the prompt template alone is {n_template} tokens")
+    return min(n_prompt, max(max_len // 2, max_len - n_completion, n_template))
 
 
 def encode_example(
@@ -144,24 +182,57 @@ def encode_example(
 ) -> tuple[list[int], int]:
     """Token ids of prompt + completion and the prompt's length in them, at most max_len tokens.
 
-    Over-long examples keep the end of the prompt (closest to the answer) and the start of the completion;
-    the prompt keeps at least half of max_len when the completion is long.
+    Over-long examples keep the end of the question (prompt_ids_within) and the start of the completion;
+    the prompt keeps at least half of max_len when the completion is long, and always its whole template.
     """
-    prompt_ids, completion_ids = _prompt_and_completion_ids(tokenizer, prompt, completion, template)
-    keep = _prompt_tokens_kept(len(prompt_ids), len(completion_ids), max_len)
-    return prompt_ids[len(prompt_ids) - keep :] + completion_ids[: max_len - keep], keep
+    prompt_ids = _prompt_ids(tokenizer, prompt, template)
+    completion_ids = _completion_ids(tokenizer, prompt, completion, template)
+    keep = _prompt_tokens_kept(tokenizer, prompt_ids, len(completion_ids), template, max_len)
+    if keep < len(prompt_ids):
+        prompt_ids = prompt_ids_within(tokenizer, prompt, template, keep)
+    return prompt_ids + completion_ids[: max_len - len(prompt_ids)], len(prompt_ids)
 
 
-def encode_pair(
-    tokenizer, prompt: str, chosen: str, rejected: str, template: str, max_len: int
-) -> tuple[list[int], list[int], int]:
+@dataclass
+class EncodedPair:
+    """One chosen/rejected pair as two token sequences with the identical prompt (its first prompt_len tokens).
+
+    answer_cut: an answer did not fit in max_len, so it lost its end token (the RM would score it mid-answer).
+    """
+
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_len: int
+    answer_cut: bool
+
+
+def encode_pair(tokenizer, prompt: str, chosen: str, rejected: str, template: str, max_len: int) -> EncodedPair:
     """Chosen and rejected examples cut like encode_example, with ONE cut of the prompt for both sides.
 
     The prompt is cut for the longer answer, so both sides see the identical prompt tokens: a preference between
     them is then about the answers, not about how much of the question each side was shown.
     """
-    prompt_ids, chosen_ids = _prompt_and_completion_ids(tokenizer, prompt, chosen, template)
-    _, rejected_ids = _prompt_and_completion_ids(tokenizer, prompt, rejected, template)
-    keep = _prompt_tokens_kept(len(prompt_ids), max(len(chosen_ids), len(rejected_ids)), max_len)
-    prompt_ids = prompt_ids[len(prompt_ids) - keep :]
-    return prompt_ids + chosen_ids[: max_len - keep], prompt_ids + rejected_ids[: max_len - keep], keep
+    prompt_ids = _prompt_ids(tokenizer, prompt, template)
+    chosen_ids = _completion_ids(tokenizer, prompt, chosen, template)
+    rejected_ids = _completion_ids(tokenizer, prompt, rejected, template)
+    longer = max(len(chosen_ids), len(rejected_ids))
+    keep = _prompt_tokens_kept(tokenizer, prompt_ids, longer, template, max_len)
+    if keep < len(prompt_ids):
+        prompt_ids = prompt_ids_within(tokenizer, prompt, template, keep)
+    room = max_len - len(prompt_ids)
+    return EncodedPair(prompt_ids + chosen_ids[:room], prompt_ids + rejected_ids[:room], len(prompt_ids), longer > room)
+
+
+def encode_pairs(
+    tokenizer, rows: list[dict[str, str]], template: str, max_len: int, drop_cut: bool, what: str
+) -> list[EncodedPair]:
+    """Every row's pair (encode_pair); pairs with an answer cut at max_len are dropped when drop_cut.
+
+    Prints how many pairs had an answer cut, and whether they were kept. what: "train" or "test", for that line.
+    """
+    pairs = [encode_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], template, max_len) for r in rows]
+    n_cut = sum(p.answer_cut for p in pairs)
+    if n_cut and os.environ.get("RANK", "0") == "0":
+        action = "dropped" if drop_cut else "kept without their end token (--drop-cut-answers drops them)"
+        print(f"{what}: {n_cut} of {len(pairs)} pairs have an answer cut at --max-len {max_len}: {action}")
+    return [p for p in pairs if not (drop_cut and p.answer_cut)]

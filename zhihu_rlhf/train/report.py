@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zhihu_rlhf.train.models import TINY_MODEL
+from zhihu_rlhf.train.models import TINY_MODEL, load_tokenizer_and_model
 from zhihu_rlhf.train.prompts import end_token_ids
 from zhihu_rlhf.train.runtime import Runtime, unwrap
 
@@ -231,13 +231,22 @@ def save_final(
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
     try:
         if peft and merge_lora:
-            merged = lora.merged_copy(plain, weights, save_dtype)
+            config = plain.peft_config["default"]
+            kind = "reward" if config.task_type == "SEQ_CLS" else "causal-lm"
+            base = load_tokenizer_and_model(config.base_model_name_or_path, kind, dtype=save_dtype, device="cpu")[1]
+            merged = lora.merged_copy(plain, weights, base)
             _stop_on_end_tokens(merged, tokenizer)
             merged.save_pretrained(tmp)
         elif peft:
             # save_embedding_layers=False: embeddings never get adapters here, and "auto" would look up the base
             # model's config on the Hub.
             plain.save_pretrained(tmp, state_dict=weights, save_embedding_layers=False)
+            # Loading the adapters onto their base (peft, vLLM) reads generation settings from the folder too: the base's
+            # own may not stop on the template's end-of-turn (Qwen2.5 base: <|endoftext|> only, not <|im_end|>).
+            base_model = plain.get_base_model()
+            if base_model.can_generate():
+                _stop_on_end_tokens(base_model, tokenizer)
+                base_model.generation_config.save_pretrained(tmp)
         else:
             _stop_on_end_tokens(plain, tokenizer)
             plain.save_pretrained(tmp, state_dict=weights)

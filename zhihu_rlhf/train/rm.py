@@ -2,7 +2,7 @@
 
 A one-output AutoModelForSequenceClassification gives a scalar reward for prompt + response (same prompt format as
 SFT, see prompts.render_prompt), read where prompts.score_positions says: the last real token, the end token of a
-finished answer. TokenScorer keeps the score head's output at every position so that RM training, `score` and
+finished answer. scoring.TokenScorer keeps the score head's output at every position so that RM training, `score` and
 PPO (reward and value) all read the same way; the classifier's own pooled output is at the last non-pad token,
 one token earlier when pad == EOS. Each micro-batch puts the chosen and the rejected responses of its pairs in ONE
 forward pass ([2B, T]: chosen rows first), then
@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, position_ids_from, shuffled_batches
+from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
 from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
-from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, encode_pair, resolve_template, score_positions
+from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_example, encode_pairs, resolve_template
+from zhihu_rlhf.train.scoring import TokenScorer, sequence_scores
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
 
@@ -44,6 +45,11 @@ class RMOptions(TrainOptions):
         default="auto", metadata={"help": "prompt format: auto (chat template if any), chat, plain", "choices": TEMPLATES}
     )
     max_len: int = field(default=1024, metadata={"help": "tokens per prompt + response, longer ones are cut"})
+    drop_cut_answers: bool = field(
+        default=False,
+        metadata={"help": "drop pairs with an answer longer than --max-len allows (TRL drops them); kept by default, "
+                  "cut without their end token, so the RM learns to score them mid-answer"},
+    )
     batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch (2x sequences in the forward pass)"})
     margin: float = field(default=0.0, metadata={"help": "required reward gap: -log sigmoid(r_c - r_r - margin)"})
     center_coef: float = field(
@@ -62,62 +68,6 @@ class RMOptions(TrainOptions):
             raise UserError(f"--center-coef must be >= 0, got {self.center_coef}")
 
 
-@dataclass
-class EncodedPair:
-    chosen: list[int]
-    rejected: list[int]
-
-
-def encode_pairs(tokenizer, rows: list[dict[str, str]], template: str, max_len: int) -> list[EncodedPair]:
-    """Both sides of a pair see the identical (cut) prompt: see prompts.encode_pair."""
-    pairs = []
-    for r in rows:
-        chosen, rejected, _ = encode_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], template, max_len)
-        pairs.append(EncodedPair(chosen, rejected))
-    return pairs
-
-
-class TokenScorer(nn.Module):
-    """A one-label sequence classifier (RM or value model) read at EVERY position: forward -> (B, L) scores.
-
-    AutoModelForSequenceClassification only returns the score at the last non-pad token; PPO needs the value of
-    every prefix, and every stage must read the RM at prompts.score_positions. The classifier's own forward runs (so
-    DDP, FSDP2 and peft wrappers all see it) and a hook on its `score` head keeps the head's per-position output.
-    A module (not a function) so DistributedDataParallel sees the forward, and so it can be the root a sharded
-    model's backward starts from (models.load_for_training's `wrap`). Position ids count real tokens only, so
-    left-padded (PPO) and right-padded (RM) rows of the same text get the same scores.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not isinstance(getattr(model, "score", None), nn.Module):
-            raise UserError(
-                f"{type(model).__name__} has no `score` head: the reward and value models must be decoder sequence "
-                "classifiers (Llama, Qwen2, Mistral, GPT-2, OPT, ... AutoModelForSequenceClassification)"
-            )
-        self.model = model
-
-    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        per_position: list[torch.Tensor] = []
-        hook = self.model.score.register_forward_hook(lambda _module, _inputs, output: per_position.append(output))
-        try:
-            self.model(
-                input_ids=sequences,
-                attention_mask=attention_mask,
-                position_ids=position_ids_from(attention_mask),
-                use_cache=False,
-            )
-        finally:
-            hook.remove()
-        return per_position[0].squeeze(-1).float()
-
-
-def sequence_scores(scorer: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) score of each row, read at its last real token (prompts.score_positions). scorer: a TokenScorer."""
-    scores = scorer(input_ids, attention_mask)  # (B, L)
-    return scores[torch.arange(len(scores), device=scores.device), score_positions(attention_mask)]
-
-
 def collate_sequences(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """[N, longest] right-padded ids + attention_mask."""
     input_ids, attention_mask = pad_ids(seqs, pad_id)
@@ -128,7 +78,7 @@ def pair_rewards(
     scorer: nn.Module, pairs: list[EncodedPair], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards of the chosen and rejected sides, [B] each, from one forward pass over [2B, T]. scorer: a TokenScorer."""
-    batch = collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
+    batch = collate_sequences([p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs], pad_id, device)
     rewards = sequence_scores(scorer, batch["input_ids"], batch["attention_mask"])  # [2B]
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
@@ -181,8 +131,8 @@ def train(opts: RMOptions) -> dict[str, float]:
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "reward", opts, rt, wrap=TokenScorer)
         template = resolve_template(tokenizer, opts.template)
-        train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len)
-        test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len)
+        train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len, opts.drop_cut_answers, "train")
+        test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len, opts.drop_cut_answers, "test")
         if rt.is_main:
             print(f"rm: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}")
         # Trained through the scorer, so training reads the reward where `score` and PPO read it.
@@ -235,7 +185,7 @@ def _fit(
         epoch_batches=epoch_batches,
         loss_fn=loss_fn,
         evaluate=evaluate,
-        batch_tokens=lambda idx: sum(len(train_pairs[i].chosen) + len(train_pairs[i].rejected) for i in idx),
+        batch_tokens=lambda idx: sum(len(train_pairs[i].chosen_ids) + len(train_pairs[i].rejected_ids) for i in idx),
         desc="rm",
     )
 
