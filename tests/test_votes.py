@@ -366,7 +366,8 @@ def test_cli_vote_model_flags_reach_the_recipe(tmp_path: Path) -> None:
     assert stats["vote_model"]["model"] == "raw" and stats["vote_model"]["exposure_slopes"] == {}
     out = tmp_path / "given"
     assert main(["pairs", "--source", "sample", "--out", str(out), "--author-share", "0.2:0.9", "--luck-sd", "0.45", "--limit", "50"]) == 0
-    assert json.loads((out / "params.json").read_text())["params"]["votes"] == {"model": "full", "author_share": [0.2, 0.9], "luck_sd": 0.45}
+    assert json.loads((out / "params.json").read_text())["params"]["votes"] == {"model": "full", "author_share": [0.2, 0.9], "luck_sd": 0.45,
+                                                                                 "length_share": VoteModelOptions().length_share}
     fitted = json.loads((out / "stats.json").read_text())["vote_model"]
     assert fitted["author_share_range"] == [0.2, 0.9] and fitted["author_share"] == pytest.approx(0.55)
     assert fitted["luck_sd"] == 0.45 and fitted["luck_sd_from"] == "assumed"

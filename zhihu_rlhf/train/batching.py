@@ -14,7 +14,7 @@ example's end. A varlen kernel (flash-attention 2/3) does that for free when it 
 (cu_seq_lens): we pass them once per batch, so transformers never derives them from position_ids with a host sync in
 every layer. sdpa and eager have no varlen form: on a packed row transformers builds a dense block-diagonal
 [tokens x tokens] mask, kept per layer for backward, which costs far more than the padding it saves (on CPU a
-packed forward+backward took 11.3 s against 1.8 s padded for the same tokens, issue 13). So with sdpa/eager (the
+packed forward+backward took 11.3 s against 1.8 s padded for the same tokens, benchmarks/RESULTS.md). So with sdpa/eager (the
 CPU default) examples are padded, and sorted by length within groups of batches so that little is padding.
 
 Packing is verified per architecture (config.model_type) by tests/test_train_batching.py, which compares packed
