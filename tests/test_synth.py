@@ -323,7 +323,10 @@ def worlds() -> dict[str, pl.DataFrame]:
 
 
 def test_the_contracts_presets_exist() -> None:
-    assert set(synth.WORLDS) == {"default", "hot", "kol", "popularity", "solo", "unlearnable", "templates", "pandas"}
+    assert set(synth.WORLDS) == {
+        "default", "hot", "kol", "popularity", "solo", "unlearnable", "templates", "readable", "readable_popularity",
+        "pandas",
+    }
     assert all(world.name == name and world.description for name, world in synth.WORLDS.items())
 
 
