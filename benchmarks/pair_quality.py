@@ -186,6 +186,13 @@ def naive_pairs(answers: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame
     )
 
 
+def article_pairs(answers: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The article's rules (same question, created within 30 days, >= 2x votes, each response once), no vote model
+    and no ranking: every pair the rules allow, in a random order (its first 3,000 are the article's set)."""
+    rules = dataclasses.replace(PairOptions(limit=0), min_chosen_upvotes=0)
+    return select_pairs(wald_quality(answers), rules)[0].sample(fraction=1.0, shuffle=True, seed=seed)
+
+
 def wald_quality(answers: pl.DataFrame) -> pl.DataFrame:
     """Quality columns under which a pair's confidence is the pre-vote-model Wald statistic:
     ln((u_c+1)/(u_r+1)) / sqrt(1/(u_c+1) + 1/(u_r+1))."""
@@ -269,8 +276,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: di
                      "skew": length_skew(truth_set)})
         naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
         add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
-        article = dataclasses.replace(rules, min_chosen_upvotes=0)
-        every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        every = with_truth(article_pairs(base, seed), quality)
         add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)
         every = with_truth(select_pairs(wald_quality(base), rules)[0], quality)
         add("today's rules, Wald-ranked (before the vote model)", every, every.head(TOP), raw_instruct, False)

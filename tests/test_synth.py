@@ -327,7 +327,8 @@ def worlds() -> dict[str, pl.DataFrame]:
 
 def test_the_contracts_presets_exist() -> None:
     assert set(synth.WORLDS) == {
-        "default", "hot", "kol", "popularity", "earned", "lucky", "solo", "unlearnable", "length", "templates", "pandas"
+        "default", "hot", "kol", "popularity", "earned", "lucky", "solo", "unlearnable", "length", "templates",
+        "readable", "readable_popularity", "pandas",
     }
     assert all(world.name == name and world.description for name, world in synth.WORLDS.items())
 

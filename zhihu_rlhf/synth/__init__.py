@@ -7,10 +7,12 @@ count and creation time the METADATA text denotes, and the author and exposure e
 
 Where things are:
 - worlds.py: the `World` knobs and the `WORLDS` presets (default, hot, kol, popularity, earned, lucky, solo,
-  unlearnable, length, templates, pandas); a world's definition fits one screen there.
+  unlearnable, length, templates, readable, readable_popularity, pandas); a world's definition fits one screen there.
 - plan.py: the per-row plan (questions, re-asks, authors, times, duplicates, defects, votes, forms).
 - text.py: the Chinese text generator, titles, shared title templates, re-asked and cosmetic titles.
 - metadata.py: METADATA in each spelling (Zhihu-KOL's, pandas' NaN / Infinity / float ids, legacy rows).
+- readable.py: text that shows its quality (worlds with text_quality > 0), author styles, and the gold
+  reader `read_quality` that scores any text by the same rules.
 - render.py: texts, METADATA strings and truth rows of one chunk; __main__.py: the command line.
 
 How every world is simulated (so you know what a good pipeline should recover):
@@ -36,7 +38,9 @@ Truth columns (one row per data row, same order):
     missing, NaN or Infinity), author (the true author's index, also where METADATA lost it),
     author_log_reach (the author's log multiplier on votes: the author effect a vote model should
     estimate), log_exposure (the exposure term added to the log rate), log_length_effect (the length term
-    added to the log rate beyond quality; 0 in worlds without one).
+    added to the log rate beyond quality; 0 in worlds without one). Readable worlds only:
+    author_style (the style index the author writes in, readable.STYLES), shown_quality (the quality the
+    text was written to show: latent quality plus noise; `read_quality` reads it back with sentence noise).
     For malformed rows the ids/upvotes/created_at are what the row would have said. Rows whose creation
     time or author is missing are not malformed.
 
@@ -60,12 +64,14 @@ from tqdm import tqdm
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.synth.metadata import ID_FORMS, TIME_FORMS, UPVOTE_FORMS
 from zhihu_rlhf.synth.plan import CHUNK_ROWS, DUP_KINDS, MALFORMED_KINDS, make_plan
+from zhihu_rlhf.synth.readable import pad_with_asides, read_quality, style_of, swap_style
 from zhihu_rlhf.synth.render import render_chunk
 from zhihu_rlhf.synth.worlds import WORLDS, World, world_named
 
 __all__ = [
     "CHUNK_ROWS", "DUP_KINDS", "FULL_ROWS", "ID_FORMS", "MALFORMED_KINDS", "MEAN_ANSWER_CHARS", "TIME_FORMS",
-    "UPVOTE_FORMS", "WORLDS", "SynthOptions", "World", "generate", "truth_path_for", "world_named", "write",
+    "UPVOTE_FORMS", "WORLDS", "SynthOptions", "World", "generate", "pad_with_asides", "read_quality", "style_of",
+    "swap_style", "truth_path_for", "world_named", "write",
 ]
 
 FULL_ROWS = 1_006_218  # size of the real Zhihu-KOL

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from zhihu_rlhf.synth import metadata, text
+from zhihu_rlhf.synth import metadata, readable, text
 from zhihu_rlhf.synth.worlds import World
 
 CHUNK_ROWS = 20_000  # rows rendered and written at a time; fixed, so output never depends on it
@@ -63,6 +63,9 @@ class Plan:
     ascii_json: np.ndarray  # json.dumps(ensure_ascii=True) rows: 赞同 appears as \\u8d5e\\u540c
     author_missing: np.ndarray  # METADATA lost the author (pandas: NaN); truth still knows it
     sentences: list[str] = field(default_factory=list)
+    # readable worlds only (text_quality > 0), else empty
+    author_style: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per author
+    shown_quality: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per row: the quality its text shows
 
 
 @dataclass
@@ -156,6 +159,7 @@ class _Authors:
     token: list[str]  # per author
     log_reach: np.ndarray  # per author
     skill: np.ndarray  # per author, N(0, 1): their share of answer quality
+    popularity: np.ndarray  # per author: the part of log reach that is not skill
 
 
 def _authors(rng: np.random.Generator, rnd: random.Random, rows: int, world: World) -> _Authors:
@@ -173,12 +177,13 @@ def _authors(rng: np.random.Generator, rnd: random.Random, rows: int, world: Wor
     if world.unique_author_tokens:
         tokens = text.distinct_tokens(tokens)
     if world.author_reach_sd is None:
-        return _Authors(author, tokens, 0.2 * np.log1p(followers), np.zeros(n_authors))
+        log_reach = 0.2 * np.log1p(followers)
+        return _Authors(author, tokens, log_reach, np.zeros(n_authors), log_reach)
     skill = rng.standard_normal(n_authors)
     popularity = rng.standard_normal(n_authors)
     share = world.reach_quality_share
     log_reach = world.author_reach_sd * (np.sqrt(share) * skill + np.sqrt(1.0 - share) * popularity)
-    return _Authors(author, tokens, log_reach, skill)
+    return _Authors(author, tokens, log_reach, skill, popularity)
 
 
 def _answer_times(rng: np.random.Generator, world: World, questions: _Questions, row_question: np.ndarray) -> np.ndarray:
@@ -409,6 +414,7 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
     if metadata.AUTHOR_MISSING_SHARE[world.metadata_spelling]:
         author_missing = rng.random(rows) < metadata.AUTHOR_MISSING_SHARE[world.metadata_spelling]
 
+    author_style, shown_quality = _readable(rng, world, authors.popularity, quality, dup_source)
     return Plan(
         world=world, title=questions.title, question_id=questions.question_id, question_group=question_group,
         reasked=reasked, question_crawled=questions.crawled, author_token=authors.token,
@@ -418,4 +424,25 @@ def make_plan(rows: int, seed: int, mean_answer_chars: int, world: World) -> Pla
         dup_source=dup_source, quote_partner=quote_partner, malformed=malformed, upvotes=upvotes,
         upvote_form=upvote_form, time_form=time_form, question_id_form=question_id_form,
         answer_id_form=answer_id_form, ascii_json=ascii_json, author_missing=author_missing, sentences=sentences,
+        author_style=author_style, shown_quality=shown_quality,
     )
+
+
+def _readable(
+    rng: np.random.Generator, world: World, popularity: np.ndarray, quality: np.ndarray, dup_source: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Readable worlds (text_quality > 0): (each author's style, each row's shown quality); empty otherwise.
+    Drawn last, so that every other draw is the same as without the knob.
+
+    Styles follow the popular part of reach (noisily): popular authors share a few styles, so vote pairs favour
+    them, while a style says nothing about quality. Copies show what their source shows (quality is copied)."""
+    if not world.text_quality:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    noisy = popularity + rng.normal(0.0, 0.5 * popularity.std() + 1e-9, len(popularity))
+    ranks = np.argsort(np.argsort(noisy, kind="stable"), kind="stable")
+    author_style = (ranks * readable.N_STYLES // len(popularity)).astype(np.int64)
+    t = world.text_quality
+    shown = t * quality + np.sqrt(1.0 - t * t) * rng.standard_normal(len(quality))
+    is_copy = dup_source >= 0
+    shown[is_copy] = shown[dup_source[is_copy]]
+    return author_style, shown

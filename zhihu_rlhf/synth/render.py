@@ -9,20 +9,32 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from zhihu_rlhf.synth import metadata, text
+from zhihu_rlhf.synth import metadata, readable, text
 from zhihu_rlhf.synth.plan import CHUNK_ROWS, DUP_KINDS, MALFORMED_KINDS, Plan
 
 
 def _texts(plan: Plan, rng: np.random.Generator, rnd: random.Random, start: int, stop: int) -> list[str | None]:
     """Answer texts of rows [start, stop): body, shared quotes, then the planted copies of earlier rows."""
-    pool = plan.sentences
-    pool_size = len(pool)
-    tokens_pool = pool + text.SEPARATORS
+    if plan.world.text_quality:
+        texts = _readable_texts(plan, rnd, start, stop)
+    else:
+        texts = _pool_texts(plan, rng, rnd, start, stop)
+    return _copies(plan, rnd, start, stop, texts)
 
-    # Body: sentences from the pool interleaved with separators (mostly empty, sometimes paragraph breaks).
+
+def _body_lengths(plan: Plan, start: int, stop: int) -> np.ndarray:
     n_body = plan.n_sentences[start:stop].copy()
     shared_quote = plan.quote_partner[start:stop] >= 0
     n_body[shared_quote] = np.maximum(n_body[shared_quote], 24)  # own text well longer than the shared quote
+    return n_body
+
+
+def _pool_texts(plan: Plan, rng: np.random.Generator, rnd: random.Random, start: int, stop: int) -> list[str | None]:
+    """Body: sentences from the pool interleaved with separators (mostly empty, sometimes paragraph breaks)."""
+    pool = plan.sentences
+    pool_size = len(pool)
+    tokens_pool = pool + text.SEPARATORS
+    n_body = _body_lengths(plan, start, stop)
     total = int(n_body.sum())
     tokens = np.empty(2 * total, dtype=np.int64)
     tokens[0::2] = rng.integers(0, pool_size, total)
@@ -35,6 +47,22 @@ def _texts(plan: Plan, rng: np.random.Generator, rnd: random.Random, start: int,
         opener = text.opener(rnd) + ("\n\n" if rnd.random() < 0.5 else "")
         body = token_list[bounds[i] : bounds[i + 1]]
         texts.append(opener + "".join(map(tokens_pool.__getitem__, body)))
+    return texts
+
+
+def _readable_texts(plan: Plan, rnd: random.Random, start: int, stop: int) -> list[str | None]:
+    """Readable worlds: each answer written from its shown quality, in its author's style (synth/readable.py)."""
+    n_body = _body_lengths(plan, start, stop).tolist()
+    shown = plan.shown_quality[start:stop].tolist()
+    styles = plan.author_style[plan.author[start:stop]].tolist()
+    return [readable.answer(rnd, plan.sentences, n, s, style) for n, s, style in zip(n_body, shown, styles, strict=True)]
+
+
+def _copies(plan: Plan, rnd: random.Random, start: int, stop: int, texts: list[str | None]) -> list[str | None]:
+    """Shared quotes, then the planted copies of earlier rows."""
+    pool = plan.sentences
+    pool_size = len(pool)
+    shared_quote = plan.quote_partner[start:stop] >= 0
 
     # Shared quote: both answers quote the same 150+ char passage at some point but otherwise differ.
     for row in np.flatnonzero(shared_quote).tolist():
@@ -150,4 +178,9 @@ def render_chunk(plan: Plan, seed: int, start: int, stop: int) -> tuple[pa.Table
             "log_length_effect": pl.Series(plan.log_length_effect[start:stop], dtype=pl.Float64),
         }
     )
+    if plan.world.text_quality:
+        truth = truth.with_columns(
+            author_style=pl.Series(plan.author_style[authors], dtype=pl.Int64),
+            shown_quality=pl.Series(plan.shown_quality[start:stop], dtype=pl.Float64),
+        )
     return data, truth

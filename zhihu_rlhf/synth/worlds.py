@@ -108,6 +108,14 @@ class World:
     paragraph_join: Literal["newlines", "space"] = "newlines"
     """Paragraphs separated by the page's line breaks, or joined by one space as the scraper joined `<p>`."""
 
+    # Text
+    text_quality: float = 0.0
+    """How well an answer's text shows its quality (0-1): the text is written from `shown quality` =
+    text_quality * quality + sqrt(1 - text_quality^2) * N(0, 1), through features a reader can learn (see
+    synth/readable.py), and every author writes in a visible style (opening, sign-off, paragraph marks) that
+    says nothing about quality but follows the popular part of their reach. 0: text says nothing about quality
+    (the original worlds, byte for byte)."""
+
 
 DEFAULT = World()
 _BASE = replace(  # what every new preset has beyond `default`, whose bytes stay as they were
@@ -118,6 +126,10 @@ _BASE = replace(  # what every new preset has beyond `default`, whose bytes stay
 _KOL = replace(  # a crawl that followed KOLs: few authors, many answers each, reach about as strong as quality
     _BASE, answers_per_author=60.0, author_activity_sd=1.0, author_reach_sd=1.0, author_quality_sd=0.5, crawl_age_effect=0.3
 )
+
+# The readable worlds: KOL-like, and an answer's text shows its quality (correlation 0.9 before the
+# sentence-level noise), so a reward model can learn quality from text, and the author's style from votes.
+_READABLE = replace(_KOL, text_quality=0.9)
 
 WORLDS: dict[str, World] = {
     world.name: world
@@ -161,6 +173,14 @@ WORLDS: dict[str, World] = {
         replace(
             _BASE, name="templates", title_template_share=0.6, reask_share=0.0, cosmetic_reask_share=0.04,
             description="titles from shared templates (differ in 2-3 characters) and cosmetic re-asks",
+        ),
+        replace(
+            _READABLE, name="readable", reach_quality_share=0.5,
+            description="as kol, and the text shows its quality; each author's style follows their popularity",
+        ),
+        replace(
+            _READABLE, name="readable_popularity", reach_quality_share=0.0,
+            description="as readable, but reach is pure popularity (says nothing about quality)",
         ),
         replace(
             _BASE, name="pandas", metadata_spelling="pandas", legacy_row_share=0.02, paragraph_join="space",
