@@ -44,7 +44,7 @@ import polars as pl
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "1", "dedupe": "1", "votes": "1"}
+STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "1"}
 """Bump a step's version whenever its output (table or stats) changes for the same input and options."""
 
 ENTRY_FORMAT = 1  # the layout of an entry folder itself
