@@ -37,7 +37,7 @@ import polars as pl
 
 from zhihu_rlhf import synth
 from zhihu_rlhf.dedupe import DedupeOptions
-from zhihu_rlhf.instruct import InstructOptions, length_drop_reason, select_instruct
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, length_drop_reason, select_instruct
 from zhihu_rlhf.pairs import PairOptions, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.votes import EFFECT_COLUMNS, QUALITY_COLUMNS, VoteModelOptions, estimate_quality
@@ -94,7 +94,7 @@ def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[f
     over all such questions, over those in the default set, over the 26k with the most-upvoted chosen answers (the
     ranking before p_best_in_question); and the default set's mean p_best_in_question."""
     filters = InstructOptions()
-    usable = answers.filter(length_drop_reason(filters).is_null()).join(quality, on="answer_id")
+    usable = answers.filter(length_drop_reason(LengthFilter()).is_null()).join(quality, on="answer_id")
     best = usable.group_by("question_group").agg(best_quality=pl.col("quality").max(), usable=pl.len())
     # With no limit the rows come in the set's order, so the default set is the first `limit` of them.
     chosen, _ = select_instruct(answers, dataclasses.replace(filters, limit=0))
@@ -106,9 +106,9 @@ def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[f
     return (*(float(share) for share in compared), float(default_set["p_best_in_question"].mean()))
 
 
-def naive_pairs(answers: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame:
+def naive_pairs(answers: pl.DataFrame, lengths: LengthFilter) -> pl.DataFrame:
     """Per question group: the most- vs the least-upvoted usable answer (distinct votes)."""
-    usable = answers.filter(length_drop_reason(filters).is_null()).sort("upvotes", "answer_id")
+    usable = answers.filter(length_drop_reason(lengths).is_null()).sort("upvotes", "answer_id")
     return (
         usable.group_by("question_group")
         .agg(chosen_answer_id=pl.col("answer_id").last(), rejected_answer_id=pl.col("answer_id").first(),
@@ -138,7 +138,7 @@ def recovered_effects(estimated: pl.DataFrame, truth: pl.DataFrame) -> str:
 
 def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliability: bool, levels_only: bool) -> list[dict]:
     quality = truth.select("answer_id", "quality")
-    rules, filters = PairOptions(limit=0), InstructOptions()
+    rules, lengths = PairOptions(limit=0), LengthFilter()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality)
     rows = []
@@ -150,7 +150,7 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, show_reliabi
             "mean_p": float(top["p_chosen_better"].mean()) if calibrated else None, "instruct": instruct,
         })
 
-    naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
+    naive = with_truth(naive_pairs(base, lengths), quality).sample(fraction=1.0, shuffle=True, seed=seed)
     add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
     article = dataclasses.replace(rules, min_chosen_upvotes=0)
     every = with_truth(select_pairs(wald_quality(base), article)[0], quality).sample(fraction=1.0, shuffle=True, seed=seed)
