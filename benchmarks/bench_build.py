@@ -164,16 +164,16 @@ def step_table(path: Path, dedupe_mode: str) -> None:
     lap("dedupe (question groups and answer clusters)")
     answers, stats["vote_model"] = estimate_quality(answers, options.votes)
     lap("vote model")
-    select_instruct(answers, options.instruct)
+    select_instruct(answers, options.instruct, options.lengths)
     lap("instruct selection")
-    select_pairs(answers, options.pairs)
+    select_pairs(answers, options.pairs, options.lengths)
     lap("pairs selection")
-    common = dict(test_fraction=options.test_fraction, formats=options.formats, keep_author_ids=False)
     with tempfile.TemporaryDirectory() as out:
-        build_instruct_set(answers, stats, options.instruct, out=Path(out) / "instruct",
-                           params=_params(options, "instruct"), **common)
+        build_instruct_set(answers, stats, options.instruct, options.lengths, out=Path(out) / "instruct",
+                           params=_params(options, "instruct"), output=options.output())
         lap("instruct set: writing the folder")
-        build_pairs_set(answers, stats, options.pairs, out=Path(out) / "pairs", params=_params(options, "pairs"), **common)
+        build_pairs_set(answers, stats, options.pairs, options.lengths, out=Path(out) / "pairs",
+                        params=_params(options, "pairs"), output=options.output())
         lap("pairs set: writing the folder")
     # Each recipe selects its rows again before writing them: count that time once, under the selection.
     times["instruct set: writing the folder"] -= times["instruct selection"]

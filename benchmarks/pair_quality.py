@@ -50,7 +50,7 @@ import polars as pl
 
 from zhihu_rlhf import synth
 from zhihu_rlhf.dedupe import DedupeOptions
-from zhihu_rlhf.instruct import InstructOptions, length_drop_reason, select_instruct
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, length_drop_reason, select_instruct
 from zhihu_rlhf.pairs import PairOptions, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.votes import EFFECT_COLUMNS, QUALITY_COLUMNS, VoteModelOptions, author_share_range, estimate_quality
@@ -111,10 +111,10 @@ def length_skew(pairs: pl.DataFrame) -> tuple[float, float]:
     return float((pairs["length_ratio"] > 1).mean()), float(pairs["length_ratio"].median())
 
 
-def truth_chosen_pairs(answers: pl.DataFrame, quality: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame:
+def truth_chosen_pairs(answers: pl.DataFrame, quality: pl.DataFrame, lengths: LengthFilter) -> pl.DataFrame:
     """What quality alone gives: per question group, the truly best vs the truly worst usable answer (in different
     near-duplicate clusters), the TOP questions with the largest quality gaps first."""
-    usable = answers.filter(length_drop_reason(filters).is_null()).select("question_group", "answer_id", "answer_cluster")
+    usable = answers.filter(length_drop_reason(lengths).is_null()).select("question_group", "answer_id", "answer_cluster")
     usable = usable.join(quality.select("answer_id", "quality"), on="answer_id").sort("quality", "answer_id")
     ends = usable.group_by("question_group").agg(
         chosen_answer_id=pl.col("answer_id").last(), rejected_answer_id=pl.col("answer_id").first(),
@@ -162,7 +162,7 @@ def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[f
     over all such questions, over those in the default set, over the 26k with the most-upvoted chosen answers (the
     ranking before p_best_in_question); and the default set's mean p_best_in_question."""
     filters = InstructOptions()
-    usable = answers.filter(length_drop_reason(filters).is_null()).join(quality, on="answer_id")
+    usable = answers.filter(length_drop_reason(LengthFilter()).is_null()).join(quality, on="answer_id")
     best = usable.group_by("question_group").agg(best_quality=pl.col("quality").max(), usable=pl.len())
     # With no limit the rows come in the set's order, so the default set is the first `limit` of them.
     chosen, _ = select_instruct(answers, dataclasses.replace(filters, limit=0))
@@ -174,9 +174,9 @@ def instruct_truly_best(answers: pl.DataFrame, quality: pl.DataFrame) -> tuple[f
     return (*(float(share) for share in compared), float(default_set["p_best_in_question"].mean()))
 
 
-def naive_pairs(answers: pl.DataFrame, filters: InstructOptions) -> pl.DataFrame:
+def naive_pairs(answers: pl.DataFrame, lengths: LengthFilter) -> pl.DataFrame:
     """Per question group: the most- vs the least-upvoted usable answer (distinct votes)."""
-    usable = answers.filter(length_drop_reason(filters).is_null()).sort("upvotes", "answer_id")
+    usable = answers.filter(length_drop_reason(lengths).is_null()).sort("upvotes", "answer_id")
     return (
         usable.group_by("question_group")
         .agg(chosen_answer_id=pl.col("answer_id").last(), rejected_answer_id=pl.col("answer_id").first(),
@@ -231,11 +231,11 @@ def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only:
     """The length grid (or only its default): per variant, top-3,000 right, chosen-longer share and median length
     ratio, all pairs."""
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
-    truth_set = with_truth(truth_chosen_pairs(base, quality, InstructOptions()), quality)
+    truth_set = with_truth(truth_chosen_pairs(base, quality, LengthFilter()), quality)
     rows = [{"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0,
              "skew": length_skew(truth_set), "pairs": truth_set.height, "all": 1.0, "ece": None}]
     # The rules' pairs ranked by the true quality gap (one sd for every answer): what quality explains under the rules.
-    oracle = base.join(quality.select("answer_id", estimated_quality="quality"), on="answer_id").with_columns(quality_sd=pl.lit(1.0))
+    oracle = base.join(quality.select("answer_id", estimated_quality="quality"), on="answer_id").with_columns(quality_sd=pl.lit(1.0), quality_share_shift=pl.lit(0.0))
     every = with_truth(select_pairs(oracle, PairOptions(limit=0))[0], quality)
     rows.append({"method": "truth-ranked: the rules' pairs by true quality gap", "top": float(every.head(TOP)["right"].mean()),
                  "skew": length_skew(every.head(TOP)), "pairs": every.height, "all": float(every["right"].mean()), "ece": None})
@@ -255,7 +255,7 @@ def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only:
 def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: dict[str, VoteModelOptions],
              show_reliability: bool, baselines: bool = True) -> list[dict]:
     quality = truth.select("answer_id", "quality", "chars")
-    rules, filters = PairOptions(limit=0), InstructOptions()
+    rules, lengths = PairOptions(limit=0), LengthFilter()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality) if baselines else ()
     rows = []
@@ -270,11 +270,11 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: di
         })
 
     if baselines:
-        truth_set = with_truth(truth_chosen_pairs(base, quality, filters), quality)
+        truth_set = with_truth(truth_chosen_pairs(base, quality, lengths), quality)
         rows.append({"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
                      "all": 1.0, "ece": None, "worst_bin": None, "mean_p": None, "instruct": raw_instruct,
                      "skew": length_skew(truth_set)})
-        naive = with_truth(naive_pairs(base, filters), quality).sample(fraction=1.0, shuffle=True, seed=seed)
+        naive = with_truth(naive_pairs(base, lengths), quality).sample(fraction=1.0, shuffle=True, seed=seed)
         add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
         every = with_truth(article_pairs(base, seed), quality)
         add("the article's rules (time + 2x), unranked", every, every.head(TOP), raw_instruct, False)

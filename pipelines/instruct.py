@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.export import write_dataset
-from zhihu_rlhf.instruct import InstructOptions, ranking_summary, select_instruct
+from zhihu_rlhf.export import OutputSettings, write_dataset
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, ranking_summary, select_instruct
 from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
 
@@ -16,18 +16,17 @@ def build_instruct_set(
     answers: pl.DataFrame,
     source_stats: dict,
     options: InstructOptions,
+    lengths: LengthFilter,
     *,
     out: Path,
-    test_fraction: float,
     params: dict,
-    formats: list[str],
-    keep_author_ids: bool,
+    output: OutputSettings,
 ) -> Path:
-    rows, dropped_here = select_instruct(answers, options)
-    train, test = split_by_question(rows, test_fraction)
+    rows, dropped_here = select_instruct(answers, options, lengths)
+    train, test = split_by_question(rows, output.test_fraction)
     stats = set_stats(source_stats, rows.height, dropped_here, train, test)
     stats["instruct_ranking"] = ranking_summary(rows)
     return write_dataset(
         out, "instruct", train.drop("question_group"), test.drop("question_group"), stats, params,
-        formats=formats, keep_author_ids=keep_author_ids,
+        formats=output.formats, keep_author_ids=output.keep_author_ids,
     )

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.export import write_dataset
+from zhihu_rlhf.export import OutputSettings, write_dataset
+from zhihu_rlhf.instruct import LengthFilter
 from zhihu_rlhf.pairs import PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import set_stats
 from zhihu_rlhf.split import split_by_question
@@ -16,20 +17,19 @@ def build_pairs_set(
     answers: pl.DataFrame,
     source_stats: dict,
     options: PairOptions,
+    lengths: LengthFilter,
     *,
     out: Path,
-    test_fraction: float,
     params: dict,
-    formats: list[str],
-    keep_author_ids: bool,
+    output: OutputSettings,
 ) -> Path:
-    pairs, dropped_here, funnel = select_pairs(answers, options)
-    train, test = split_by_question(pairs, test_fraction)
+    pairs, dropped_here, funnel = select_pairs(answers, options, lengths)
+    train, test = split_by_question(pairs, output.test_fraction)
     # rows_kept counts answer rows: each pair uses two, none twice
     stats = set_stats(source_stats, 2 * pairs.height, dropped_here, train, test) | {
         "pairs": pairs.height, "funnel": funnel, "length": length_skew(pairs)
     }
     return write_dataset(
         out, "pairs", train.drop("question_group"), test.drop("question_group"), stats, params,
-        formats=formats, keep_author_ids=keep_author_ids,
+        formats=output.formats, keep_author_ids=output.keep_author_ids,
     )

@@ -14,6 +14,7 @@ import pytest
 
 from zhihu_rlhf import publish, synth
 from zhihu_rlhf.build import BuildOptions, build, main
+from zhihu_rlhf.errors import cli_main
 from zhihu_rlhf.pairs import PairOptions
 from zhihu_rlhf.train.__main__ import COMMANDS as TRAIN_COMMANDS
 from zhihu_rlhf.train.__main__ import main as train_main
@@ -141,6 +142,38 @@ def test_cli_bad_input_is_one_line_and_leaves_no_output(tmp_path: Path, args: li
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not (tmp_path / "out").exists()
+
+
+# Each value BuildOptions.validate() refuses, as a flag: (command and flags, what the one line names).
+BAD_OPTIONS = [
+    (["pairs", "--test-fraction", "1.5"], "--test-fraction must be in [0, 1), got 1.5"),
+    (["pairs", "--test-fraction", "-0.1"], "--test-fraction must be in [0, 1), got -0.1"),
+    (["pairs", "--format", "trl,alpaca"], "unknown export format 'alpaca'"),
+    (["pairs", "--answer-threshold", "150"], "--answer-threshold must be a rapidfuzz score in [0, 100], got 150.0"),
+    (["pairs", "--min-answer-chars", "-1"], "--min-answer-chars and --max-answer-chars must satisfy 0 <= min <= max"),
+    (["instruct", "--min-answer-chars", "500", "--max-answer-chars", "100"], "got 500 and 100"),
+    (["instruct", "--limit", "-1"], "instruct --limit (--instruct-limit with `all`) must be 0 (all) or more, got -1"),
+    (["all", "--pairs-limit", "-5"], "pairs --limit (--pairs-limit with `all`) must be 0 (all) or more, got -5"),
+    (["pairs", "--max-days-apart", "-1"], "--max-days-apart must be a number of days >= 0 (inf: no time rule), got -1.0"),
+    (["pairs", "--max-days-apart", "nan"], "--max-days-apart must be a number of days >= 0 (inf: no time rule), got nan"),
+    (["pairs", "--min-p-chosen-better", "1.5"], "--min-p-chosen-better must be a probability in [0, 1], got 1.5"),
+    (["pairs", "--max-pairs-per-question", "0"], "--max-pairs-per-question must be at least 1, got 0"),
+    (["pairs", "--cache-max-gb", "-1"], "--cache-max-gb must be 0 (no bound) or a positive size in GB, got -1.0"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_OPTIONS)
+def test_each_bad_option_is_refused_with_one_line_before_anything_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # The source does not exist: the option is refused before the source is looked at.
+    with pytest.raises(SystemExit) as done:
+        cli_main(main, [*args, "--source", "nothing.parquet", "--out", "out", "--cache-dir", "cache"])
+    assert done.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert list(tmp_path.iterdir()) == [], "no output, no cache"
 
 
 def test_failed_build_keeps_the_previous_output(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from zhihu_rlhf import sources, synth
-from zhihu_rlhf.dedupe import DedupeOptions, dedupe
+from zhihu_rlhf.dedupe import DedupeOptions, check_dedupe_options, dedupe
 from zhihu_rlhf.errors import UserError
 
 # Body sentences: distinct enough that unrelated answers built from them are not near-duplicates.
@@ -435,6 +435,6 @@ def test_every_world_keeps_near_duplicates_together_and_other_questions_apart(wo
 
 def test_bad_options_are_user_errors() -> None:
     with pytest.raises(UserError, match="--dedupe"):
-        dedupe(PLANTED, DedupeOptions(mode="fuzzy"))  # type: ignore[arg-type]
+        check_dedupe_options(DedupeOptions(mode="fuzzy"))  # type: ignore[arg-type]
     with pytest.raises(UserError, match="--answer-threshold"):
-        dedupe(PLANTED, DedupeOptions(answer_threshold=150))
+        check_dedupe_options(DedupeOptions(answer_threshold=150))

@@ -13,7 +13,8 @@ import datasets
 import polars as pl
 import pytest
 
-from zhihu_rlhf import cards, export, pairs
+from zhihu_rlhf import cards, export, schema
+from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 
 UTC = dt.timezone.utc
@@ -111,11 +112,11 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 def test_folder_loads_with_datasets_and_keeps_canonical_columns(folders, kind, tmp_path):
     ds = load(folders[kind], tmp_path)
     assert set(ds) == {"train", "test"}
-    expected = export.canonical_columns(kind)
+    expected = schema.names(kind)
     for split in ("train", "test"):
         assert ds[split].num_rows == canonical(kind, split).height
         assert list(expected) == ds[split].column_names[: len(expected)]
-        assert not set(export.AUTHOR_COLUMNS) & set(ds[split].column_names)
+        assert not set(schema.author_id_names(kind)) & set(ds[split].column_names)
         assert ds[split]["prompt"] == canonical(kind, split)["prompt"].to_list()
     created = "created_at" if kind == "instruct" else "chosen_created_at"
     assert str(ds["train"].features[created].dtype).startswith("timestamp[us")
@@ -128,7 +129,7 @@ def test_author_ids_appear_in_no_file_unless_kept(folders, kind, tmp_path):
             assert SECRET_AUTHOR.encode() not in path.read_bytes(), path
     kept = write(tmp_path / "kept", kind, keep_author_ids=True)
     columns = load(kept, tmp_path / "cache")["train"].column_names
-    assert set(columns) & set(export.AUTHOR_COLUMNS)
+    assert set(columns) & set(schema.author_id_names(kind))
 
 
 def test_trl_format_has_exactly_the_standard_columns(folders, tmp_path):
@@ -276,7 +277,7 @@ def test_zhihu_rlhf_3k_format_is_pairs_only(folders, tmp_path):
 
 def test_unknown_format_is_a_user_error_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="unknown export format 'alpaca'"):
-        write(tmp_path / "out", "pairs", formats=["trl", "alpaca"])
+        build("pairs", BuildOptions(source="sample", out=tmp_path / "out", formats=["trl", "alpaca"]), log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -337,16 +338,16 @@ def test_stats_and_params_are_written_as_given(tmp_path):
 
 
 def test_a_column_added_to_pairs_columns_reaches_the_parquet_and_the_card(tmp_path, monkeypatch):
-    # A column appended to pairs.PAIRS_COLUMNS (as the vote model appended p_chosen_better) needs no edit here.
-    monkeypatch.setattr(pairs, "PAIRS_COLUMNS", [*pairs.PAIRS_COLUMNS, "new_score"])
+    # A column appended to the schema (as the vote model appended p_chosen_better) needs no edit here.
+    monkeypatch.setattr(schema, "PAIRS", (*schema.PAIRS, schema.Column("new_score", pl.Float64(), "a new score")))
     train, test = (frame.with_columns(new_score=pl.lit(0.875)) for frame in pairs_frames())
     out = export.write_dataset(tmp_path / "out", "pairs", train, test, make_stats("pairs", train, test), PARAMS,
                                formats=ALL_FORMATS)
     ds = load(out, tmp_path / "cache")
     assert ds["train"].column_names[-1] == "new_score"
     assert set(ds["test"]["new_score"]) == {0.875}
-    assert "| `new_score` |" in (out / "README.md").read_text(encoding="utf-8")
-    with pytest.raises(ValueError, match="new_score"):  # the contract is checked against the same list
+    assert "| `new_score` | a new score |" in (out / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="new_score"):  # the frames are checked against the same schema
         export.write_dataset(tmp_path / "bad", "pairs", *pairs_frames(), {}, PARAMS)
 
 

@@ -15,7 +15,7 @@ import pytest
 from zhihu_rlhf import pairs as pairs_module
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.instruct import InstructOptions, select_instruct
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions, length_skew, one_use_greedy, select_pairs
 from zhihu_rlhf.split import split_by_question, unit_hash
 from zhihu_rlhf.votes import QUALITY_COLUMNS, quality_lead
@@ -292,8 +292,8 @@ def test_split_is_by_question_group_and_stable() -> None:
 
 def exhaustive_selection(table: pl.DataFrame, opts: PairOptions) -> tuple[list[tuple[int, int]], list[int]]:
     """The rules written out over every pair: (selected (chosen, rejected) ids best first, funnel 'left' counts)."""
-    length = pl.col("answer").str.len_chars()
-    usable = table.lazy().filter(length.is_between(opts.min_answer_chars, opts.max_answer_chars))
+    length, lengths = pl.col("answer").str.len_chars(), LengthFilter()
+    usable = table.lazy().filter(length.is_between(lengths.min_answer_chars, lengths.max_answer_chars))
     days_apart = (pl.col("chosen_created_at") - pl.col("rejected_created_at")).dt.total_seconds().abs() / 86_400
     rules = [
         pl.col("chosen_upvotes") > pl.col("rejected_upvotes"),
@@ -420,7 +420,7 @@ def test_an_unbounded_window_pairs_answers_without_times_too() -> None:
 @pytest.mark.parametrize("days", [float("nan"), -1.0])
 def test_a_window_that_is_not_a_number_of_days_is_refused(days: float) -> None:
     with pytest.raises(UserError, match="--max-days-apart"):
-        select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_days_apart=days))
+        BuildOptions(pairs=PairOptions(max_days_apart=days)).validate()
 
 
 def test_pairs_the_vote_model_doubts_are_never_published() -> None:
@@ -450,4 +450,4 @@ def test_pairs_the_vote_model_doubts_are_never_published() -> None:
 @pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5])
 def test_a_min_p_chosen_better_that_is_not_a_probability_is_refused(threshold: float) -> None:
     with pytest.raises(UserError, match="--min-p-chosen-better must be a probability"):
-        select_pairs(answers([{"upvotes": 1}, {"upvotes": 20}]), PairOptions(min_p_chosen_better=threshold))
+        BuildOptions(pairs=PairOptions(min_p_chosen_better=threshold)).validate()

@@ -18,7 +18,8 @@ from zhihu_rlhf import synth
 from zhihu_rlhf.build import BuildOptions, build, main
 from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.pairs import PAIRS_COLUMNS, PairOptions, length_skew, select_pairs
+from zhihu_rlhf import schema
+from zhihu_rlhf.pairs import PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.votes import (
     FALLBACK_LUCK_SD,
@@ -391,7 +392,7 @@ def test_built_pairs_carry_p_chosen_better_ranked_first(tmp_path: Path) -> None:
             carrying += 1
     assert carrying >= 2  # at least the canonical train and test files
     train = pl.read_parquet(out / "data" / "train-00000-of-00001.parquet")
-    assert train.columns == PAIRS_COLUMNS
+    assert train.columns == schema.names("pairs")
     assert train["p_chosen_better"].is_between(0, 1).all()
     assert (train["p_chosen_better"] > 0.5).mean() > 0.9
     card = (out / "README.md").read_text()

@@ -4,7 +4,8 @@
     python -m zhihu_rlhf.build pairs --source wangrui6/Zhihu-KOL --out out/pairs
     python -m zhihu_rlhf.build cache info                                 # what the step cache holds
 
-The CLI only maps flags onto `BuildOptions`; `build()` is the library entry point tests call.
+The CLI only maps flags onto `BuildOptions`, which `validate()` checks, once, for the whole build; `build()` is the
+library entry point tests call.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Literal
 
 from zhihu_rlhf import __version__
 from zhihu_rlhf.cache import StepCache, check_max_gb, default_cache_dir, describe
-from zhihu_rlhf.dedupe import DedupeOptions
+from zhihu_rlhf.dedupe import DedupeOptions, check_dedupe_options
 from zhihu_rlhf.errors import UserError, cli_main
-from zhihu_rlhf.export import FORMATS, check_formats
-from zhihu_rlhf.instruct import InstructOptions
+from zhihu_rlhf.export import FORMATS, OutputSettings, check_formats
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter
 from zhihu_rlhf.pairs import PairOptions, check_pair_options
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
@@ -57,6 +58,8 @@ class BuildOptions:
     """Author ids are personal data: dropped from the outputs unless asked for."""
     dedupe: DedupeOptions = field(default_factory=DedupeOptions)
     votes: VoteModelOptions = field(default_factory=VoteModelOptions)
+    lengths: LengthFilter = field(default_factory=LengthFilter)
+    """Which answers either set may use, by length."""
     instruct: InstructOptions = field(default_factory=InstructOptions)
     pairs: PairOptions = field(default_factory=PairOptions)
     use_cache: bool = True
@@ -66,6 +69,29 @@ class BuildOptions:
     cache_max_gb: float = 20.0
     """Bound on the cache's size; the entries used longest ago are removed first (0: no bound)."""
 
+    def validate(self) -> None:
+        """Raise UserError, one line naming the flag and the value, on any option that cannot work. The one place the
+        build's options are checked: build() calls it before reading anything, and the steps take them as valid."""
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise UserError(f"--test-fraction must be in [0, 1), got {self.test_fraction}")
+        check_formats(self.formats)
+        check_dedupe_options(self.dedupe)
+        check_vote_options(self.votes)
+        if not 0 <= self.lengths.min_answer_chars <= self.lengths.max_answer_chars:
+            raise UserError(f"--min-answer-chars and --max-answer-chars must satisfy 0 <= min <= max, got "
+                            f"{self.lengths.min_answer_chars} and {self.lengths.max_answer_chars}")
+        for kind, limit in (("instruct", self.instruct.limit), ("pairs", self.pairs.limit)):
+            if limit < 0:
+                raise UserError(f"the {kind} --limit (--{kind}-limit with `all`) must be 0 (all) or more, got {limit}")
+        check_pair_options(self.pairs)
+        if self.pairs.max_pairs_per_question < 1:
+            raise UserError(f"--max-pairs-per-question must be at least 1, got {self.pairs.max_pairs_per_question}")
+        check_max_gb(self.cache_max_gb)
+
+    def output(self) -> OutputSettings:
+        """What both sets share about their output; a format named twice is written once."""
+        return OutputSettings(self.test_fraction, tuple(dict.fromkeys(self.formats)), self.keep_author_ids)
+
 
 # Options that change where or how fast a set is built, never what it holds: not part of its recipe.
 _NOT_RECIPE = ("out", "use_cache", "cache_dir", "cache_max_gb")
@@ -73,12 +99,7 @@ _NOT_RECIPE = ("out", "use_cache", "cache_dir", "cache_max_gb")
 
 def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     """Build the requested set(s); returns {"instruct": path, "pairs": path} for what was written."""
-    if not 0.0 <= options.test_fraction < 1.0:
-        raise UserError(f"--test-fraction must be in [0, 1), got {options.test_fraction}")
-    check_formats(options.formats)
-    check_vote_options(options.votes)
-    if what in ("pairs", "all"):
-        check_pair_options(options.pairs)
+    options.validate()
     cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
@@ -87,18 +108,20 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
 
-    common = dict(test_fraction=options.test_fraction, formats=options.formats, keep_author_ids=options.keep_author_ids)
+    output = options.output()
     written = {}
     if what in ("instruct", "all"):
         out = options.out / "instruct" if what == "all" else options.out
         written["instruct"] = build_instruct_set(
-            answers, source_stats, options.instruct, out=out, params=_params(options, "instruct"), **common
+            answers, source_stats, options.instruct, options.lengths, out=out, params=_params(options, "instruct"),
+            output=output,
         )
         log(f"  instruct set -> {out} [{time.perf_counter() - started:.1f}s]")
     if what in ("pairs", "all"):
         out = options.out / "pairs" if what == "all" else options.out
         written["pairs"] = build_pairs_set(
-            answers, source_stats, options.pairs, out=out, params=_params(options, "pairs"), **common
+            answers, source_stats, options.pairs, options.lengths, out=out, params=_params(options, "pairs"),
+            output=output,
         )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
     if cache:
@@ -107,7 +130,7 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
 
 
 def _step_cache(options: BuildOptions, log) -> StepCache:
-    return StepCache(options.cache_dir or default_cache_dir(), check_max_gb(options.cache_max_gb), warn=log)
+    return StepCache(options.cache_dir or default_cache_dir(), int(options.cache_max_gb * 1e9), warn=log)
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -124,6 +147,9 @@ def _params(options: BuildOptions, kind: Literal["instruct", "pairs"]) -> dict:
     for name in _NOT_RECIPE:
         del params[name]
     del params["pairs" if kind == "instruct" else "instruct"]
+    # The length filter is listed among the set's own options, where every set built so far has it: the same recipe
+    # keeps the same parameters hash.
+    params[kind] = {**params.pop("lengths"), **params[kind]}
     params["tool_version"] = __version__
     return params
 
@@ -165,7 +191,7 @@ def _add_cache_dir(sub: argparse.ArgumentParser) -> None:
 
 
 def _add_common(sub: argparse.ArgumentParser) -> None:
-    defaults, dedupe, filters = BuildOptions(), DedupeOptions(), InstructOptions()
+    defaults, dedupe, lengths = BuildOptions(), DedupeOptions(), LengthFilter()
     sub.add_argument("--source", default=defaults.source,
                      help="Hub dataset id, parquet file/folder/glob, a MediaCrawler crawl (its data folder, a contents "
                           "file, an excel workbook or its SQLite database), or 'sample'")
@@ -194,8 +220,8 @@ def _add_common(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--length-share", type=float, default=votes.length_share,
                      help="share (0-1) of the estimated effect of answer length on votes removed (the rest counts as "
                           "quality: better answers are often longer); full model only")
-    sub.add_argument("--min-answer-chars", type=int, default=filters.min_answer_chars, help="shortest usable answer")
-    sub.add_argument("--max-answer-chars", type=int, default=filters.max_answer_chars, help="longest usable answer")
+    sub.add_argument("--min-answer-chars", type=int, default=lengths.min_answer_chars, help="shortest usable answer")
+    sub.add_argument("--max-answer-chars", type=int, default=lengths.max_answer_chars, help="longest usable answer")
     _add_cache_dir(sub)
     sub.add_argument("--no-cache", dest="use_cache", action="store_false",
                      help="recompute every step and store nothing (the output is the same either way)")
@@ -234,7 +260,6 @@ def _add_pairs(sub: argparse.ArgumentParser, limit_flag: str) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    filters = {"min_answer_chars": args.min_answer_chars, "max_answer_chars": args.max_answer_chars}
     options = BuildOptions(
         source=args.source,
         out=args.out,
@@ -246,12 +271,13 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             model=args.vote_model, author_share=parse_author_share(args.author_share), luck_sd=parse_luck_sd(args.luck_sd),
             length_share=args.length_share,
         ),
+        lengths=LengthFilter(min_answer_chars=args.min_answer_chars, max_answer_chars=args.max_answer_chars),
         use_cache=args.use_cache,
         cache_dir=args.cache_dir,
         cache_max_gb=args.cache_max_gb,
     )
     if args.what in ("instruct", "all"):
-        options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes, **filters)
+        options.instruct = InstructOptions(limit=args.instruct_limit, min_upvotes=args.min_upvotes)
     if args.what in ("pairs", "all"):
         options.pairs = PairOptions(
             limit=args.pairs_limit,
@@ -262,7 +288,6 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
             chosen_not_earlier=args.chosen_not_earlier,
             min_p_chosen_better=args.min_p_chosen_better,
             max_length_ratio=args.max_length_ratio,
-            **filters,
         )
     return options
 

@@ -44,7 +44,7 @@ import polars as pl
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "1", "dedupe": "1", "votes": "1"}
+STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "1"}
 """Bump a step's version whenever its output (table or stats) changes for the same input and options."""
 
 ENTRY_FORMAT = 1  # the layout of an entry folder itself
@@ -278,10 +278,9 @@ def describe(cache: StepCache) -> str:
     return "\n".join(lines)
 
 
-def check_max_gb(max_gb: float) -> int:
+def check_max_gb(max_gb: float) -> None:
     if not max_gb >= 0:
         raise UserError(f"--cache-max-gb must be 0 (no bound) or a positive size in GB, got {max_gb}")
-    return int(max_gb * 1e9)
 
 
 def _manifest_problem(manifest: object, step: str, key: str, data: bytes, rows: int | None) -> str | None:

@@ -24,37 +24,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from zhihu_rlhf import schema
+
 # Zhihu-KOL declares no license on the Hub (checked: its card has none), and the answers' copyright stays with their
 # Zhihu authors, so the honest Hub value is "unknown"; the card's licensing section says so.
 LICENSE = "unknown"
 # Written in the card's loading examples; publish replaces it with the real --repo-id.
 REPO_PLACEHOLDER = "<your-name>/<repo>"
 TEMPLATE = "dataset_card.md"
-# The card's column table, one row per column of the canonical parquet in file order. A column the builder adds
-# without an entry here is still listed, marked as not described, so the table always matches the files.
-COLUMN_MEANINGS = {
-    "question_id": "Zhihu id of the question",
-    "answer_id": "Zhihu id of the answer",
-    "prompt": "the question title (normalised)",
-    "completion": "the answer text (normalised)",
-    "upvotes": "the answer's upvotes when it was crawled",
-    "created_at": "when the answer was written (UTC; may be null)",
-    "chosen": "the answer with clearly more upvotes (normalised)",
-    "rejected": "the other answer (normalised)",
-    "chosen_answer_id": "Zhihu id of the chosen answer",
-    "rejected_answer_id": "Zhihu id of the rejected answer",
-    "chosen_upvotes": "the chosen answer's upvotes when crawled",
-    "rejected_upvotes": "the rejected answer's upvotes when crawled",
-    "chosen_created_at": "when the chosen answer was written (UTC; may be null)",
-    "rejected_created_at": "when the rejected answer was written (UTC; may be null)",
-    "upvote_ratio": "chosen_upvotes / max(rejected_upvotes, 1)",
-    "confidence": "the vote model's quality lead of chosen over rejected, in standard deviations (pairs are ranked by it)",
-    "p_chosen_better": "the vote model's probability that chosen is truly the better answer, Φ(confidence); see \"Vote model\"",
-    "author_id": "Zhihu profile id of the author, **kept on request** (`--keep-author-ids`)",
-    "chosen_author_id": "Zhihu profile id of the chosen answer's author, **kept on request** (`--keep-author-ids`)",
-    "rejected_author_id": "Zhihu profile id of the rejected answer's author, **kept on request** (`--keep-author-ids`)",
-}
-
 # TRL's RewardTrainer (1.x, trl/trainer/reward_trainer.py) silently filters out every pair whose tokenized
 # prompt + chosen or prompt + rejected is longer than RewardConfig.max_length, default 1024. The card counts such
 # pairs in the build. No tokenizer ships offline, so tokens are estimated from characters at each tokenizer's rate on
@@ -354,7 +331,7 @@ def render_card(kind: str, splits: dict[str, pl.DataFrame], stats: dict, build: 
         rows=rows,
         split_rows={split: frame.height for split, frame in splits.items()},
         stats_source=params.get("source", "unknown source"),
-        columns=[(name, COLUMN_MEANINGS.get(name)) for name in splits["train"].columns],
+        columns=[(name, schema.meanings(kind)[name]) for name in splits["train"].columns],
         stats=stats,
         rows_dropped=sorted((stats.get("rows_dropped") or {}).items(), key=lambda item: -item[1]),
         dedupe=[(key, json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)

@@ -131,7 +131,9 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     into another id's group), "answer_clusters", "answers_merged" (answers in a cluster with another
     answer), "answer_threshold"}.
     """
-    _check(answers, opts)
+    missing = [c for c in ("question_id", "answer_id", "question", "answer") if c not in answers.columns]
+    if missing:
+        raise UserError(f"dedupe needs the canonical answer table; missing column(s): {', '.join(missing)}")
     if opts.mode == "off":
         table = answers.with_columns(question_group=pl.col("question_id"), answer_cluster=pl.col("answer_id"))
     else:
@@ -144,7 +146,8 @@ def dedupe(answers: pl.DataFrame, opts: DedupeOptions) -> tuple[pl.DataFrame, di
     return table, _stats(table, opts)
 
 
-def _check(answers: pl.DataFrame, opts: DedupeOptions) -> None:
+def check_dedupe_options(opts: DedupeOptions) -> None:
+    """UserError naming the first option that cannot work (BuildOptions.validate calls it; dedupe() trusts them)."""
     if opts.mode not in ("exact", "near", "off"):
         raise UserError(f"--dedupe must be one of exact, near, off; got {opts.mode!r}")
     if not 0.0 <= opts.answer_threshold <= 100.0:
@@ -154,9 +157,6 @@ def _check(answers: pl.DataFrame, opts: DedupeOptions) -> None:
             raise UserError(f"dedupe option {name} must be at least 1, got {getattr(opts, name)}")
     if opts.max_bucket < 2:
         raise UserError(f"dedupe option max_bucket must be at least 2, got {opts.max_bucket}")
-    missing = [c for c in ("question_id", "answer_id", "question", "answer") if c not in answers.columns]
-    if missing:
-        raise UserError(f"dedupe needs the canonical answer table; missing column(s): {', '.join(missing)}")
 
 
 def _stats(table: pl.DataFrame, opts: DedupeOptions) -> dict:

@@ -6,15 +6,15 @@ Layout of OUT (the canonical parquet and the card are always written; `formats/`
     OUT/stats.json                                   the builder's counts (rows in/kept/dropped, funnel, dedupe, ...)
     OUT/params.json                                  kind, build parameters, formats and their hash (publish names it)
     OUT/plots/*.png                                  plots embedded in the card
-    OUT/data/{train,test}-00000-of-00001.parquet     canonical columns (CONTRACTS.md) -> config "default"
+    OUT/data/{train,test}-00000-of-00001.parquet     zhihu_rlhf.schema's columns -> config "default"
     OUT/formats/trl/{split}-00000-of-00001.parquet            prompt/chosen/rejected | prompt/completion -> config "trl"
     OUT/formats/trl-chat/{split}-00000-of-00001.parquet       the same as {role, content} message lists -> config "trl-chat"
     OUT/formats/llamafactory/zhihu_rlhf_{kind}[_test].json    alpaca JSON array + dataset_info.json
     OUT/formats/deepspeed-chat/data/{train,eval}.json         JSON array "Human: q Assistant:", answer (test: eval)
     OUT/formats/zhihu_rlhf_3k/{split}-00000-of-00001.parquet  liyucheng/zhihu_rlhf_3k columns (pairs only)
 
-The canonical parquet holds exactly the builder's contract columns, read from pairs.PAIRS_COLUMNS /
-instruct.INSTRUCT_COLUMNS when a folder is written: a column the builder adds to that list reaches the parquet, the
+The canonical parquet holds exactly the set's columns in zhihu_rlhf.schema, in its order and with its types (author
+ids after them only on request), looked up when a folder is written: a column added there reaches the parquet, the
 card's column table and its declared features with no change here.
 
 `datasets.load_dataset(OUT)` loads the canonical parquet (config "default"); `load_dataset(OUT, "trl")` etc. load a
@@ -29,21 +29,18 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zhihu_rlhf import cards, instruct, pairs
+from zhihu_rlhf import cards, schema
 from zhihu_rlhf.errors import UserError
+from zhihu_rlhf.schema import Kind
 
-Kind = Literal["instruct", "pairs"]
 SPLITS = ("train", "test")
-
-# Personal data: dropped from every file unless keep_author_ids.
-AUTHOR_COLUMNS = ("author_id", "chosen_author_id", "rejected_author_id")
 
 # The name the LLaMA-Factory dataset_info.json registers (plus "_test" for the test split).
 LLAMAFACTORY_NAME = "zhihu_rlhf_{kind}"
@@ -53,10 +50,16 @@ def canonical_path(split: str) -> str:
     return f"data/{split}-00000-of-00001.parquet"
 
 
-def canonical_columns(kind: Kind) -> list[str]:
-    """The builder's contract columns, looked up on each call (not bound at import) so a column appended to the list
-    in pairs.py / instruct.py flows into every file that carries the metadata."""
-    return list(instruct.INSTRUCT_COLUMNS if kind == "instruct" else pairs.PAIRS_COLUMNS)
+@dataclass(frozen=True)
+class OutputSettings:
+    """What every set of one build shares about its output (BuildOptions.output() makes it from valid options)."""
+
+    test_fraction: float
+    """Share of question groups in the test split."""
+    formats: tuple[str, ...]
+    """Export formats written next to the canonical parquet, each named once."""
+    keep_author_ids: bool
+    """Write the author id columns (personal data)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,9 +76,8 @@ def _assistant(text: pl.Expr) -> pl.Expr:
 
 
 def _trl(kind: Kind, split: str, frame: pl.DataFrame, folder: Path) -> str:
-    columns = ["prompt", "completion"] if kind == "instruct" else ["prompt", "chosen", "rejected"]
     path = f"formats/trl/{split}-00000-of-00001.parquet"
-    write_parquet(frame.select(columns), folder / path)
+    write_parquet(frame.select(schema.TEXT_COLUMNS[kind]), folder / path)
     return path
 
 
@@ -155,12 +157,11 @@ FORMATS: dict[str, FormatWriter] = {
 }
 
 
-def check_formats(formats: Sequence[str]) -> list[str]:
-    """Validate format names (UserError naming the bad one); returns them de-duplicated in the given order."""
+def check_formats(formats: Sequence[str]) -> None:
+    """UserError naming the first format that is not one of FORMATS."""
     unknown = [name for name in formats if name not in FORMATS]
     if unknown:
         raise UserError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
-    return list(dict.fromkeys(formats))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,9 +210,11 @@ def params_hash(kind: str, params: dict, formats: Sequence[str], keep_author_ids
 # ---------------------------------------------------------------------------------------------------------------
 
 def _check_frame(kind: Kind, split: str, frame: pl.DataFrame) -> None:
-    missing = [c for c in canonical_columns(kind) if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{kind} {split} frame lacks columns {missing} (see CONTRACTS.md)")
+    """The builder made every schema column with its type; anything else is a bug in the builder, not bad input."""
+    wrong = [f"{column.name} ({frame.schema.get(column.name, 'missing')}, not {column.dtype})"
+             for column in schema.columns(kind) if frame.schema.get(column.name) != column.dtype]
+    if wrong:
+        raise ValueError(f"{kind} {split} frame does not match zhihu_rlhf.schema: {', '.join(wrong)}")
 
 
 def _check_replaceable(out: Path) -> None:
@@ -234,16 +237,16 @@ def write_dataset(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame
     """
     if kind not in ("instruct", "pairs"):
         raise ValueError(f"kind must be 'instruct' or 'pairs', not {kind!r}")
-    formats = check_formats(formats)
+    formats = list(formats)
     out = Path(out)
     _check_replaceable(out)
     splits = {"train": train, "test": test}
     for split, frame in splits.items():
         _check_frame(kind, split, frame)
-    # The contract's columns in its order; author ids (not in the contract: personal data) only on request.
+    # The schema's columns in its order; author ids (personal data) only on request.
     splits = {
         split: frame.select(
-            *canonical_columns(kind), *(c for c in AUTHOR_COLUMNS if keep_author_ids and c in frame.columns)
+            *schema.names(kind), *(c for c in schema.author_id_names(kind) if keep_author_ids and c in frame.columns)
         )
         for split, frame in splits.items()
     }

@@ -37,14 +37,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from zhihu_rlhf import schema
 from zhihu_rlhf.votes import QUALITY_COLUMNS, log_normal_cdf, quality_lead
 
-INSTRUCT_COLUMNS = ["question_id", "answer_id", "prompt", "completion", "upvotes", "created_at"]
 
-
-@dataclass
-class AnswerFilters:
-    """Length and vote filters shared by the instruct set and the pairs."""
+@dataclass(frozen=True)
+class LengthFilter:
+    """Which answers are usable at all, by length: one filter for the instruct set and the pairs alike."""
 
     min_answer_chars: int = 30
     """Shorter answers ("谢邀，不知道") teach nothing."""
@@ -53,7 +52,7 @@ class AnswerFilters:
 
 
 @dataclass
-class InstructOptions(AnswerFilters):
+class InstructOptions:
     limit: int = 26_000
     """Keep this many questions (0 = all): those whose chosen answer is most surely the best of its question first
     (`p_best_in_question`), then single-answer questions by upvotes."""
@@ -61,7 +60,7 @@ class InstructOptions(AnswerFilters):
     """An answer nobody upvoted is no evidence of a good answer."""
 
 
-def length_drop_reason(filters: AnswerFilters) -> pl.Expr:
+def length_drop_reason(filters: LengthFilter) -> pl.Expr:
     length = pl.col("answer").str.len_chars()
     return (
         pl.when(length < filters.min_answer_chars)
@@ -75,16 +74,18 @@ def length_drop_reason(filters: AnswerFilters) -> pl.Expr:
 BEST_FIRST = (["upvotes", "created_at", "answer_id"], [True, False, False])
 
 
-def select_instruct(answers: pl.DataFrame, opts: InstructOptions) -> tuple[pl.DataFrame, dict[str, int]]:
+def select_instruct(
+    answers: pl.DataFrame, opts: InstructOptions, lengths: LengthFilter = LengthFilter()
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Returns (instruct rows, surest first, with `p_best_in_question`; rows dropped by reason): every input row is
     either kept or counted."""
     by, descending = BEST_FIRST
     # Rank a slim copy (no texts: sorting two gigabytes of strings is the slow part); texts join back at the end.
     ranked = answers.select(
         "answer_id", "question_group", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
-        usable=length_drop_reason(opts).is_null(),
+        usable=length_drop_reason(lengths).is_null(),
         drop_reason=pl.coalesce(
-            length_drop_reason(opts),
+            length_drop_reason(lengths),
             pl.when(pl.col("upvotes") < opts.min_upvotes).then(pl.lit("below_min_upvotes")),
         ),
     ).sort(by, descending=descending, nulls_last=True)
@@ -118,7 +119,7 @@ def select_instruct(answers: pl.DataFrame, opts: InstructOptions) -> tuple[pl.Da
         ranked.filter(eligible)
         .with_columns(p_best_in_question=pl.col("log_p_best").exp())
         .join(texts, on="answer_id", how="left", maintain_order="left")
-        .select(*INSTRUCT_COLUMNS, "author_id", "question_group", "p_best_in_question")
+        .select(*schema.names("instruct"), *schema.author_id_names("instruct"), "question_group", "p_best_in_question")
     )
     dropped = ranked.filter(~eligible)["drop_reason"].value_counts().sort("drop_reason")
     return kept, dict(zip(dropped["drop_reason"], dropped["count"], strict=True))

@@ -76,25 +76,9 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from zhihu_rlhf.errors import UserError
-from zhihu_rlhf.instruct import AnswerFilters, length_drop_reason
+from zhihu_rlhf import schema
+from zhihu_rlhf.instruct import LengthFilter, length_drop_reason
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
-
-PAIRS_COLUMNS = [
-    "question_id",
-    "prompt",
-    "chosen",
-    "rejected",
-    "chosen_answer_id",
-    "rejected_answer_id",
-    "chosen_upvotes",
-    "rejected_upvotes",
-    "chosen_created_at",
-    "rejected_created_at",
-    "upvote_ratio",
-    "confidence",
-    "p_chosen_better",
-]
 
 SECONDS_PER_DAY = 86_400
 # Pairs made and filtered at a time: each column of a batch (2 MB) stays in the CPU's cache between the
@@ -106,7 +90,7 @@ PRUNE_ABOVE = 4_000_000
 
 
 @dataclass
-class PairOptions(AnswerFilters):
+class PairOptions:
     limit: int = 3_000
     """Keep this many pairs, the most confident first (0 = all)."""
     max_days_apart: float = 30.0
@@ -504,14 +488,15 @@ def _match_within_budgets(
 # All rules
 # ---------------------------------------------------------------------------------------------------------------
 
-def select_pairs(answers: pl.DataFrame, opts: PairOptions) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
+def select_pairs(
+    answers: pl.DataFrame, opts: PairOptions, lengths: LengthFilter = LengthFilter()
+) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
-    check_pair_options(opts)
     # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
     slim = answers.select(
         "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
         answer_chars=pl.col("answer").str.len_chars(),
-        drop_reason=length_drop_reason(opts),
+        drop_reason=length_drop_reason(lengths),
     )
     usable = slim.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     rules = pair_rules(opts)
@@ -572,7 +557,7 @@ def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
     return (
         kept.join(chosen, on="chosen_answer_id", how="left", maintain_order="left")
         .join(rejected, on="rejected_answer_id", how="left", maintain_order="left")
-        .select(*PAIRS_COLUMNS, "chosen_author_id", "rejected_author_id", "question_group")
+        .select(*schema.names("pairs"), *schema.author_id_names("pairs"), "question_group")
     )
 
 

@@ -517,16 +517,22 @@ class FlatLayout:
     author_id: tuple[str, ...]
     updated_at: tuple[str, ...] = ()
     crawled_at: tuple[str, ...] = ()
+    repeated_answer: str = "duplicate_answer_id"
+    """Why the other rows of an answer read more than once are dropped (see `_drop_repeated_answers`)."""
 
 
 ZHIHU_KOL_LEGACY = FlatLayout(
     "zhihu-kol", "问题ID", "回答ID", "问题内容", "回答内容", "回答点赞数", "回答时间", author_id=("作者ID",)
 )
 # MediaCrawler wrote the author as `user_id` until July 2026, then as `creator_hash` (an anonymised hash of that id).
+# An answer it stored twice was crawled again: the older crawl is superseded.
 MEDIACRAWLER = FlatLayout(
     "mediacrawler", "question_id", "content_id", "title", "content_text", "voteup_count", "created_time",
     author_id=("user_id", "creator_hash"), updated_at=("updated_time",), crawled_at=("last_modify_ts",),
+    repeated_answer="superseded_crawl",
 )
+# Each row names its layout in `source` (Zhihu-KOL's JSON layout shares the legacy one's name and rule).
+REPEATED_ANSWER = {layout.source: layout.repeated_answer for layout in (ZHIHU_KOL_LEGACY, MEDIACRAWLER)}
 
 
 def _from_flat(raw: pl.LazyFrame, columns: list[str], layout: FlatLayout, is_answer: pl.Expr,
@@ -696,17 +702,19 @@ def _drop_repeated_answers(table: pl.DataFrame) -> pl.DataFrame:
 
     The row kept is the latest crawl: the latest `updated_time` (the answer was edited since), then the latest date in
     the crawl file's name, then the latest `last_modify_ts`, then the first row read. For sources that are not crawls
-    (Zhihu-KOL) that is the first row. The others become `superseded_crawl` (MediaCrawler rows) or
-    `duplicate_answer_id`.
+    (Zhihu-KOL) that is the first row. The others get their layout's `repeated_answer` reason (`superseded_crawl` for
+    MediaCrawler rows, `duplicate_answer_id` otherwise).
     """
     usable = table.filter(pl.col("drop_reason").is_null())
     repeated = usable.filter(pl.col("answer_id").is_duplicated())
     if repeated.is_empty():
         return table
     latest_first = repeated.sort([*RECRAWL_SCHEMA, "row"], descending=[True, True, True, False], nulls_last=True)
-    superseded = latest_first.filter(~pl.col("answer_id").is_first_distinct())["row"]
-    is_crawl = pl.col("source") == "mediacrawler"
-    reason = pl.when(is_crawl).then(pl.lit("superseded_crawl")).otherwise(pl.lit("duplicate_answer_id"))
-    return table.with_columns(
-        drop_reason=pl.when(pl.col("row").is_in(superseded.implode())).then(reason).otherwise("drop_reason")
+    superseded = latest_first.filter(~pl.col("answer_id").is_first_distinct()).select(
+        "row", reason=pl.col("source").replace_strict(REPEATED_ANSWER, default=FlatLayout.repeated_answer)
     )
+    # One pass over the table per reason (usually one), not a lookup of every row's source.
+    drop_reason = pl.col("drop_reason")
+    for (reason,), rows in superseded.group_by("reason"):
+        drop_reason = pl.when(pl.col("row").is_in(rows["row"].implode())).then(pl.lit(reason)).otherwise(drop_reason)
+    return table.with_columns(drop_reason=drop_reason)

@@ -268,7 +268,6 @@ def _earlier_answers(question: np.ndarray, created: np.ndarray) -> np.ndarray:
 
 def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[pl.DataFrame, dict]:
     """answers + QUALITY_COLUMNS + EFFECT_COLUMNS; and the fitted model, for stats.json and the card."""
-    check_vote_options(options)
     use_exposure = options.model in ("exposure", "full")
     use_authors = options.model in ("authors", "full")
     share_low, share_high = author_share_range(options) if use_authors else (0.0, 0.0)

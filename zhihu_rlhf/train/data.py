@@ -1,6 +1,5 @@
 """Training rows and their order: splits from a built folder, a Hub id or the sample; padding; batches.
 
-    INSTRUCT_COLUMNS, PAIRS_COLUMNS
     load_split(data, split, kind) -> list[dict[str, str]]      folder we built | Hub dataset id | "sample"
     looks_local(name) -> bool                                   a path on this machine, never a Hub id
     quiet_hub()                                                 Hub loading without retry/progress chatter
@@ -10,7 +9,8 @@
     shuffled_batches(n, batch_size, seed, epoch) -> list[list[int]]   that order cut into fixed-size batches
     iter_chunks(items, size)                                    consecutive slices (evaluation batches)
 
-The only edge from train/ to the data-building side is _sample_root(), which builds the embedded sample.
+A split's rows carry the text columns the trainers read, zhihu_rlhf.schema.TEXT_COLUMNS. The only edge from train/
+to the data-building side is _sample_root(), which builds the embedded sample.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ import torch
 
 from zhihu_rlhf.errors import UserError, first_line
 
-INSTRUCT_COLUMNS = ("prompt", "completion")
-PAIRS_COLUMNS = ("prompt", "chosen", "rejected")
 DataKind = Literal["instruct", "pairs"]
 
 
@@ -40,7 +38,9 @@ def load_split(data: str, split: str, kind: DataKind) -> list[dict[str, str]]:
     data: a folder written by `python -m zhihu_rlhf.build` (OUT/data/<split>-*.parquet), a Hub dataset id
     (datasets.load_dataset), or "sample" (the embedded sample, built on the fly into a temporary folder).
     """
-    columns = INSTRUCT_COLUMNS if kind == "instruct" else PAIRS_COLUMNS
+    from zhihu_rlhf.schema import TEXT_COLUMNS  # imports polars (the schema's types): only once data is read
+
+    columns = TEXT_COLUMNS[kind]
     if data == "sample":
         return load_split(str(_sample_root() / kind), split, kind)
     folder = Path(data).expanduser()
