@@ -13,7 +13,7 @@ import datasets
 import polars as pl
 import pytest
 
-from zhihu_rlhf import cards, export, schema
+from zhihu_rlhf import cards, export, pairs, schema
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 

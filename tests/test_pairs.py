@@ -119,7 +119,7 @@ def test_length_ratio_rule_bounds_the_length_gap_either_way() -> None:
 @pytest.mark.parametrize("bound", [0.5, float("nan")])
 def test_a_length_ratio_bound_below_one_is_refused(bound: float) -> None:
     with pytest.raises(UserError, match="--max-length-ratio"):
-        select_pairs(answers([{"upvotes": 1}, {"upvotes": 2}]), PairOptions(max_length_ratio=bound))
+        BuildOptions(pairs=PairOptions(max_length_ratio=bound)).validate()
 
 
 def test_build_refuses_a_bad_length_bound_before_reading_the_source(tmp_path) -> None:

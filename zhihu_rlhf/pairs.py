@@ -77,6 +77,7 @@ import numpy as np
 import polars as pl
 
 from zhihu_rlhf import schema
+from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import LengthFilter, length_drop_reason
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
