@@ -34,20 +34,19 @@ from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
 from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
 from zhihu_rlhf.train.rl_math import LOSS_TYPES, SCALE_REWARDS, aggregate, clipped_policy_loss, grpo_advantages, k3_kl
-from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
+from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
 @dataclass(kw_only=True)
-class GRPOOptions(RLOptions):
+class GRPOOptions(GroupOptions):
     """`python -m zhihu_rlhf.train grpo` options. Defaults follow TRL's GRPOTrainer where it has one."""
 
     TINY_DEMO: ClassVar[dict[str, Any]] = {
         "max_new_tokens": 32, "rollout_batch_size": 8, "max_iterations": 8, "lr": 1e-4,
     }
 
-    num_generations: int = field(default=8, metadata={"help": "K: samples per prompt (the group), >= 2"})
     scale_rewards: str = field(
         default="group",
         metadata={"help": "group: divide advantages by the group's reward std (GRPO); none: do not (Dr. GRPO)",
@@ -62,14 +61,9 @@ class GRPOOptions(RLOptions):
         default=0.0,
         metadata={"help": "weight of the k3 KL(policy || reference) loss term (0 = no reference model; DeepSeek-R1 used 0.001)"},
     )
-    ppo_epochs: int = field(default=1, metadata={"help": "optimisation passes over each rollout (TRL: num_iterations)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward pass"})
-    grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step: minibatch = micro-batch x this"})
 
     def validate(self) -> None:
         super().validate()
-        if self.num_generations < 2:
-            raise UserError(f"--num-generations must be >= 2 (a group needs more than one sample), got {self.num_generations}")
         if self.beta < 0:
             raise UserError(f"--beta must be >= 0, got {self.beta}")
 

@@ -29,13 +29,13 @@ from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
 from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
 from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
-from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
+from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
 @dataclass(kw_only=True)
-class RLOOOptions(RLOptions):
+class RLOOOptions(GroupOptions):
     """`python -m zhihu_rlhf.train rloo` options. Defaults follow TRL's RLOOTrainer (--kl-coef = its beta 0.05, one
     pass per rollout) except K = 4 where TRL takes 2."""
 
@@ -45,14 +45,9 @@ class RLOOOptions(RLOptions):
 
     num_generations: int = field(default=4, metadata={"help": "K: samples per prompt (the leave-one-out group), >= 2"})
     kl_coef: float = field(default=0.05, metadata={"help": "weight of KL(policy || reference) per response, subtracted from its reward"})
-    ppo_epochs: int = field(default=1, metadata={"help": "optimisation passes over each rollout (TRL: num_iterations)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward pass"})
-    grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step: minibatch = micro-batch x this"})
 
     def validate(self) -> None:
         super().validate()
-        if self.num_generations < 2:
-            raise UserError(f"--num-generations must be >= 2 (a leave-one-out baseline needs another sample), got {self.num_generations}")
         if self.kl_coef < 0:
             raise UserError(f"--kl-coef must be >= 0, got {self.kl_coef}")
 
