@@ -32,7 +32,7 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
-from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
+from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, process_mean, run_iterations, update_passes
 from zhihu_rlhf.train.rl_math import LOSS_TYPES, SCALE_REWARDS, aggregate, clipped_policy_loss, grpo_advantages, k3_kl
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
@@ -138,10 +138,9 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
             advantages = grpo_advantages(scores, k, opts.scale_rewards)
             stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration, single_step(opts))
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            metrics = {"advantage_abs_mean": mean(advantages.abs().mean()), **stats}
+            metrics = {"advantage_abs_mean": process_mean(advantages.abs().mean(), rt), **stats}
             if reference is not None:  # KL(policy || reference) per response at sampling time, as PPO and RLOO log it
-                metrics["kl"] = mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1).mean())
+                metrics["kl"] = process_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1).mean(), rt)
             return metrics
 
         return run_iterations(

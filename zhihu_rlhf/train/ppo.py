@@ -35,6 +35,7 @@ from zhihu_rlhf.train.rl import (
     load_policy,
     load_reward,
     plan_iterations,
+    process_mean,
     reward_functions,
     run_iterations,
     update_passes,
@@ -216,12 +217,11 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
                 returns, opts, rt, iteration,
             )
             # The KL controller sees the mean KL per response of this iteration.
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            kl_per_response = mean(kl.sum(dim=1).mean())
+            kl_per_response = process_mean(kl.sum(dim=1).mean(), rt)
             kl_ctl.update(kl_per_response, n_steps=plan.per_iteration)
             return {
-                "shaped_score_mean": mean(scores.mean()), "kl": kl_per_response, "kl_coef": kl_ctl.value, **stats,
-                "explained_variance": mean(explained_variance(values, returns, mask))
+                "shaped_score_mean": process_mean(scores.mean(), rt), "kl": kl_per_response, "kl_coef": kl_ctl.value,
+                **stats, "explained_variance": process_mean(explained_variance(values, returns, mask), rt),
             }
 
         def restore(state: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@
     load_reward(opts, rt, tokenizer, reward_fn) -> TokenScorer over the RM (frozen) or a RewardFn
     plan_iterations(n_prompts, opts, rt) -> IterationPlan
     update_passes(ddp_models, param_groups, optimizer, scheduler, n_rows, opts, rt, iteration, micro_loss) -> stats
+    process_mean(value, rt) -> float       a per-process statistic averaged over the processes (the logged metrics)
     run_iterations(opts, rt, name, ..., update) -> last metrics     loop.run_steps over the iterations, then the save
 
 One iteration: this process's rollout_batch_size prompts (an epoch is one pass over the prompts, in a per-epoch
@@ -171,9 +172,14 @@ def update_passes(
     return {k: v / max(n_steps, 1) for k, v in totals.items()}
 
 
+def process_mean(value: torch.Tensor | float, rt: Runtime) -> float:
+    """A statistic of this process's rollout averaged over the processes: what each iteration logs."""
+    return rt.all_reduce_sum(float(value)) / rt.world_size
+
+
 def rollout_metrics(rollout: Rollout, k: int, rt: Runtime) -> dict[str, float]:
     """What every RL stage logs about its rollout, averaged over the processes."""
-    mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
+    mean = lambda x: process_mean(x, rt)  # noqa: E731
     mask = rollout.response_mask
     metrics = {
         "reward_mean": mean(rollout.scores.mean()),

@@ -27,7 +27,7 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
-from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
+from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, process_mean, run_iterations, update_passes
 from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
@@ -102,8 +102,10 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
             advantages = rloo_advantages(scores, sequence_kl, opts.kl_coef, k)
             stats = rloo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration)
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            return {"kl": mean(sequence_kl.mean()), "advantage_abs_mean": mean(advantages.abs().mean()), **stats}
+            return {
+                "kl": process_mean(sequence_kl.mean(), rt), "advantage_abs_mean": process_mean(advantages.abs().mean(), rt),
+                **stats,
+            }
 
         return run_iterations(
             opts, rt, name="rloo", tokenizer=tokenizer, template=template, prompts=prompts, prompt_ids=prompt_ids,
