@@ -34,6 +34,7 @@ from zhihu_rlhf.train.rl import (
     check_reward_model,
     load_policy,
     load_reward,
+    optimizer_steps,
     plan_iterations,
     process_mean,
     reward_functions,
@@ -193,7 +194,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
         disable_dropout(value_model)
 
         plan = plan_iterations(len(prompts), opts, rt)
-        steps = plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size // opts.minibatch_size)
+        steps = optimizer_steps(plan, opts, k=1)
         policy_params = [p for p in policy.parameters() if p.requires_grad]
         value_params = [p for p in value_model.parameters() if p.requires_grad]
         optimizer = make_optimizer(policy_params, opts.lr, opts.weight_decay)

@@ -3,6 +3,7 @@
     load_policy(opts, rt) -> (tokenizer, template, policy, reference)    reference = adapters off with --lora
     load_reward(opts, rt, tokenizer, reward_fn) -> TokenScorer over the RM (frozen) or a RewardFn
     plan_iterations(n_prompts, opts, rt) -> IterationPlan
+    optimizer_steps(plan, opts, k) -> the run's optimizer steps (what the learning-rate schedule spans)
     update_passes(ddp_models, param_groups, optimizer, scheduler, n_rows, opts, rt, iteration, micro_loss) -> stats
     process_mean(value, rt) -> float       a per-process statistic averaged over the processes (the logged metrics)
     run_iterations(opts, rt, name, ..., update) -> last metrics     loop.run_steps over the iterations, then the save
@@ -132,6 +133,12 @@ def plan_iterations(n_prompts: int, opts: RLOptions, rt: Runtime) -> IterationPl
     if opts.max_iterations:
         n_iterations = min(n_iterations, opts.max_iterations)
     return IterationPlan(n_prompts, per_iteration, iterations_per_epoch, n_iterations)
+
+
+def optimizer_steps(plan: IterationPlan, opts: RLOptions, k: int) -> int:
+    """The run's optimizer steps (the learning-rate schedule's length): each iteration, update_passes takes
+    --ppo-epochs passes over its B x K sequences in minibatches of --micro-batch-size x --grad-accum."""
+    return plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size * k // opts.minibatch_size)
 
 
 MicroLoss = Callable[[list[int]], tuple[torch.Tensor, float, dict[str, float]]]

@@ -27,7 +27,15 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
-from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, process_mean, run_iterations, update_passes
+from zhihu_rlhf.train.rl import (
+    load_policy,
+    load_reward,
+    optimizer_steps,
+    plan_iterations,
+    process_mean,
+    run_iterations,
+    update_passes,
+)
 from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
@@ -91,7 +99,7 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
         prompt_ids = encode_prompts(tokenizer, prompts, template, opts.max_prompt_len)
         k = opts.num_generations
         plan = plan_iterations(len(prompts), opts, rt)
-        steps = plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size * k // opts.minibatch_size)
+        steps = optimizer_steps(plan, opts, k)
         optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], opts.lr, opts.weight_decay)
         scheduler = make_scheduler(optimizer, opts.warmup_ratio, steps)
         policy_ddp = wrap_ddp(TokenLogProbs(policy), rt)
