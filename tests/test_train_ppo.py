@@ -33,6 +33,7 @@ from zhihu_rlhf.train.rl_math import (
     gae_advantages,
     kl_penalty_rewards,
     masked_whiten,
+    penalize_missing_eos,
     policy_loss,
     value_loss,
 )
@@ -76,6 +77,12 @@ def test_kl_penalty_rewards_put_score_on_last_response_token() -> None:
     torch.testing.assert_close(kl, torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]))
     # -0.1 * kl everywhere, the score added on the last unmasked token (index 2 and index 0).
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 2.0], [-0.1 - 1.0, 0.0, 0.0]]))
+
+
+def test_missing_eos_penalty_hits_only_cut_responses() -> None:
+    # PPO, RLOO and GRPO all take --missing-eos-penalty off the score of a response that never reached an end token.
+    penalized = penalize_missing_eos(torch.tensor([2.0, 2.0, -1.0]), torch.tensor([True, False, False]), 0.5)
+    torch.testing.assert_close(penalized, torch.tensor([2.0, 1.5, -1.5]))
 
 
 def test_policy_loss_matches_clipped_formula() -> None:

@@ -41,7 +41,15 @@ from zhihu_rlhf.train.rl import (
     run_iterations,
     update_passes,
 )
-from zhihu_rlhf.train.rl_math import LOSS_TYPES, SCALE_REWARDS, aggregate, clipped_policy_loss, grpo_advantages, k3_kl
+from zhihu_rlhf.train.rl_math import (
+    LOSS_TYPES,
+    SCALE_REWARDS,
+    aggregate,
+    clipped_policy_loss,
+    grpo_advantages,
+    k3_kl,
+    penalize_missing_eos,
+)
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
@@ -143,7 +151,7 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
 
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
             mask = rollout.response_mask
-            scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
+            scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = grpo_advantages(scores, k, opts.scale_rewards)
             stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration, single_step(opts))
             metrics = {"advantage_abs_mean": process_mean(advantages.abs().mean(), rt), **stats}

@@ -48,6 +48,7 @@ from zhihu_rlhf.train.rl_math import (
     gae_advantages,
     kl_penalty_rewards,
     masked_whiten,
+    penalize_missing_eos,
     policy_loss,
     value_loss,
 )
@@ -132,7 +133,7 @@ def shaped_scores(
     if opts.reward_norm:
         moments.update(scores, rt)
         scores = (scores - moments.mean) / max(moments.std, 1e-6)
-    scores = scores - opts.missing_eos_penalty * (~ended).float()
+    scores = penalize_missing_eos(scores, ended, opts.missing_eos_penalty)
     if opts.reward_clip > 0:
         scores = scores.clamp(-opts.reward_clip, opts.reward_clip)
     return scores

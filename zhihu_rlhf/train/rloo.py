@@ -36,7 +36,7 @@ from zhihu_rlhf.train.rl import (
     run_iterations,
     update_passes,
 )
-from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
+from zhihu_rlhf.train.rl_math import penalize_missing_eos, rloo_advantages, sequence_clipped_loss
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
@@ -107,7 +107,7 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
             mask = rollout.response_mask
             sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1)  # (N,)
-            scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
+            scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = rloo_advantages(scores, sequence_kl, opts.kl_coef, k)
             stats = rloo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration)
             return {
