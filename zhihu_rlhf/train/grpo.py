@@ -150,13 +150,12 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
         policy_ddp = wrap_ddp(TokenLogProbs(policy), rt)
 
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
-            mask = rollout.response_mask
             scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = grpo_advantages(scores, k, opts.scale_rewards)
             stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration, single_step(opts))
             metrics = {"advantage_abs_mean": process_mean(advantages.abs().mean(), rt), **stats}
             if reference is not None:  # KL(policy || reference) per response at sampling time, as PPO and RLOO log it
-                metrics["kl"] = process_mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1).mean(), rt)
+                metrics["kl"] = process_mean(rollout.sequence_kl.mean(), rt)
             return metrics
 
         return run_iterations(

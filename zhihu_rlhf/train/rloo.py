@@ -105,8 +105,7 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
         policy_ddp = wrap_ddp(TokenLogProbs(policy), rt)
 
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
-            mask = rollout.response_mask
-            sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1)  # (N,)
+            sequence_kl = rollout.sequence_kl  # (N,)
             scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = rloo_advantages(scores, sequence_kl, opts.kl_coef, k)
             stats = rloo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration)

@@ -169,6 +169,12 @@ class Rollout:
     def response_len(self) -> int:
         return self.response_mask.shape[1]
 
+    @property
+    def sequence_kl(self) -> torch.Tensor:
+        """(N,) KL(policy || reference) of each response at sampling time: the sum of log pi_old - log pi_ref over
+        its tokens."""
+        return ((self.logprobs - self.ref_logprobs) * self.response_mask).sum(dim=1)
+
 
 def log_probs_of(model: nn.Module) -> nn.Module:
     """TokenLogProbs of a causal LM; for LoRA's reference (the policy with its adapters off) the same switch around it."""
