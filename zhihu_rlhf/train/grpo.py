@@ -51,7 +51,7 @@ from zhihu_rlhf.train.rl_math import (
     penalize_missing_eos,
 )
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
@@ -135,9 +135,7 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports them by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         prompts = load_prompts(opts.data, opts.data_kind)
         tokenizer, template, policy, reference = load_policy(opts, rt, with_reference=opts.beta > 0)
         reward = load_reward(opts, rt, tokenizer, reward_fn)
@@ -165,8 +163,6 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             card_extra=f"{k} samples per prompt, advantages relative to their group (scale_rewards={opts.scale_rewards}), "
             f"loss aggregated as {opts.loss_type}, k3 KL to the frozen starting model weighted by beta={opts.beta}.",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

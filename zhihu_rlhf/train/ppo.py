@@ -53,7 +53,7 @@ from zhihu_rlhf.train.rl_math import (
     value_loss,
 )
 from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn, TokenScorer
 
 
@@ -174,9 +174,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports one by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         reward_fn = reward_fn or reward_functions(opts)
         if reward_fn is None and opts.reward is None:
             raise UserError("no reward: give --reward (a reward model) or --reward-fn (module:function)")
@@ -239,8 +237,6 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
             card_extra=f"A per-token KL penalty to the frozen starting model (initial coefficient {opts.kl_coef}, "
             f"target KL {opts.target_kl}) and a value model trained alongside (GAE).",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

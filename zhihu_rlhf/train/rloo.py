@@ -38,7 +38,7 @@ from zhihu_rlhf.train.rl import (
 )
 from zhihu_rlhf.train.rl_math import penalize_missing_eos, rloo_advantages, sequence_clipped_loss
 from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
@@ -90,9 +90,7 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports them by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         prompts = load_prompts(opts.data, opts.data_kind)
         tokenizer, template, policy, reference = load_policy(opts, rt)
         reward = load_reward(opts, rt, tokenizer, reward_fn)
@@ -121,8 +119,6 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             card_extra=f"{k} samples per prompt, each baselined by the mean reward of the other {k - 1}; the KL to the "
             f"frozen starting model is subtracted from each response's reward (coefficient {opts.kl_coef}).",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

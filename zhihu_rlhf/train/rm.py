@@ -31,7 +31,7 @@ from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_example, encode_pairs, resolve_template
 from zhihu_rlhf.train.scoring import TokenScorer, sequence_scores
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.runtime import Runtime, training_runtime
 
 
 @dataclass(kw_only=True)
@@ -124,9 +124,7 @@ def score(
 
 def train(opts: RMOptions) -> dict[str, float]:
     """Train the reward model; returns the final eval metrics ({"loss", "accuracy", "margin"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "reward", opts, rt, wrap=TokenScorer)
@@ -145,8 +143,6 @@ def train(opts: RMOptions) -> dict[str, float]:
             plot_metrics(opts.out, title=f"Reward model {opts.model}")
         rt.barrier()
         return results
-    finally:
-        shutdown_runtime(rt)
 
 
 def _fit(

@@ -31,7 +31,7 @@ from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.runtime import Runtime, training_runtime
 
 IGNORE = -100  # label of tokens the loss skips (prompt, padding)
 
@@ -137,9 +137,7 @@ def completion_loss(scorer: nn.Module, batch: dict[str, torch.Tensor | int]) -> 
 
 def train(opts: SFTOptions) -> dict[str, float]:
     """Run SFT end to end; returns the final eval metrics ({"loss", "ppl"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         # Data before model: bad data fails in a second, not after loading 7B weights.
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
@@ -169,8 +167,6 @@ def train(opts: SFTOptions) -> dict[str, float]:
             plot_metrics(opts.out, title=f"SFT {opts.model}")
         rt.barrier()
         return results
-    finally:
-        shutdown_runtime(rt)
 
 
 def _fit(
