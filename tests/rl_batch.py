@@ -18,16 +18,17 @@ share of Latin letters); and the CLI run killed after iteration 5 then resumed f
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import polars as pl
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from test_train_ppo import _write_prompts
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.models import load_tokenizer
 from zhihu_rlhf.train.prompts import response_mask
@@ -109,6 +110,19 @@ def trl_dataset():
 # ----------------------------------------------------------------------------------------------------------------
 # Runs on the tiny model
 
+
+def write_prompts(folder: Path, n: int) -> None:
+    """A pairs-shaped folder (train and test splits) of n short random questions: the RL runs' prompts."""
+    rng = random.Random(0)
+    rows = [
+        {"prompt": "问题" + "".join(rng.choice("0123456789") for _ in range(6)), "chosen": "好", "rejected": "坏"}
+        for _ in range(n)
+    ]
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        pl.DataFrame(rows).write_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
+
+
 OptionsT = TypeVar("OptionsT", bound=GroupOptions)
 
 
@@ -116,7 +130,7 @@ def tiny_options(cls: type[OptionsT], tmp_path: Path, **overrides: object) -> Op
     """A tiny-policy run on 32 prompts (4 per iteration, K = 4), written to tmp_path/prompts; out: tmp_path/run."""
     data = tmp_path / "prompts"
     if not data.exists():
-        _write_prompts(data, 32)
+        write_prompts(data, 32)
     settings: dict = dict(
         policy="tiny", data=str(data), out=tmp_path / "run", device="cpu", max_new_tokens=16, num_generations=4,
         rollout_batch_size=4, micro_batch_size=16, grad_accum=1, lr=2e-2, save_steps=0,
@@ -143,7 +157,7 @@ def planted_reward_run(
 
 def resumable_args(command: str, tmp_path: Path, *extra: str) -> list[str]:
     """CLI arguments of a 6-iteration run (24 prompts, 4 per iteration, K = 4, 2 passes) checkpointed every 2."""
-    _write_prompts(tmp_path / "prompts", 24)
+    write_prompts(tmp_path / "prompts", 24)
     return [
         command, "--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
         "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "4", "--micro-batch-size", "8",

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rl_batch import kill_after_iteration_5, write_prompts
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs, entropy_from_logits
@@ -187,21 +185,10 @@ def latin_letter_share(prompts: list[str], responses: list[str]) -> list[float]:
     return [sum(c.isascii() and c.isalpha() for c in r) / MAX_NEW_TOKENS for r in responses]
 
 
-def _write_prompts(folder: Path, n: int) -> None:
-    rng = random.Random(0)
-    rows = [
-        {"prompt": "问题" + "".join(rng.choice("0123456789") for _ in range(6)), "chosen": "好", "rejected": "坏"}
-        for _ in range(n)
-    ]
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
-        pl.DataFrame(rows).write_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
-
-
 def _tiny_opts(tmp_path: Path, **overrides: object) -> PPOOptions:
     data = tmp_path / "prompts"
     if not data.exists():
-        _write_prompts(data, 64)
+        write_prompts(data, 64)
     settings: dict = dict(
         policy="tiny", data=str(data), out=tmp_path / "ppo", device="cpu", max_new_tokens=MAX_NEW_TOKENS,
         rollout_batch_size=32, micro_batch_size=16, grad_accum=1, ppo_epochs=4, lr=5e-3, value_lr=5e-3,
@@ -245,12 +232,7 @@ def test_ppo_cli_with_reward_model_resumes_the_same_run(tmp_path: Path) -> None:
     ]
     train_main([*args, "--out", str(whole)])
     assert [p.name for p in sorted((whole / "checkpoints").iterdir())] == ["step-00000002", "step-00000004", "step-00000006"]
-    # A run killed after iteration 5: its checkpoint at 4 and logs that ran on past it.
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(whole / "checkpoints" / "step-00000004", cut / "checkpoints" / "step-00000004")
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        lines = (whole / name).read_text().splitlines(keepends=True)
-        (cut / name).write_text("".join(line for line in lines if json.loads(line).get("step", json.loads(line).get("iteration")) <= 5))
+    kill_after_iteration_5(whole, cut)
     train_main([*args, "--out", str(cut), "--resume"])
 
     whole_metrics, cut_metrics = read_metrics(whole), read_metrics(cut)
