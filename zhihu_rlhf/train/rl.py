@@ -34,7 +34,7 @@ from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.loop import accumulate_step, run_steps
 from zhihu_rlhf.train.models import disable_dropout, load_for_training, load_frozen, load_tokenizer, require_score_head
 from zhihu_rlhf.train.prompts import end_token_ids, resolve_template
-from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
+from zhihu_rlhf.train.report import ModelCardInfo, finish_run
 from zhihu_rlhf.train.rollout import RLOptions, Rollout, generate_rollout
 from zhihu_rlhf.train.runtime import Runtime, is_sharded
 from zhihu_rlhf.train.scoring import RewardFn, TokenScorer, WeightedRewards, load_reward_fn
@@ -281,10 +281,10 @@ def run_iterations(
         postfix=("reward_mean", "kl", "response_length"),
     )
     card = _card(opts, name, template, last, card_extra)
-    save_final(opts.out, policy, tokenizer, card, rt, merge_lora=opts.merge_lora, dtype=opts.save_dtype)
-    if rt.is_main:
-        plot_metrics(opts.out, title=f"{name.upper()} {opts.policy}")
-    rt.barrier()
+    finish_run(
+        opts.out, policy, tokenizer, card, rt, title=f"{name.upper()} {opts.policy}", merge_lora=opts.merge_lora,
+        dtype=opts.save_dtype,
+    )
     return last
 
 
