@@ -22,20 +22,15 @@ TRL is a benchmark/test extra (`pip install -e '.[bench]'`); the library never i
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import polars as pl
 import torch
 
-from bench_sft_gpu import print_results, save_model
-from bench_train_cpu import llama_4m_config
+from bench_sft_gpu import print_results
+from bench_train_cpu import alternating_runs, llama_4m_workdir, ours_over_trl, write_split_folder
 from zhihu_rlhf.train import grpo, options, report
 from zhihu_rlhf.train.data import load_split
 from zhihu_rlhf.train.prompts import render_prompt
@@ -114,57 +109,38 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each trainer, alternating which goes first")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    if threads:
-        torch.set_num_threads(threads)
-
-    from transformers import AutoModelForCausalLM, ByT5Tokenizer
-
-    tokenizer = ByT5Tokenizer()
-    work = Path(tempfile.mkdtemp(prefix="bench-rl-cpu-"))
-    try:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(llama_4m_config(tokenizer), dtype=torch.float32)
-        n_params = save_model(model, tokenizer, work / "model")
-        del model
+    with llama_4m_workdir("bench-rl-cpu-") as (work, tokenizer, n_params):
         questions = list(dict.fromkeys(r["prompt"] for r in load_split("sample", "train", "pairs")))[: args.prompts]
-        data = work / "prompts"
-        (data / "data").mkdir(parents=True)
         rows = [{"prompt": q, "chosen": "-", "rejected": "-"} for q in questions]
-        for split in ("train", "test"):
-            pl.DataFrame(rows).write_parquet(data / "data" / f"{split}-00000-of-00001.parquet")
+        data = write_split_folder(work / "prompts", rows, rows)
         rendered = [render_prompt(tokenizer, q, "plain") for q in questions]
         sequences = args.rollout_prompts * args.k
-        runs: dict[str, list[dict]] = {"zhihu_rlhf": [], "trl": []}
-        for repeat in range(args.repeat):
-            for name in ["zhihu_rlhf", "trl"] if repeat % 2 == 0 else ["trl", "zhihu_rlhf"]:
-                out = work / f"{name}-{repeat}"
-                if name == "zhihu_rlhf":
-                    argv = [
-                        "--policy", str(work / "model"), "--reward-fn", "bench_rl_cpu:letter_share", "--data", str(data),
-                        "--out", str(out), "--device", "cpu", "--template", "plain", "--num-generations", str(args.k),
-                        "--rollout-batch-size", str(args.rollout_prompts), "--micro-batch-size", str(sequences),
-                        "--grad-accum", "1", "--ppo-epochs", "1", "--max-new-tokens", str(args.max_new_tokens),
-                        "--max-iterations", str(args.iterations), "--lr", "1e-5", "--save-steps", "0", "--beta", "0",
-                    ]
-                    run = run_ours(argv, args.skip)
-                else:
-                    run = run_trl(work / "model", rendered, out, args)
-                run["tokens_per_s"] = (run["generated"] + run["trained"]) / run["seconds"]
-                runs[name].append(run)
-                print(name, json.dumps(run), flush=True)
-        ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(runs["zhihu_rlhf"], runs["trl"], strict=True)]
+
+        def run(name: str, repeat: int) -> dict:
+            out = work / f"{name}-{repeat}"
+            if name == "zhihu_rlhf":
+                argv = [
+                    "--policy", str(work / "model"), "--reward-fn", "bench_rl_cpu:letter_share", "--data", str(data),
+                    "--out", str(out), "--device", "cpu", "--template", "plain", "--num-generations", str(args.k),
+                    "--rollout-batch-size", str(args.rollout_prompts), "--micro-batch-size", str(sequences),
+                    "--grad-accum", "1", "--ppo-epochs", "1", "--max-new-tokens", str(args.max_new_tokens),
+                    "--max-iterations", str(args.iterations), "--lr", "1e-5", "--save-steps", "0", "--beta", "0",
+                ]
+                result = run_ours(argv, args.skip)
+            else:
+                result = run_trl(work / "model", rendered, out, args)
+            result["tokens_per_s"] = (result["generated"] + result["trained"]) / result["seconds"]
+            return result
+
+        runs = alternating_runs(["zhihu_rlhf", "trl"], args.repeat, run)
         results = {
             "threads": torch.get_num_threads(), "params": n_params, "k": args.k, "max_new_tokens": args.max_new_tokens,
             "rollout_prompts": args.rollout_prompts, "runs": runs,
             "median_tokens_per_s": {n: statistics.median(r["tokens_per_s"] for r in done) for n, done in runs.items()},
-            "ours_over_trl_per_repeat": ratios,
+            "ours_over_trl_per_repeat": ours_over_trl(runs),
         }
         print_results(results, args.json)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

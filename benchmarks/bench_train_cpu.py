@@ -25,6 +25,7 @@ TRL is a benchmark-only dependency (`pip install -e '.[bench]'`); the library ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import torch
@@ -58,6 +61,44 @@ def write_split_folder(root: Path, train: list[dict], test: list[dict]) -> Path:
     for split, rows in (("train", train), ("test", test)):
         pl.DataFrame(rows).write_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
     return root
+
+
+@contextlib.contextmanager
+def llama_4m_workdir(prefix: str) -> Iterator[tuple[Path, Any, int]]:
+    """A temporary folder holding the ~4M Llama (seed 0) and the ByT5 tokenizer in model/, both trainers' start;
+    removed afterwards. Yields (folder, tokenizer, parameter count). torch's threads follow OMP_NUM_THREADS."""
+    from transformers import AutoModelForCausalLM, ByT5Tokenizer
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = ByT5Tokenizer()
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(llama_4m_config(tokenizer), dtype=torch.float32)
+        n_params = save_model(model, tokenizer, work / "model")
+        del model
+        yield work, tokenizer, n_params
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def alternating_runs(trainers: list[str], repeat: int, run: Callable[[str, int], dict], *label: str) -> dict[str, list[dict]]:
+    """run(trainer, repeat) for each trainer, `repeat` times, alternating which goes first: on a shared machine load
+    changes over minutes, and each repeat compares two runs made one right after the other. Prints each run."""
+    runs: dict[str, list[dict]] = {name: [] for name in trainers}
+    for index in range(repeat):
+        for name in trainers if index % 2 == 0 else trainers[::-1]:
+            result = run(name, index)
+            runs[name].append(result)
+            print(*label, name, json.dumps(result), flush=True)
+    return runs
+
+
+def ours_over_trl(runs: dict[str, list[dict]]) -> list[float]:
+    """Our tokens/s over TRL's, repeat by repeat."""
+    return [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(runs["zhihu_rlhf"], runs["trl"], strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -180,20 +221,8 @@ def main() -> int:
     # Examples (SFT) or pairs (RM, DPO) per micro-batch and micro-batches per step: ~15k tokens per step for both.
     args.batch_size = {"sft": 8, "rm": 8, "dpo": 8}
     args.grad_accum = {"sft": 4, "rm": 2, "dpo": 2}
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
-    if threads:
-        torch.set_num_threads(threads)
-
-    from transformers import AutoModelForCausalLM, ByT5Tokenizer
-
-    tokenizer = ByT5Tokenizer()
-    work = Path(tempfile.mkdtemp(prefix="bench-train-cpu-"))
-    try:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(llama_4m_config(tokenizer), dtype=torch.float32)
+    with llama_4m_workdir("bench-train-cpu-") as (work, tokenizer, n_params):
         model_dir = work / "model"
-        n_params = save_model(model, tokenizer, model_dir)
-        del model
         instruct = load_split("sample", "train", "instruct")[: args.sft_rows]
         pairs = load_split("sample", "train", "pairs")[: args.pair_rows]
         data = {
@@ -210,39 +239,32 @@ def main() -> int:
             dataset = trl_dataset(task, tokenizer, rows, args.max_len)
             for precision in args.precisions.split(","):
                 key = f"{task} {precision}"
-                runs: dict[str, list[dict]] = {"zhihu_rlhf": [], "trl": []}
-                # Alternate who goes first: on a shared machine load changes over minutes, and each repeat compares
-                # two runs made one right after the other.
-                for repeat in range(args.repeat):
-                    trainers = ["zhihu_rlhf", "trl"] if args.peer else ["zhihu_rlhf"]
-                    for name in trainers if repeat % 2 == 0 else trainers[::-1]:
-                        out = work / f"{name}-{task}-{precision}-{repeat}"
-                        if name == "zhihu_rlhf":
-                            argv = [
-                                "--model", str(model_dir), "--data", str(data[task]), "--out", str(out), "--epochs", "1",
-                                "--max-len", str(args.max_len), "--grad-accum", str(args.grad_accum[task]), "--lr", lr,
-                                "--save-steps", "0", "--device", "cpu", "--precision", precision, "--template", "plain", *size,
-                            ]
-                            run = run_ours(task, argv, args.skip_steps)
-                        else:
-                            run = run_trl(task, model_dir, tokenizer, dataset, out, args, precision)
-                        run["tokens_per_s"] = run["tokens"] / run["seconds"]
-                        runs[name].append(run)
-                        print(key, name, json.dumps(run), flush=True)
+
+                def run(name: str, repeat: int) -> dict:
+                    out = work / f"{name}-{task}-{precision}-{repeat}"
+                    if name == "zhihu_rlhf":
+                        argv = [
+                            "--model", str(model_dir), "--data", str(data[task]), "--out", str(out), "--epochs", "1",
+                            "--max-len", str(args.max_len), "--grad-accum", str(args.grad_accum[task]), "--lr", lr,
+                            "--save-steps", "0", "--device", "cpu", "--precision", precision, "--template", "plain", *size,
+                        ]
+                        result = run_ours(task, argv, args.skip_steps)
+                    else:
+                        result = run_trl(task, model_dir, tokenizer, dataset, out, args, precision)
+                    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+                    return result
+
+                runs = alternating_runs(["zhihu_rlhf", "trl"] if args.peer else ["zhihu_rlhf"], args.repeat, run, key)
                 summary: dict = {
                     name: {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in done)} for name, done in runs.items() if done
                 }
                 if args.peer:
-                    ratios = [o["tokens_per_s"] / t["tokens_per_s"] for o, t in zip(runs["zhihu_rlhf"], runs["trl"], strict=True)]
-                    summary["ours_over_trl_per_repeat"] = ratios
+                    summary["ours_over_trl_per_repeat"] = ours_over_trl(runs)
                     summary["ours_over_trl_median"] = summary["zhihu_rlhf"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
                 results["tasks"][key] = {"runs": runs, "summary": summary}
                 print(key, json.dumps(summary), flush=True)
         print_results(results, args.json)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

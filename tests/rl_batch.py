@@ -1,4 +1,6 @@
-"""One fixed RL batch, fed both to our update and to TRL's RLOOTrainer / GRPOTrainer loss (TRL 1.x, a test extra).
+"""What the RLOO and GRPO tests share: one fixed RL batch for the TRL comparisons, and the tiny-model runs.
+
+One fixed RL batch, fed both to our update and to TRL's RLOOTrainer / GRPOTrainer loss (TRL 1.x, a test extra).
 
 What of TRL is called: the trainer is built as a user builds it (model, reward function, config, dataset), then its
 own `_compute_loss(model, inputs)` (the method its `compute_loss` calls in training) runs on a batch we construct in
@@ -8,19 +10,30 @@ advantages are given to both sides: TRL computes them inside generation, which t
 
 Prompts have equal lengths: TRL's forward passes no position ids (positions then count padding), ours counts real
 tokens only; with no left padding both are 0..L-1.
+
+The tiny-model runs: 32 prompts, 4 per iteration x K = 4 samples, trained on the planted reward (test_train_ppo's
+share of Latin letters); and the CLI run killed after iteration 5 then resumed from its checkpoint at 4.
 """
 
 from __future__ import annotations
 
+import json
+import random
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import polars as pl
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.models import load_tokenizer
 from zhihu_rlhf.train.prompts import response_mask
-from zhihu_rlhf.train.rollout import Rollout, response_logprobs
+from zhihu_rlhf.train.report import read_metrics
+from zhihu_rlhf.train.rollout import GroupOptions, Rollout, response_logprobs
 from zhihu_rlhf.train.runtime import Runtime
 
 K = 4  # samples per prompt
@@ -92,3 +105,82 @@ def trl_dataset():
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": ["a question"] * 8})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs on the tiny model
+
+
+def write_prompts(folder: Path, n: int) -> None:
+    """A pairs-shaped folder (train and test splits) of n short random questions: the RL runs' prompts."""
+    rng = random.Random(0)
+    rows = [
+        {"prompt": "问题" + "".join(rng.choice("0123456789") for _ in range(6)), "chosen": "好", "rejected": "坏"}
+        for _ in range(n)
+    ]
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        pl.DataFrame(rows).write_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
+
+
+OptionsT = TypeVar("OptionsT", bound=GroupOptions)
+
+
+def tiny_options(cls: type[OptionsT], tmp_path: Path, **overrides: object) -> OptionsT:
+    """A tiny-policy run on 32 prompts (4 per iteration, K = 4), written to tmp_path/prompts; out: tmp_path/run."""
+    data = tmp_path / "prompts"
+    if not data.exists():
+        write_prompts(data, 32)
+    settings: dict = dict(
+        policy="tiny", data=str(data), out=tmp_path / "run", device="cpu", max_new_tokens=16, num_generations=4,
+        rollout_batch_size=4, micro_batch_size=16, grad_accum=1, lr=2e-2, save_steps=0,
+    )
+    return cls(**{**settings, **overrides})
+
+
+def planted_reward_run(
+    train: Callable[..., object], opts: GroupOptions, reward_fn: Callable, logged: tuple[str, ...]
+) -> tuple[list[dict], float, float]:
+    """Train on reward_fn (opts from tiny_options with epochs=2: 16 iterations); the train records, and the mean reward
+    of the first and the last four iterations. Every record logs each of `logged`; the saved policy loads as a plain
+    causal LM."""
+    train(opts, reward_fn=reward_fn)
+    records = [r for r in read_metrics(opts.out) if r["split"] == "train"]
+    assert [r["step"] for r in records] == list(range(1, 17))
+    for key in logged:
+        assert all(r[key] is not None for r in records), key
+    AutoModelForCausalLM.from_pretrained(opts.out)
+    start = sum(r["reward_mean"] for r in records[:4]) / 4
+    end = sum(r["reward_mean"] for r in records[-4:]) / 4
+    return records, start, end
+
+
+def resumable_args(command: str, tmp_path: Path, *extra: str) -> list[str]:
+    """CLI arguments of a 6-iteration run (24 prompts, 4 per iteration, K = 4, 2 passes) checkpointed every 2."""
+    write_prompts(tmp_path / "prompts", 24)
+    return [
+        command, "--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
+        "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "4", "--micro-batch-size", "8",
+        "--grad-accum", "1", "--ppo-epochs", "2", "--epochs", "1", *extra,
+        "--save-steps", "2", "--save-limit", "10", "--keep-checkpoints",
+    ]
+
+
+def kill_after_iteration_5(whole: Path, cut: Path) -> None:
+    """Make `cut` what the run in `whole` leaves when killed after iteration 5: its checkpoint at 4, and logs that
+    ran on past it."""
+    (cut / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / "step-00000004", cut / "checkpoints" / "step-00000004")
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        lines = (whole / name).read_text().splitlines(keepends=True)
+        (cut / name).write_text("".join(x for x in lines if json.loads(x).get("step", json.loads(x).get("iteration")) <= 5))
+
+
+def assert_same_curve(whole: Path, cut: Path, keys: tuple[str, ...]) -> list[dict]:
+    """The resumed run logged iterations 1-6 with the uninterrupted run's values; returns the whole run's records."""
+    a, b = read_metrics(whole), read_metrics(cut)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
+    for x, y in zip(a, b, strict=True):
+        for key in keys:
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), key
+    return a

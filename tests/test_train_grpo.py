@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rl_batch import CPU, K, T, GradientRecorder, fixed_batch, trl_dataset, trl_inputs, zero_reward
-from test_train_ppo import _write_prompts, latin_letter_share
+from rl_batch import (
+    CPU,
+    K,
+    T,
+    GradientRecorder,
+    assert_same_curve,
+    fixed_batch,
+    kill_after_iteration_5,
+    planted_reward_run,
+    resumable_args,
+    tiny_options,
+    trl_dataset,
+    trl_inputs,
+    zero_reward,
+)
+from test_train_ppo import latin_letter_share
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
 from zhihu_rlhf.train.grpo import GRPOOptions, grpo_update, train
 from zhihu_rlhf.train.logprobs import TokenLogProbs
-from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.rl_math import aggregate, clipped_policy_loss, grpo_advantages, k3_kl
 from zhihu_rlhf.train.rollout import response_logprobs
 
@@ -101,57 +112,25 @@ def fixture_tokenizer(model_dir: Path):
 # Runs on the tiny model
 
 
-def _opts(tmp_path: Path, **overrides) -> GRPOOptions:
-    data = tmp_path / "prompts"
-    if not data.exists():
-        _write_prompts(data, 32)
-    settings: dict = dict(
-        policy="tiny", data=str(data), out=tmp_path / "grpo", device="cpu", max_new_tokens=16, num_generations=4,
-        rollout_batch_size=4, micro_batch_size=16, grad_accum=1, lr=2e-2, save_steps=0, beta=0.3,
-    )
-    settings.update(overrides)
-    return GRPOOptions(**settings)
-
-
 def test_grpo_raises_planted_reward_with_bounded_kl(tmp_path: Path) -> None:
-    opts = _opts(tmp_path, epochs=2)  # 32 prompts / 4 = 8 iterations an epoch -> 16 iterations
-    train(opts, reward_fn=latin_letter_share)
-    records = [r for r in read_metrics(opts.out) if r["split"] == "train"]
-    assert [r["step"] for r in records] == list(range(1, 17))
-    start = sum(r["reward_mean"] for r in records[:4]) / 4
-    end = sum(r["reward_mean"] for r in records[-4:]) / 4
+    opts = tiny_options(GRPOOptions, tmp_path, beta=0.3, epochs=2)  # 32 prompts / 4 = 8 iterations an epoch -> 16 iterations
+    logged = ("group_reward_std", "equal_reward_groups", "entropy", "clip_frac", "kl_loss", "no_eos_frac")
+    records, start, end = planted_reward_run(train, opts, latin_letter_share, logged)
     assert end > start + 0.07, (start, end)
     # The k3 loss term holds the policy near the reference (with beta 0.04 it passes 30 nats).
     assert records[0]["kl"] == 0.0 and max(r["kl"] for r in records) < 12.0
-    for key in ("group_reward_std", "equal_reward_groups", "entropy", "clip_frac", "kl_loss", "no_eos_frac"):
-        assert all(r[key] is not None for r in records), key
     assert 0 <= records[0]["equal_reward_groups"] <= 1 and records[0]["group_reward_std"] > 0
-    AutoModelForCausalLM.from_pretrained(opts.out)
 
 
 def test_grpo_cli_resumes_the_same_curve_and_refuses_changed_options(tmp_path: Path) -> None:
-    _write_prompts(tmp_path / "prompts", 24)  # 6 iterations of 4 prompts
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = [
-        "grpo", "--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
-        "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "4", "--micro-batch-size", "8",
-        "--grad-accum", "1", "--ppo-epochs", "2", "--epochs", "1", "--lr", "1e-3", "--beta", "0.04",
-        "--save-steps", "2", "--save-limit", "10", "--keep-checkpoints",
-    ]
+    args = resumable_args("grpo", tmp_path, "--lr", "1e-3", "--beta", "0.04")
     train_main([*args, "--out", str(whole)])
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(whole / "checkpoints" / "step-00000004", cut / "checkpoints" / "step-00000004")
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        lines = (whole / name).read_text().splitlines(keepends=True)
-        (cut / name).write_text("".join(x for x in lines if json.loads(x).get("step", json.loads(x).get("iteration")) <= 5))
+    kill_after_iteration_5(whole, cut)
     with pytest.raises(UserError, match=r"--lr 0.002 \(checkpoint: 0.001\).*--beta 0.1 \(checkpoint: 0.04\)"):
         train_main([*args, "--out", str(cut), "--resume", "--lr", "2e-3", "--beta", "0.1"])
     train_main([*args, "--out", str(cut), "--resume"])
-    a, b = read_metrics(whole), read_metrics(cut)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
-    for x, y in zip(a, b, strict=True):
-        for key in ("reward_mean", "kl", "policy_loss", "group_reward_std"):
-            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), key
+    assert_same_curve(whole, cut, ("reward_mean", "kl", "policy_loss", "group_reward_std"))
     assert (whole / "samples.jsonl").read_text() == (cut / "samples.jsonl").read_text()
 
 

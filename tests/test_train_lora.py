@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.prompts import encode_pairs
-from zhihu_rlhf.train import dpo, loop, models, ppo, report, rl, rm, runtime, sft
+from zhihu_rlhf.train import dpo, loop, models, ppo, report, rm, runtime, sft
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 
@@ -32,16 +32,16 @@ def instruct_dir(tmp_path_factory) -> Path:
     return write_instruct(tmp_path_factory.mktemp("instruct"), doubling_rows(0, 16), doubling_rows(100, 6))
 
 
-def keep_final_model(monkeypatch, stage) -> dict:
-    """Make `stage`'s final save also hand over the trained model object (the run saves as usual)."""
+def keep_final_model(monkeypatch) -> dict:
+    """Make a run's final save also hand over the trained model object (the run saves as usual)."""
     kept: dict = {}
-    original = stage.save_final
+    original = report.save_final
 
     def save_and_keep(out, model, *args, **kwargs):
         kept["model"] = model
         return original(out, model, *args, **kwargs)
 
-    monkeypatch.setattr(stage, "save_final", save_and_keep)
+    monkeypatch.setattr(report, "save_final", save_and_keep)
     return kept
 
 
@@ -76,7 +76,7 @@ def token_logits(model, ids: list[int]) -> torch.Tensor:
 def lora_sft(instruct_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "sft"
     monkeypatch = pytest.MonkeyPatch()
-    kept = keep_final_model(monkeypatch, sft)
+    kept = keep_final_model(monkeypatch)
     opts = small_opts(instruct_dir, out, lr=1e-2, **LORA)
     results = sft.train(opts)
     monkeypatch.undo()
@@ -183,7 +183,7 @@ def test_checkpoint_holds_only_the_trained_tensors(tmp_path):
 
 def test_lora_rm_trains_adapters_and_its_own_copy_of_the_score_head(tmp_path, monkeypatch):
     data = write_pairs(tmp_path / "pairs", planted_pairs(48, seed=1), planted_pairs(32, seed=2))
-    kept = keep_final_model(monkeypatch, rm)
+    kept = keep_final_model(monkeypatch)
     opts = rm.RMOptions(
         model="tiny", data=str(data), out=tmp_path / "rm", lr=1e-2, epochs=2, batch_size=8, max_len=128,
         device="cpu", warmup_ratio=0.0, **LORA,
@@ -208,7 +208,7 @@ def test_lora_dpo_reference_is_the_base_with_adapters_off(tmp_path, monkeypatch)
     data = tmp_path / "pairs"
     write_letter_pairs(data, "train", 48, seed=1)
     write_letter_pairs(data, "test", 16, seed=2)
-    kept = keep_final_model(monkeypatch, dpo)
+    kept = keep_final_model(monkeypatch)
     opts = dpo.DPOOptions(
         model="tiny", data=str(data), out=tmp_path / "dpo", device="cpu", epochs=2, lr=1e-2, beta=0.1,
         batch_size=8, grad_accum=1, warmup_ratio=0.0, save_steps=0, max_len=128, **LORA,
@@ -263,7 +263,7 @@ def test_lora_ppo_shares_base_weights_instead_of_copying_them(tmp_path, monkeypa
 def test_lora_ppo_raises_the_reward_from_a_zero_kl_start(tmp_path, monkeypatch):
     from test_train_ppo import _tiny_opts, latin_letter_share
 
-    kept = keep_final_model(monkeypatch, rl)  # PPO saves through rl.run_iterations
+    kept = keep_final_model(monkeypatch)
     # The random tiny model's logits are bounded by its frozen final norm and tied embeddings (near-uniform, entropy
     # ~ln 384): adapters on the blocks alone barely move them, so the LM head gets an adapter too.
     targets = "q_proj,v_proj,o_proj,down_proj,lm_head"

@@ -37,10 +37,10 @@ def test_packed_rows_do_not_attend_across_examples():
 
 
 def test_a_causal_lm_given_as_reward_or_value_model_is_refused(fixture_model_dir, tmp_path):
-    from test_train_ppo import _write_prompts
+    from rl_batch import write_prompts
     from zhihu_rlhf.train import ppo
 
-    _write_prompts(tmp_path / "prompts", 8)
+    write_prompts(tmp_path / "prompts", 8)
     policy = str(fixture_model_dir("qwen2.5"))
     with pytest.raises(UserError, match="not a reward model .*score head would be random"):
         models.require_score_head(policy, "--reward")

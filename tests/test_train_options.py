@@ -108,3 +108,14 @@ def test_flash_attention_without_flash_attn_is_one_line(capsys, monkeypatch):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "flash-attention is not installed" in err
+
+
+@pytest.mark.parametrize("command", ["rloo", "grpo"])
+def test_critic_free_commands_refuse_a_group_of_one_in_one_line(capsys, command):
+    # One sample per prompt leaves no other sample to be its baseline: every advantage would be 0 (or undefined).
+    argv = [command, "--policy", "tiny", "--reward", "tiny", "--data", "sample", "--out", "o", "--num-generations", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(train_main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--num-generations must be >= 2" in err

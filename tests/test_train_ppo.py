@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rl_batch import kill_after_iteration_5, write_prompts
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.__main__ import main as train_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs, entropy_from_logits
@@ -33,6 +31,7 @@ from zhihu_rlhf.train.rl_math import (
     gae_advantages,
     kl_penalty_rewards,
     masked_whiten,
+    penalize_missing_eos,
     policy_loss,
     value_loss,
 )
@@ -76,6 +75,12 @@ def test_kl_penalty_rewards_put_score_on_last_response_token() -> None:
     torch.testing.assert_close(kl, torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]))
     # -0.1 * kl everywhere, the score added on the last unmasked token (index 2 and index 0).
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.1, 2.0], [-0.1 - 1.0, 0.0, 0.0]]))
+
+
+def test_missing_eos_penalty_hits_only_cut_responses() -> None:
+    # PPO, RLOO and GRPO all take --missing-eos-penalty off the score of a response that never reached an end token.
+    penalized = penalize_missing_eos(torch.tensor([2.0, 2.0, -1.0]), torch.tensor([True, False, False]), 0.5)
+    torch.testing.assert_close(penalized, torch.tensor([2.0, 1.5, -1.5]))
 
 
 def test_policy_loss_matches_clipped_formula() -> None:
@@ -180,21 +185,10 @@ def latin_letter_share(prompts: list[str], responses: list[str]) -> list[float]:
     return [sum(c.isascii() and c.isalpha() for c in r) / MAX_NEW_TOKENS for r in responses]
 
 
-def _write_prompts(folder: Path, n: int) -> None:
-    rng = random.Random(0)
-    rows = [
-        {"prompt": "问题" + "".join(rng.choice("0123456789") for _ in range(6)), "chosen": "好", "rejected": "坏"}
-        for _ in range(n)
-    ]
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "test"):
-        pl.DataFrame(rows).write_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
-
-
 def _tiny_opts(tmp_path: Path, **overrides: object) -> PPOOptions:
     data = tmp_path / "prompts"
     if not data.exists():
-        _write_prompts(data, 64)
+        write_prompts(data, 64)
     settings: dict = dict(
         policy="tiny", data=str(data), out=tmp_path / "ppo", device="cpu", max_new_tokens=MAX_NEW_TOKENS,
         rollout_batch_size=32, micro_batch_size=16, grad_accum=1, ppo_epochs=4, lr=5e-3, value_lr=5e-3,
@@ -238,12 +232,7 @@ def test_ppo_cli_with_reward_model_resumes_the_same_run(tmp_path: Path) -> None:
     ]
     train_main([*args, "--out", str(whole)])
     assert [p.name for p in sorted((whole / "checkpoints").iterdir())] == ["step-00000002", "step-00000004", "step-00000006"]
-    # A run killed after iteration 5: its checkpoint at 4 and logs that ran on past it.
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(whole / "checkpoints" / "step-00000004", cut / "checkpoints" / "step-00000004")
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        lines = (whole / name).read_text().splitlines(keepends=True)
-        (cut / name).write_text("".join(line for line in lines if json.loads(line).get("step", json.loads(line).get("iteration")) <= 5))
+    kill_after_iteration_5(whole, cut)
     train_main([*args, "--out", str(cut), "--resume"])
 
     whole_metrics, cut_metrics = read_metrics(whole), read_metrics(cut)

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl_batch import CPU, K, T, GradientRecorder, fixed_batch, trl_dataset, trl_inputs, zero_reward
-from test_train_ppo import _write_prompts, latin_letter_share
+from rl_batch import (
+    CPU,
+    K,
+    T,
+    GradientRecorder,
+    assert_same_curve,
+    fixed_batch,
+    kill_after_iteration_5,
+    planted_reward_run,
+    resumable_args,
+    tiny_options,
+    trl_dataset,
+    trl_inputs,
+    zero_reward,
+)
+from test_train_ppo import latin_letter_share
 from zhihu_rlhf.train.__main__ import main as train_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
-from zhihu_rlhf.train.report import read_metrics
 from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
 from zhihu_rlhf.train.rloo import RLOOOptions, rloo_update, train
 
@@ -74,60 +85,28 @@ def test_rloo_loss_and_gradient_equal_trl_rlootrainer_on_one_batch(fixture_model
 # Runs on the tiny model
 
 
-def _opts(tmp_path: Path, **overrides) -> RLOOOptions:
-    data = tmp_path / "prompts"
-    if not data.exists():
-        _write_prompts(data, 32)
-    settings: dict = dict(
-        policy="tiny", data=str(data), out=tmp_path / "rloo", device="cpu", max_new_tokens=16, num_generations=4,
-        rollout_batch_size=4, micro_batch_size=16, grad_accum=1, lr=2e-2, save_steps=0, kl_coef=0.3,
-    )
-    settings.update(overrides)
-    return RLOOOptions(**settings)
-
-
 def ten_times_letter_share(prompts: list[str], responses: list[str]) -> list[float]:
     """The planted reward on a 0-10 scale: RLOO's advantages are in reward units (GRPO divides by the group std)."""
     return [10 * share for share in latin_letter_share(prompts, responses)]
 
 
 def test_rloo_raises_planted_reward_with_bounded_kl(tmp_path: Path) -> None:
-    opts = _opts(tmp_path, epochs=2)  # 32 prompts / 4 = 8 iterations an epoch -> 16 iterations
-    train(opts, reward_fn=ten_times_letter_share)
-    records = [r for r in read_metrics(opts.out) if r["split"] == "train"]
-    assert [r["step"] for r in records] == list(range(1, 17))
-    start = sum(r["reward_mean"] for r in records[:4]) / 4
-    end = sum(r["reward_mean"] for r in records[-4:]) / 4
+    opts = tiny_options(RLOOOptions, tmp_path, kl_coef=0.3, epochs=2)  # 32 prompts / 4 = 8 iterations an epoch -> 16 iterations
+    logged = ("group_reward_std", "equal_reward_groups", "entropy", "clip_frac", "no_eos_frac", "response_length")
+    records, start, end = planted_reward_run(train, opts, ten_times_letter_share, logged)
     assert end > start + 0.7, (start, end)
     # The KL penalty in the reward holds the policy near the reference (with kl_coef 0.05 it passes 40 nats).
     assert records[0]["kl"] == 0.0 and max(r["kl"] for r in records) < 12.0
-    for key in ("group_reward_std", "equal_reward_groups", "entropy", "clip_frac", "no_eos_frac", "response_length"):
-        assert all(r[key] is not None for r in records), key
-    AutoModelForCausalLM.from_pretrained(opts.out)
 
 
 def test_rloo_cli_with_lora_resumes_the_same_curve(tmp_path: Path) -> None:
     """LoRA: the reference is the policy with its adapters off (KL exactly 0 at first); kill + --resume: same curve."""
-    _write_prompts(tmp_path / "prompts", 24)  # 6 iterations of 4 prompts
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    args = [
-        "rloo", "--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
-        "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "4", "--micro-batch-size", "8",
-        "--grad-accum", "1", "--ppo-epochs", "2", "--epochs", "1", "--lr", "1e-2", "--lora", "--lora-dropout", "0",
-        "--save-steps", "2", "--save-limit", "10", "--keep-checkpoints",
-    ]
+    args = resumable_args("rloo", tmp_path, "--lr", "1e-2", "--lora", "--lora-dropout", "0")
     train_main([*args, "--out", str(whole)])
-    (cut / "checkpoints").mkdir(parents=True)
-    shutil.copytree(whole / "checkpoints" / "step-00000004", cut / "checkpoints" / "step-00000004")
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        lines = (whole / name).read_text().splitlines(keepends=True)
-        (cut / name).write_text("".join(x for x in lines if json.loads(x).get("step", json.loads(x).get("iteration")) <= 5))
+    kill_after_iteration_5(whole, cut)
     train_main([*args, "--out", str(cut), "--resume"])
-    a, b = read_metrics(whole), read_metrics(cut)
+    a = assert_same_curve(whole, cut, ("reward_mean", "kl", "policy_loss", "group_reward_std"))
     assert a[0]["kl"] == 0.0 and max(r["kl"] for r in a) > 0  # adapters start at zero, then move the policy
-    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 7))
-    for x, y in zip(a, b, strict=True):
-        for key in ("reward_mean", "kl", "policy_loss", "group_reward_std"):
-            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), key
     # The adapters folder carries the generation settings (stop on every end token) for whoever loads them.
     assert (whole / "adapter_model.safetensors").exists() and (whole / "generation_config.json").exists()

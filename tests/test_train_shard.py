@@ -137,9 +137,9 @@ def test_sharded_lora_rm_with_grad_ckpt_matches_one_process(tmp_path):
 def test_sharded_lora_ppo_generates_scores_and_saves_adapters(tmp_path):
     """PPO's four roles sharded: generation on the gathered policy (ranks stop at different lengths), reference and
     RM as the shared bases with adapters off, value model through TokenScorer as the sharded root."""
-    from test_train_ppo import _write_prompts
+    from rl_batch import write_prompts
 
-    _write_prompts(tmp_path / "prompts", 32)
+    write_prompts(tmp_path / "prompts", 32)
     torchrun("ppo", ["--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
                      "--max-new-tokens", "8", "--rollout-batch-size", "8", "--micro-batch-size", "4", "--ppo-epochs", "2",
                      "--epochs", "1", "--lr", "1e-3", "--shard", "--lora", "--lora-dropout", "0", "--save-steps", "1",
@@ -156,9 +156,9 @@ def test_sharded_lora_ppo_generates_scores_and_saves_adapters(tmp_path):
 def test_sharded_critic_free_rl_generates_groups_and_saves(tmp_path, stage):
     """RLOO with LoRA (reference = adapters off) and GRPO with full weights (a sharded frozen reference, --beta > 0),
     each sharded over 2 ranks: K samples per prompt generated on the gathered policy, scored by the tiny RM."""
-    from test_train_ppo import _write_prompts
+    from rl_batch import write_prompts
 
-    _write_prompts(tmp_path / "prompts", 16)
+    write_prompts(tmp_path / "prompts", 16)
     extra = ["--lora", "--lora-dropout", "0"] if stage == "rloo" else ["--beta", "0.1"]
     torchrun(stage, ["--policy", "tiny", "--reward", "tiny", "--data", str(tmp_path / "prompts"), "--device", "cpu",
                      "--max-new-tokens", "8", "--rollout-batch-size", "4", "--num-generations", "2",

@@ -91,10 +91,9 @@ def _log_bins(values: np.ndarray, count: int = 40) -> np.ndarray:
 
 
 def _length_plot(folder: Path, kind: str, frame: pl.DataFrame) -> Plot:
-    columns = ["prompt", "completion"] if kind == "instruct" else ["prompt", "chosen", "rejected"]
     fig = _figure()
     ax = _count_histogram(fig)
-    lengths = {c: frame[c].str.len_chars().to_numpy() for c in columns}
+    lengths = {c: frame[c].str.len_chars().to_numpy() for c in schema.TEXT_COLUMNS[kind]}
     bins = _log_bins(np.concatenate(list(lengths.values())))
     for column, values in lengths.items():
         ax.hist(values, bins=bins, histtype="step", linewidth=1.6, label=f"{column} (median {int(np.median(values))})")

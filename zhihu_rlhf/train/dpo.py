@@ -27,8 +27,8 @@ from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import disable_dropout, load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_pairs, resolve_template
-from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, gathered, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.report import ModelCardInfo, finish_run
+from zhihu_rlhf.train.runtime import Runtime, gathered, training_runtime
 
 
 @dataclass(kw_only=True)
@@ -149,9 +149,7 @@ def reference_logps(
 
 def train(opts: DPOOptions) -> dict[str, float]:
     """Run DPO end to end; returns the final eval metrics (loss, accuracy, margin, ...). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
@@ -170,16 +168,11 @@ def train(opts: DPOOptions) -> dict[str, float]:
             ref_train = reference_logps(reference, train_pairs, pad_id, rt, opts.batch_size)
             ref_test = reference_logps(reference, test_pairs, pad_id, rt, opts.batch_size)
         results = _fit(opts, rt, scorer, pad_id, train_pairs, test_pairs, ref_train, ref_test)
-        save_final(
-            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
-            dtype=opts.save_dtype,
+        finish_run(
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, title=f"DPO {opts.model}",
+            merge_lora=opts.merge_lora, dtype=opts.save_dtype,
         )
-        if rt.is_main:
-            plot_metrics(opts.out, title=f"DPO {opts.model}")
-        rt.barrier()
         return results
-    finally:
-        shutdown_runtime(rt)
 
 
 def _pair_metrics(

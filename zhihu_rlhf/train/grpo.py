@@ -32,22 +32,37 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
-from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
-from zhihu_rlhf.train.rl_math import LOSS_TYPES, SCALE_REWARDS, aggregate, clipped_policy_loss, grpo_advantages, k3_kl
-from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.rl import (
+    load_policy,
+    load_reward,
+    optimizer_steps,
+    plan_iterations,
+    process_mean,
+    run_iterations,
+    update_passes,
+)
+from zhihu_rlhf.train.rl_math import (
+    LOSS_TYPES,
+    SCALE_REWARDS,
+    aggregate,
+    clipped_policy_loss,
+    grpo_advantages,
+    k3_kl,
+    penalize_missing_eos,
+)
+from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
 @dataclass(kw_only=True)
-class GRPOOptions(RLOptions):
+class GRPOOptions(GroupOptions):
     """`python -m zhihu_rlhf.train grpo` options. Defaults follow TRL's GRPOTrainer where it has one."""
 
     TINY_DEMO: ClassVar[dict[str, Any]] = {
         "max_new_tokens": 32, "rollout_batch_size": 8, "max_iterations": 8, "lr": 1e-4,
     }
 
-    num_generations: int = field(default=8, metadata={"help": "K: samples per prompt (the group), >= 2"})
     scale_rewards: str = field(
         default="group",
         metadata={"help": "group: divide advantages by the group's reward std (GRPO); none: do not (Dr. GRPO)",
@@ -62,14 +77,9 @@ class GRPOOptions(RLOptions):
         default=0.0,
         metadata={"help": "weight of the k3 KL(policy || reference) loss term (0 = no reference model; DeepSeek-R1 used 0.001)"},
     )
-    ppo_epochs: int = field(default=1, metadata={"help": "optimisation passes over each rollout (TRL: num_iterations)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward pass"})
-    grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step: minibatch = micro-batch x this"})
 
     def validate(self) -> None:
         super().validate()
-        if self.num_generations < 2:
-            raise UserError(f"--num-generations must be >= 2 (a group needs more than one sample), got {self.num_generations}")
         if self.beta < 0:
             raise UserError(f"--beta must be >= 0, got {self.beta}")
 
@@ -125,29 +135,25 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports them by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         prompts = load_prompts(opts.data, opts.data_kind)
         tokenizer, template, policy, reference = load_policy(opts, rt, with_reference=opts.beta > 0)
         reward = load_reward(opts, rt, tokenizer, reward_fn)
         prompt_ids = encode_prompts(tokenizer, prompts, template, opts.max_prompt_len)
         k = opts.num_generations
         plan = plan_iterations(len(prompts), opts, rt)
-        steps = plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size * k // opts.minibatch_size)
+        steps = optimizer_steps(plan, opts, k)
         optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], opts.lr, opts.weight_decay)
         scheduler = make_scheduler(optimizer, opts.warmup_ratio, steps)
         policy_ddp = wrap_ddp(TokenLogProbs(policy), rt)
 
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
-            mask = rollout.response_mask
-            scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
+            scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = grpo_advantages(scores, k, opts.scale_rewards)
             stats = grpo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration, single_step(opts))
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            metrics = {"advantage_abs_mean": mean(advantages.abs().mean()), **stats}
+            metrics = {"advantage_abs_mean": process_mean(advantages.abs().mean(), rt), **stats}
             if reference is not None:  # KL(policy || reference) per response at sampling time, as PPO and RLOO log it
-                metrics["kl"] = mean(((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1).mean())
+                metrics["kl"] = process_mean(rollout.sequence_kl.mean(), rt)
             return metrics
 
         return run_iterations(
@@ -157,8 +163,6 @@ def train(opts: GRPOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             card_extra=f"{k} samples per prompt, advantages relative to their group (scale_rewards={opts.scale_rewards}), "
             f"loss aggregated as {opts.loss_type}, k3 KL to the frozen starting model weighted by beta={opts.beta}.",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,9 @@ from zhihu_rlhf.train.rl import (
     check_reward_model,
     load_policy,
     load_reward,
+    optimizer_steps,
     plan_iterations,
+    process_mean,
     reward_functions,
     run_iterations,
     update_passes,
@@ -46,11 +48,12 @@ from zhihu_rlhf.train.rl_math import (
     gae_advantages,
     kl_penalty_rewards,
     masked_whiten,
+    penalize_missing_eos,
     policy_loss,
     value_loss,
 )
 from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn, TokenScorer
 
 
@@ -130,7 +133,7 @@ def shaped_scores(
     if opts.reward_norm:
         moments.update(scores, rt)
         scores = (scores - moments.mean) / max(moments.std, 1e-6)
-    scores = scores - opts.missing_eos_penalty * (~ended).float()
+    scores = penalize_missing_eos(scores, ended, opts.missing_eos_penalty)
     if opts.reward_clip > 0:
         scores = scores.clamp(-opts.reward_clip, opts.reward_clip)
     return scores
@@ -171,9 +174,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports one by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         reward_fn = reward_fn or reward_functions(opts)
         if reward_fn is None and opts.reward is None:
             raise UserError("no reward: give --reward (a reward model) or --reward-fn (module:function)")
@@ -192,7 +193,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
         disable_dropout(value_model)
 
         plan = plan_iterations(len(prompts), opts, rt)
-        steps = plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size // opts.minibatch_size)
+        steps = optimizer_steps(plan, opts, k=1)
         policy_params = [p for p in policy.parameters() if p.requires_grad]
         value_params = [p for p in value_model.parameters() if p.requires_grad]
         optimizer = make_optimizer(policy_params, opts.lr, opts.weight_decay)
@@ -216,12 +217,11 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
                 returns, opts, rt, iteration,
             )
             # The KL controller sees the mean KL per response of this iteration.
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            kl_per_response = mean(kl.sum(dim=1).mean())
+            kl_per_response = process_mean(kl.sum(dim=1).mean(), rt)
             kl_ctl.update(kl_per_response, n_steps=plan.per_iteration)
             return {
-                "shaped_score_mean": mean(scores.mean()), "kl": kl_per_response, "kl_coef": kl_ctl.value, **stats,
-                "explained_variance": mean(explained_variance(values, returns, mask))
+                "shaped_score_mean": process_mean(scores.mean(), rt), "kl": kl_per_response, "kl_coef": kl_ctl.value,
+                **stats, "explained_variance": process_mean(explained_variance(values, returns, mask), rt),
             }
 
         def restore(state: dict[str, Any]) -> None:
@@ -237,8 +237,6 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
             card_extra=f"A per-token KL penalty to the frozen starting model (initial coefficient {opts.kl_coef}, "
             f"target KL {opts.target_kl}) and a value model trained alongside (GAE).",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@
     plot_metrics(out) -> Path              OUT/curves.png
     save_final(out, model, tokenizer, card, rt, *, merge_lora, dtype) -> Path
                                    HF-format model (or LoRA adapters) + tokenizer + README.md model card
+    finish_run(out, model, tokenizer, card, rt, *, title, merge_lora, dtype)   save_final, curves.png, barrier
     ModelCardInfo
 """
 
@@ -194,6 +195,17 @@ Training curves: `curves.png`; every logged step: `metrics.jsonl`.
 
 
 SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def finish_run(
+    out: Path, model: nn.Module, tokenizer, card: ModelCardInfo, rt: Runtime, *, title: str, merge_lora: bool, dtype: str
+) -> None:
+    """How every train() ends: the final save (every rank takes part), OUT/curves.png (rank 0), then every rank waits
+    for rank 0's writes."""
+    save_final(out, model, tokenizer, card, rt, merge_lora=merge_lora, dtype=dtype)
+    if rt.is_main:
+        plot_metrics(out, title=title)
+    rt.barrier()
 
 
 def save_final(

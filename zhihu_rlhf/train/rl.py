@@ -3,7 +3,9 @@
     load_policy(opts, rt) -> (tokenizer, template, policy, reference)    reference = adapters off with --lora
     load_reward(opts, rt, tokenizer, reward_fn) -> TokenScorer over the RM (frozen) or a RewardFn
     plan_iterations(n_prompts, opts, rt) -> IterationPlan
+    optimizer_steps(plan, opts, k) -> the run's optimizer steps (what the learning-rate schedule spans)
     update_passes(ddp_models, param_groups, optimizer, scheduler, n_rows, opts, rt, iteration, micro_loss) -> stats
+    process_mean(value, rt) -> float       a per-process statistic averaged over the processes (the logged metrics)
     run_iterations(opts, rt, name, ..., update) -> last metrics     loop.run_steps over the iterations, then the save
 
 One iteration: this process's rollout_batch_size prompts (an epoch is one pass over the prompts, in a per-epoch
@@ -32,7 +34,7 @@ from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.loop import accumulate_step, run_steps
 from zhihu_rlhf.train.models import disable_dropout, load_for_training, load_frozen, load_tokenizer, require_score_head
 from zhihu_rlhf.train.prompts import end_token_ids, resolve_template
-from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
+from zhihu_rlhf.train.report import ModelCardInfo, finish_run
 from zhihu_rlhf.train.rollout import RLOptions, Rollout, generate_rollout
 from zhihu_rlhf.train.runtime import Runtime, is_sharded
 from zhihu_rlhf.train.scoring import RewardFn, TokenScorer, WeightedRewards, load_reward_fn
@@ -133,6 +135,12 @@ def plan_iterations(n_prompts: int, opts: RLOptions, rt: Runtime) -> IterationPl
     return IterationPlan(n_prompts, per_iteration, iterations_per_epoch, n_iterations)
 
 
+def optimizer_steps(plan: IterationPlan, opts: RLOptions, k: int) -> int:
+    """The run's optimizer steps (the learning-rate schedule's length): each iteration, update_passes takes
+    --ppo-epochs passes over its B x K sequences in minibatches of --micro-batch-size x --grad-accum."""
+    return plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size * k // opts.minibatch_size)
+
+
 MicroLoss = Callable[[list[int]], tuple[torch.Tensor, float, dict[str, float]]]
 
 
@@ -171,9 +179,14 @@ def update_passes(
     return {k: v / max(n_steps, 1) for k, v in totals.items()}
 
 
+def process_mean(value: torch.Tensor | float, rt: Runtime) -> float:
+    """A statistic of this process's rollout averaged over the processes: what each iteration logs."""
+    return rt.all_reduce_sum(float(value)) / rt.world_size
+
+
 def rollout_metrics(rollout: Rollout, k: int, rt: Runtime) -> dict[str, float]:
     """What every RL stage logs about its rollout, averaged over the processes."""
-    mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
+    mean = lambda x: process_mean(x, rt)  # noqa: E731
     mask = rollout.response_mask
     metrics = {
         "reward_mean": mean(rollout.scores.mean()),
@@ -268,10 +281,10 @@ def run_iterations(
         postfix=("reward_mean", "kl", "response_length"),
     )
     card = _card(opts, name, template, last, card_extra)
-    save_final(opts.out, policy, tokenizer, card, rt, merge_lora=opts.merge_lora, dtype=opts.save_dtype)
-    if rt.is_main:
-        plot_metrics(opts.out, title=f"{name.upper()} {opts.policy}")
-    rt.barrier()
+    finish_run(
+        opts.out, policy, tokenizer, card, rt, title=f"{name.upper()} {opts.policy}", merge_lora=opts.merge_lora,
+        dtype=opts.save_dtype,
+    )
     return last
 
 

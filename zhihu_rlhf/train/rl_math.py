@@ -22,7 +22,7 @@ from zhihu_rlhf.train.prompts import score_positions
 from zhihu_rlhf.train.runtime import Runtime
 
 # ----------------------------------------------------------------------------------------------------------------
-# Masked statistics
+# Masked statistics, and the score penalty every stage applies
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,11 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
+
+
+def penalize_missing_eos(scores: torch.Tensor, ended: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Scores (N,) less `penalty` (--missing-eos-penalty) for each response cut without an end token. (N,)"""
+    return scores - penalty * (~ended).float()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -27,15 +27,23 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
 from zhihu_rlhf.train.options import parse_options
-from zhihu_rlhf.train.rl import load_policy, load_reward, plan_iterations, run_iterations, update_passes
-from zhihu_rlhf.train.rl_math import rloo_advantages, sequence_clipped_loss
-from zhihu_rlhf.train.rollout import RLOptions, Rollout, encode_prompts, load_prompts, response_logprobs
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime, wrap_ddp
+from zhihu_rlhf.train.rl import (
+    load_policy,
+    load_reward,
+    optimizer_steps,
+    plan_iterations,
+    process_mean,
+    run_iterations,
+    update_passes,
+)
+from zhihu_rlhf.train.rl_math import penalize_missing_eos, rloo_advantages, sequence_clipped_loss
+from zhihu_rlhf.train.rollout import GroupOptions, Rollout, encode_prompts, load_prompts, response_logprobs
+from zhihu_rlhf.train.runtime import Runtime, training_runtime, wrap_ddp
 from zhihu_rlhf.train.scoring import RewardFn
 
 
 @dataclass(kw_only=True)
-class RLOOOptions(RLOptions):
+class RLOOOptions(GroupOptions):
     """`python -m zhihu_rlhf.train rloo` options. Defaults follow TRL's RLOOTrainer (--kl-coef = its beta 0.05, one
     pass per rollout) except K = 4 where TRL takes 2."""
 
@@ -45,14 +53,9 @@ class RLOOOptions(RLOptions):
 
     num_generations: int = field(default=4, metadata={"help": "K: samples per prompt (the leave-one-out group), >= 2"})
     kl_coef: float = field(default=0.05, metadata={"help": "weight of KL(policy || reference) per response, subtracted from its reward"})
-    ppo_epochs: int = field(default=1, metadata={"help": "optimisation passes over each rollout (TRL: num_iterations)"})
-    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward pass"})
-    grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step: minibatch = micro-batch x this"})
 
     def validate(self) -> None:
         super().validate()
-        if self.num_generations < 2:
-            raise UserError(f"--num-generations must be >= 2 (a leave-one-out baseline needs another sample), got {self.num_generations}")
         if self.kl_coef < 0:
             raise UserError(f"--kl-coef must be >= 0, got {self.kl_coef}")
 
@@ -87,28 +90,27 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
 
     reward_fn: a programmatic reward for library callers (the CLI's --reward-fn imports them by name).
     """
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         prompts = load_prompts(opts.data, opts.data_kind)
         tokenizer, template, policy, reference = load_policy(opts, rt)
         reward = load_reward(opts, rt, tokenizer, reward_fn)
         prompt_ids = encode_prompts(tokenizer, prompts, template, opts.max_prompt_len)
         k = opts.num_generations
         plan = plan_iterations(len(prompts), opts, rt)
-        steps = plan.n_iterations * opts.ppo_epochs * -(-opts.rollout_batch_size * k // opts.minibatch_size)
+        steps = optimizer_steps(plan, opts, k)
         optimizer = make_optimizer([p for p in policy.parameters() if p.requires_grad], opts.lr, opts.weight_decay)
         scheduler = make_scheduler(optimizer, opts.warmup_ratio, steps)
         policy_ddp = wrap_ddp(TokenLogProbs(policy), rt)
 
         def update(iteration: int, rollout: Rollout) -> dict[str, float]:
-            mask = rollout.response_mask
-            sequence_kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(dim=1)  # (N,)
-            scores = rollout.scores - opts.missing_eos_penalty * (~rollout.ended).float()
+            sequence_kl = rollout.sequence_kl  # (N,)
+            scores = penalize_missing_eos(rollout.scores, rollout.ended, opts.missing_eos_penalty)
             advantages = rloo_advantages(scores, sequence_kl, opts.kl_coef, k)
             stats = rloo_update(policy_ddp, optimizer, scheduler, rollout, advantages, opts, rt, iteration)
-            mean = lambda x: rt.all_reduce_sum(float(x)) / rt.world_size  # noqa: E731
-            return {"kl": mean(sequence_kl.mean()), "advantage_abs_mean": mean(advantages.abs().mean()), **stats}
+            return {
+                "kl": process_mean(sequence_kl.mean(), rt), "advantage_abs_mean": process_mean(advantages.abs().mean(), rt),
+                **stats,
+            }
 
         return run_iterations(
             opts, rt, name="rloo", tokenizer=tokenizer, template=template, prompts=prompts, prompt_ids=prompt_ids,
@@ -117,8 +119,6 @@ def train(opts: RLOOOptions, reward_fn: RewardFn | None = None) -> dict[str, flo
             card_extra=f"{k} samples per prompt, each baselined by the mean reward of the other {k - 1}; the KL to the "
             f"frozen starting model is subtracted from each response's reward (coefficient {opts.kl_coef}).",
         )
-    finally:
-        shutdown_runtime(rt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_example, encode_pairs, resolve_template
 from zhihu_rlhf.train.scoring import TokenScorer, sequence_scores
-from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.report import ModelCardInfo, finish_run
+from zhihu_rlhf.train.runtime import Runtime, training_runtime
 
 
 @dataclass(kw_only=True)
@@ -124,9 +124,7 @@ def score(
 
 def train(opts: RMOptions) -> dict[str, float]:
     """Train the reward model; returns the final eval metrics ({"loss", "accuracy", "margin"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "reward", opts, rt, wrap=TokenScorer)
@@ -137,16 +135,11 @@ def train(opts: RMOptions) -> dict[str, float]:
             print(f"rm: {len(train_pairs)} train / {len(test_pairs)} test pairs, template={template}")
         # Trained through the scorer, so training reads the reward where `score` and PPO read it.
         results = _fit(opts, rt, scorer, tokenizer.pad_token_id, train_pairs, test_pairs)
-        save_final(
-            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
-            dtype=opts.save_dtype,
+        finish_run(
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, title=f"Reward model {opts.model}",
+            merge_lora=opts.merge_lora, dtype=opts.save_dtype,
         )
-        if rt.is_main:
-            plot_metrics(opts.out, title=f"Reward model {opts.model}")
-        rt.barrier()
         return results
-    finally:
-        shutdown_runtime(rt)
 
 
 def _fit(

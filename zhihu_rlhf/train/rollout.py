@@ -1,6 +1,7 @@
 """Experience for the RL stages (PPO, RLOO, GRPO): prompts in, sampled and scored responses out. No value model.
 
     RLOptions                   the options PPO, RLOO and GRPO share (each command subclasses it)
+    GroupOptions                what RLOO and GRPO add: K samples per prompt, the group as baseline (no value model)
     load_prompts(data, kind) -> prompts      distinct prompts of the training split
     encode_prompts(tokenizer, prompts, template, max_prompt_len) -> ids    the question cut to fit, never the template
     Sampling                    how responses are sampled (the values generate and the log-probs use)
@@ -104,6 +105,24 @@ class RLOptions(TrainOptions):
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.micro_batch_size)
 
 
+@dataclass(kw_only=True)
+class GroupOptions(RLOptions):
+    """Options RLOO and GRPO share: K samples per prompt, each prompt's group its own baseline (no value model), and
+    their update sizes (one pass per rollout, minibatches of 8 x 8 sequences)."""
+
+    num_generations: int = field(default=8, metadata={"help": "K: samples per prompt (the group), >= 2"})
+    ppo_epochs: int = field(default=1, metadata={"help": "optimisation passes over each rollout (TRL: num_iterations)"})
+    micro_batch_size: int = field(default=8, metadata={"help": "sequences per forward/backward pass"})
+    grad_accum: int = field(default=8, metadata={"help": "micro-batches per optimizer step: minibatch = micro-batch x this"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_generations < 2:
+            raise UserError(
+                f"--num-generations must be >= 2 (a sample's baseline is the others of its group), got {self.num_generations}"
+            )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts
 
@@ -149,6 +168,12 @@ class Rollout:
     @property
     def response_len(self) -> int:
         return self.response_mask.shape[1]
+
+    @property
+    def sequence_kl(self) -> torch.Tensor:
+        """(N,) KL(policy || reference) of each response at sampling time: the sum of log pi_old - log pi_ref over
+        its tokens."""
+        return ((self.logprobs - self.ref_logprobs) * self.response_mask).sum(dim=1)
 
 
 def log_probs_of(model: nn.Module) -> nn.Module:

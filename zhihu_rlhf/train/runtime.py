@@ -10,6 +10,7 @@
     is_sharded(model) / gathered(*models)  whether FSDP2 holds it; full weights on every rank for inference
     shutdown_runtime(rt)
     seed_everything(seed)
+    training_runtime(device, precision, seed) -> Runtime   context: the two above and the shutdown, for a train()
 
 Data parallel (DDP) keeps a full copy of weights, gradients and AdamW states on every process. Sharding (FSDP2,
 torch.distributed.fsdp.fully_shard) keeps 1/N of each on each of N processes and all-gathers one block's weights
@@ -119,6 +120,18 @@ def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 def shutdown_runtime(rt: Runtime) -> None:
     if rt.distributed and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def training_runtime(device: str, precision: str, seed: int) -> Iterator[Runtime]:
+    """A training command's runtime: setup_runtime, then seed_everything; the process group shut down however the
+    run ends."""
+    rt = setup_runtime(device, precision)
+    seed_everything(seed)
+    try:
+        yield rt
+    finally:
+        shutdown_runtime(rt)
 
 
 def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:

@@ -30,8 +30,8 @@ from zhihu_rlhf.train.loop import fit
 from zhihu_rlhf.train.models import load_for_training
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
-from zhihu_rlhf.train.report import ModelCardInfo, plot_metrics, save_final
-from zhihu_rlhf.train.runtime import Runtime, seed_everything, setup_runtime, shutdown_runtime
+from zhihu_rlhf.train.report import ModelCardInfo, finish_run
+from zhihu_rlhf.train.runtime import Runtime, training_runtime
 
 IGNORE = -100  # label of tokens the loss skips (prompt, padding)
 
@@ -137,9 +137,7 @@ def completion_loss(scorer: nn.Module, batch: dict[str, torch.Tensor | int]) -> 
 
 def train(opts: SFTOptions) -> dict[str, float]:
     """Run SFT end to end; returns the final eval metrics ({"loss", "ppl"}). Writes OUT (rank 0)."""
-    rt = setup_runtime(opts.device, opts.precision)
-    seed_everything(opts.seed)
-    try:
+    with training_runtime(opts.device, opts.precision, opts.seed) as rt:
         # Data before model: bad data fails in a second, not after loading 7B weights.
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
@@ -161,16 +159,11 @@ def train(opts: SFTOptions) -> dict[str, float]:
             else:
                 print(f"sft: batches: {layout.kind}, {layout.reason}")
         results = _fit(opts, rt, scorer, layout, tokenizer.pad_token_id, train_examples, test_examples)
-        save_final(
-            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, merge_lora=opts.merge_lora,
-            dtype=opts.save_dtype,
+        finish_run(
+            opts.out, scorer.model, tokenizer, _card(opts, template, results), rt, title=f"SFT {opts.model}",
+            merge_lora=opts.merge_lora, dtype=opts.save_dtype,
         )
-        if rt.is_main:
-            plot_metrics(opts.out, title=f"SFT {opts.model}")
-        rt.barrier()
         return results
-    finally:
-        shutdown_runtime(rt)
 
 
 def _fit(
