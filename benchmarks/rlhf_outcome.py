@@ -35,7 +35,7 @@ built offline, random weights: see `build_start`), or from --model. Stages (`--s
             training questions' prompts; a checkpoint every `rl_eval_every` iterations is measured too, so proxy
             and gold can be drawn against KL (--plot). Asking for one of them trains the RMs (stage rm) too.
 Every policy is measured on the same held-out prompts with the same sampling (temperature 1, the same seed):
-    gold        mean gold score (read_quality) of its responses (fields added to the issue's record)
+    gold        mean gold score (read_quality) of its responses (a field added to the record)
     gold_gain   gold minus the SFT start's gold (same prompts, same sampling); for stage sft: minus the article-rule
                 SFT's gold
     proxy       mean score of its responses under the recipe's RM (null where that RM was not trained)
