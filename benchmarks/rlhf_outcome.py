@@ -1,10 +1,12 @@
-"""Does cleaning pay off? Reward models (and policies) trained on each recipe's pairs, measured against the truth.
+"""Does cleaning pay off? Reward models and policies trained on each recipe's sets, measured against the truth.
 
 A label is not a model: this trains the project's own trainer on pair sets built by different recipes from the
 SAME synthetic world, and measures the models against what the text truly shows. The readable worlds (synth
 worlds `readable`, `readable_popularity`) write every answer so that its text shows its latent quality through
 features a model can learn, and give each author a visible style that follows their popularity, not their
-quality; `zhihu_rlhf.synth.read_quality` reads the quality back from any text (the gold reader).
+quality; `zhihu_rlhf.synth.read_quality` reads the quality back from any text (the gold reader), generated text
+included. On a world whose text shows no quality (`length`: votes grow with answer length) only what needs no
+gold reader is measured (length_sensitivity).
 
 Recipes (pair sets from one world file, built only from training questions):
     project       `build pairs` defaults: the vote model (full), today's rules, the 3,000 most confident pairs
@@ -15,26 +17,44 @@ Recipes (pair sets from one world file, built only from training questions):
     project_10k   the project's recipe with --limit 10000
     project_all   the project's recipe with --limit 0 (every pair the rules allow)
 
-Stage rm: `train rm` on each set, every run from the same start (a small Llama with a BPE tokenizer trained on
-the world's own text, built offline, random weights: see `build_start`). Measured on held-out questions that
-no training set touched:
-    gold_accuracy       share of held-out answer pairs (same question, gold scores more than GOLD_MARGIN apart)
-                        the RM orders like the gold reader
-    style_sensitivity   mean |RM score change| when an answer's author style is swapped for another author's
-                        (same sentences, same gold score), in units of the RM's score sd over held-out answers
-    length_sensitivity  mean RM score change (signed) when an answer is padded with ASIDE_PAD neutral asides
-                        the gold reader skips, in the same units
-The policy stages (DPO on each set, PPO with each RM: gold_gain, proxy, kl) are not built yet: `--stages` takes
-only rm, and the record fields they would fill are null.
+Every model starts from the same small start (a small Llama with a BPE tokenizer trained on the world's own text,
+built offline, random weights: see `build_start`), or from --model. Stages (`--stages`, any of):
+    rm      `train rm` on each recipe's pairs. Measured on held-out questions that no training set touched:
+            gold_accuracy       share of held-out answer pairs (same question, gold scores more than GOLD_MARGIN
+                                apart) the RM orders like the gold reader
+            style_sensitivity   mean |RM score change| when an answer's author style is swapped for another author's
+                                (same sentences, same gold score), in units of the RM's score sd over held-out answers
+            length_sensitivity  mean RM score change (signed) when an answer is padded with ASIDE_PAD neutral asides
+                                the gold reader skips, in the same units; the RM reads the whole padded answer
+    sft     `train sft` from the start on the training questions' instruct set built by the project's rule
+            (`build instruct` defaults, its surest questions first) -> recipe `project`; and, as the comparison, on
+            the same questions' most-upvoted answers (the article's rule) -> recipe `article`.
+    dpo     `train dpo` on each recipe's pairs, from the project-rule SFT policy.
+    ppo, rloo, grpo
+            `train ppo|rloo|grpo` from the same SFT policy, the recipe's RM (same seed) as the reward, on the
+            training questions' prompts; a checkpoint every `rl_eval_every` iterations is measured too, so proxy
+            and gold can be drawn against KL (--plot). Asking for one of them trains the RMs (stage rm) too.
+Every policy is measured on the same held-out prompts with the same sampling (temperature 1, the same seed):
+    gold        mean gold score (read_quality) of its responses (a field added to the record)
+    gold_gain   gold minus the SFT start's gold (same prompts, same sampling); for stage sft: minus the article-rule
+                SFT's gold
+    proxy       mean score of its responses under the recipe's RM (null where that RM was not trained)
+    kl          mean per-response KL to the SFT start estimated on the policy's own samples:
+                sum over response tokens of log pi - log pi_ref (0 for the start itself)
+    length      mean response length in tokens (added)
+    step        the RL iteration a measured checkpoint was taken at (0: the SFT start under this recipe's RM;
+                the last: the final policy); null for rm, sft, dpo (added)
 
     python benchmarks/rlhf_outcome.py --worlds readable,readable_popularity --seeds 0,1,2 --stages rm \
         --json rm_table.json                     # the RM table (2-core CPU)
+    python benchmarks/rlhf_outcome.py --worlds readable_popularity --recipes project,article,oracle \
+        --stages rm,sft,dpo,ppo --json policies.json --plot curves.png      # the policy stages
     python benchmarks/rlhf_outcome.py --quick    # the learning check the tests run: oracle RM beats chance
     python benchmarks/rlhf_outcome.py --model Qwen/Qwen2.5-0.5B --device cuda   # a real start on a GPU
 
-Records (`--json FILE`): {world, recipe, size, seed, stage, gold_accuracy, gold_gain, proxy, kl,
-style_sensitivity, length_sensitivity}, null where a field does not apply. The printed table gives each
-recipe's mean over seeds with a 95% t interval.
+Records (`--json FILE`): {world, recipe, size, seed, stage, step, gold_accuracy, gold, gold_gain, proxy, kl, length,
+style_sensitivity, length_sensitivity}, null where a field does not apply. The printed tables give each recipe's
+mean over seeds with a 95% t interval.
 """
 
 from __future__ import annotations
@@ -58,13 +78,15 @@ from pair_quality import article_pairs, naive_pairs  # noqa: E402
 
 from zhihu_rlhf import synth  # noqa: E402
 from zhihu_rlhf.dedupe import DedupeOptions  # noqa: E402
-from zhihu_rlhf.instruct import InstructOptions  # noqa: E402
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, length_drop_reason, select_instruct  # noqa: E402
 from zhihu_rlhf.pairs import PairOptions, select_pairs  # noqa: E402
 from zhihu_rlhf.pipelines.answers import prepare_answers  # noqa: E402
 from zhihu_rlhf.split import unit_hash  # noqa: E402
 from zhihu_rlhf.votes import VoteModelOptions  # noqa: E402
 
 RECIPES = ("project", "article", "naive", "oracle", "project_10k", "project_all")
+STAGES = ("rm", "sft", "dpo", "ppo", "rloo", "grpo")
+RL_STAGES = ("ppo", "rloo", "grpo")
 PAIRS = 3_000
 HELDOUT_FRACTION = 0.12
 """Question groups with unit_hash(question_group) below this are held out of every training set."""
@@ -75,8 +97,8 @@ PROBE_ANSWERS = 120
 """Held-out answers whose style is swapped, and which are padded, for the sensitivities."""
 ASIDE_PAD = 6
 RECORD_FIELDS = (
-    "world", "recipe", "size", "seed", "stage", "gold_accuracy", "gold_gain", "proxy", "kl", "style_sensitivity",
-    "length_sensitivity",
+    "world", "recipe", "size", "seed", "stage", "step", "gold_accuracy", "gold", "gold_gain", "proxy", "kl", "length",
+    "style_sensitivity", "length_sensitivity",
 )
 
 
@@ -92,15 +114,36 @@ class Budget:
     rm_epochs: float = 1.0
     rm_lr: float = 3e-3
     rm_batch: int = 64
-    max_len: int = 96
-    """tokens of prompt + answer the RM reads (answers are ~105 tokens: the start of each is read)"""
+    max_len: int = 256
+    """tokens of prompt + answer that RM, SFT and DPO training read: whole for ~98% of the answers (median 88), so
+    the RM learns to read an answer to its end, where padding shows (the first RM table read 96 and cut the asides)"""
     eval_pairs: int = EVAL_PAIRS
     probe_answers: int = PROBE_ANSWERS
+    sft_examples: int = 3_000
+    """instruct rows SFT trains on: the first of the project's set (surest first), and the same questions' article rows"""
+    sft_lr: float = 3e-3
+    sft_batch_tokens: int = 4_096
+    dpo_lr: float = 5e-4
+    dpo_beta: float = 0.1
+    dpo_batch: int = 16
+    dpo_pairs: int = 0
+    """pairs DPO trains on: the set's first (0: the whole set)"""
+    rl_lr: float = 3e-4
+    rl_iterations: int = 30
+    rl_prompts: int = 32
+    """prompts per RL iteration (RLOO and GRPO: a quarter of them, 4 samples each, the same number of responses)"""
+    rl_eval_every: int = 10
+    eval_prompts: int = 128
+    """held-out prompts every policy answers once, for gold, proxy, KL and length"""
+    max_prompt_len: int = 64
+    max_new_tokens: int = 128
 
 
-REAL_MODEL = Budget(rm_lr=1e-5, rm_batch=16, max_len=512)
-"""With --model (a pretrained start): the learning rate and length a 0.5B-7B model trains with."""
-QUICK = Budget(rows=12_000, rm_epochs=2.0, rm_lr=2e-3, rm_batch=32, max_len=128, eval_pairs=300, probe_answers=60)
+REAL_MODEL = Budget(rm_lr=1e-5, rm_batch=16, max_len=512, sft_lr=2e-5, dpo_lr=1e-6, rl_lr=1e-6, max_prompt_len=256,
+                    max_new_tokens=512)
+"""With --model (a pretrained start): the learning rates and lengths a 0.5B-7B model trains with."""
+QUICK = Budget(rows=12_000, rm_epochs=2.0, rm_lr=2e-3, rm_batch=32, max_len=128, eval_pairs=300, probe_answers=60,
+               sft_examples=200, dpo_pairs=96, rl_iterations=2, rl_prompts=8, rl_eval_every=1, eval_prompts=16, max_new_tokens=32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,6 +156,13 @@ class World:
     answers: pl.DataFrame  # canonical answers with the default vote model's quality columns
     truth: pl.DataFrame  # answer_id, quality (latent), gold (what the text shows)
     heldout: pl.Series  # question groups no training set touches
+    readable: bool  # whether the text shows quality (the gold reader means something)
+
+    def training_answers(self) -> pl.DataFrame:
+        return self.answers.filter(~pl.col("question_group").is_in(self.heldout.implode()))
+
+    def heldout_answers(self) -> pl.DataFrame:
+        return self.answers.filter(pl.col("question_group").is_in(self.heldout.implode()))
 
 
 def load_world(name: str, budget: Budget, folder: Path, seed: int = 1) -> World:
@@ -124,7 +174,7 @@ def load_world(name: str, budget: Budget, folder: Path, seed: int = 1) -> World:
     truth = truth.join(gold, on="answer_id")
     groups = answers["question_group"].unique()
     heldout = groups.filter(unit_hash(groups) < HELDOUT_FRACTION)
-    return World(name, answers, truth, heldout)
+    return World(name, answers, truth, heldout, synth.world_named(name).text_quality > 0)
 
 
 def _with_texts(pairs: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
@@ -155,7 +205,7 @@ def relabel_by_truth(pairs: pl.DataFrame, truth: pl.DataFrame) -> pl.DataFrame:
 
 def pair_sets(world: World, recipes: list[str], seed: int = 0) -> dict[str, pl.DataFrame]:
     """Each recipe's pairs (prompt, chosen, rejected, chosen/rejected_answer_id) from the training questions only."""
-    train = world.answers.filter(~pl.col("question_group").is_in(world.heldout.implode()))
+    train = world.training_answers()
     columns = ["prompt", "chosen", "rejected", "chosen_answer_id", "rejected_answer_id"]
     sets: dict[str, pl.DataFrame] = {}
     every_project = select_pairs(train, PairOptions(limit=0))[0].select(columns)  # best first
@@ -171,11 +221,28 @@ def pair_sets(world: World, recipes: list[str], seed: int = 0) -> dict[str, pl.D
         elif recipe == "article":
             sets[recipe] = _with_texts(article_pairs(train, seed).head(PAIRS), train)
         elif recipe == "naive":
-            drawn = naive_pairs(train, InstructOptions()).sample(fraction=1.0, shuffle=True, seed=seed).head(PAIRS)
+            drawn = naive_pairs(train, LengthFilter()).sample(fraction=1.0, shuffle=True, seed=seed).head(PAIRS)
             sets[recipe] = _with_texts(drawn, train)
         else:
             raise ValueError(f"unknown recipe {recipe!r}")
     return sets
+
+
+def instruct_sets(world: World, size: int) -> dict[str, pl.DataFrame]:
+    """prompt, completion for SFT, on the same training questions: the project's rule (`build instruct` defaults,
+    its `size` surest questions) and the article's rule (each of those questions' most-upvoted usable answer)."""
+    train = world.training_answers()
+    project = select_instruct(train, InstructOptions())[0].head(size)
+    by, descending = ["upvotes", "answer_id"], [True, False]
+    most_upvoted = (
+        train.filter(length_drop_reason(LengthFilter()).is_null())
+        .sort(by, descending=descending)
+        .group_by("question_group", maintain_order=True)
+        .first()
+        .select("question_group", prompt="question", completion="answer")
+    )
+    article = project.select("question_group").join(most_upvoted, on="question_group", maintain_order="left")
+    return {"project": project.select("prompt", "completion"), "article": article.select("prompt", "completion")}
 
 
 def label_accuracy(pairs: pl.DataFrame, truth: pl.DataFrame) -> tuple[float, float]:
@@ -188,39 +255,45 @@ def label_accuracy(pairs: pl.DataFrame, truth: pl.DataFrame) -> tuple[float, flo
 
 @dataclass
 class Probes:
-    """Held-out material every RM is measured on."""
+    """Held-out material every model is measured on."""
 
-    pairs: pl.DataFrame  # prompt, better, worse: gold scores more than GOLD_MARGIN apart
-    prompts: list[str]  # PROBE_ANSWERS held-out answers in a readable style, their question ...
+    pairs: pl.DataFrame  # prompt, better, worse: gold scores more than GOLD_MARGIN apart (latent quality where the
+    # text shows none: only the RM's own test split then)
+    prompts: list[str]  # PROBE_ANSWERS held-out answers (in a readable style where the world has styles), their question ...
     answers: list[str]  # ... the answer as written
-    swapped: list[str]  # ... in another author's style
+    swapped: list[str] | None  # ... in another author's style (None: the world has no styles)
     padded: list[str]  # ... padded with neutral asides
+    policy_prompts: list[str]  # held-out questions every policy answers
 
 
 def make_probes(world: World, budget: Budget, seed: int = 0) -> Probes:
-    held = world.answers.filter(pl.col("question_group").is_in(world.heldout.implode())).join(
-        world.truth.select("answer_id", "gold"), on="answer_id"
-    )
-    a = held.select("question_group", "question", "answer_id", "answer", "gold")
+    held = world.heldout_answers().join(world.truth.select("answer_id", "quality", "gold"), on="answer_id")
+    by = "gold" if world.readable else "quality"
+    a = held.select("question_group", "question", "answer_id", "answer", score=by)
     pairs = (
-        a.join(a.select("question_group", other_id="answer_id", other="answer", other_gold="gold"), on="question_group")
-        .filter((pl.col("gold") - pl.col("other_gold") > GOLD_MARGIN))
+        a.join(a.select("question_group", other_id="answer_id", other="answer", other_score="score"), on="question_group")
+        .filter((pl.col("score") - pl.col("other_score") > GOLD_MARGIN))
         .sample(fraction=1.0, shuffle=True, seed=seed)
         .filter(pl.int_range(pl.len()).over("question_group") < 3)  # a few per question, so no question dominates
         .head(budget.eval_pairs)
         .select(prompt="question", better="answer", worse="other")
     )
-    styled = held.filter(pl.col("answer").map_elements(lambda t: synth.style_of(t) is not None, return_dtype=pl.Boolean))
-    probe = styled.sample(n=min(budget.probe_answers, styled.height), seed=seed)
     rng = np.random.default_rng(seed)
+    if world.readable:
+        styled = held.filter(pl.col("answer").map_elements(lambda t: synth.style_of(t) is not None, return_dtype=pl.Boolean))
+        probe = styled.sample(n=min(budget.probe_answers, styled.height), seed=seed)
+        swapped = []
+        for text in probe["answer"]:
+            own = synth.style_of(text)
+            other = int(rng.integers(synth.readable.N_STYLES - 1))
+            swapped.append(synth.swap_style(text, other + (other >= own)))
+    else:
+        probe, swapped = held.sample(n=min(budget.probe_answers, held.height), seed=seed), None
     answers = probe["answer"].to_list()
-    swapped = []
-    for text in answers:
-        own = synth.style_of(text)
-        other = int(rng.integers(synth.readable.N_STYLES - 1))
-        swapped.append(synth.swap_style(text, other + (other >= own)))
     padded = [synth.pad_with_asides(t, ASIDE_PAD) for t in answers]
-    return Probes(pairs, probe["question"].to_list(), answers, swapped, padded)
+    questions = held.select("question").unique(maintain_order=True).sample(fraction=1.0, shuffle=True, seed=seed)
+    return Probes(pairs, probe["question"].to_list(), answers, swapped, padded,
+                  questions["question"].head(budget.eval_prompts).to_list())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -251,11 +324,11 @@ def build_start(texts: list[str], folder: Path, hidden: int, layers: int, vocab:
     return folder
 
 
-def _write_pairs(pairs: pl.DataFrame, test: pl.DataFrame, folder: Path) -> Path:
-    """A pairs folder as `train` reads it (OUT/data/{train,test}-*.parquet)."""
+def _write_split(train: pl.DataFrame, test: pl.DataFrame, columns: list[str], folder: Path) -> Path:
+    """A data folder as `train` reads it (OUT/data/{train,test}-*.parquet)."""
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    pairs.select("prompt", "chosen", "rejected").write_parquet(folder / "data" / "train-00000.parquet")
-    test.select("prompt", "chosen", "rejected").write_parquet(folder / "data" / "test-00000.parquet")
+    train.select(columns).write_parquet(folder / "data" / "train-00000.parquet")
+    test.select(columns).write_parquet(folder / "data" / "test-00000.parquet")
     return folder
 
 
@@ -263,50 +336,163 @@ def _write_pairs(pairs: pl.DataFrame, test: pl.DataFrame, folder: Path) -> Path:
 # Stage rm
 
 
-def train_rm(start: str, pairs: pl.DataFrame, probes: Probes, folder: Path, seed: int, budget: Budget, device: str) -> Path:
+def train_rm(start: str, pairs_folder: Path, folder: Path, seed: int, budget: Budget, device: str) -> Path:
     from zhihu_rlhf.train.rm import RMOptions, train
 
-    test = probes.pairs.head(200).select("prompt", chosen="better", rejected="worse")
-    data = _write_pairs(pairs, test, folder / "pairs")
     options = RMOptions(
-        data=str(data), out=folder / "rm", model=start, max_len=budget.max_len, lr=budget.rm_lr,
+        data=str(pairs_folder), out=folder / "rm", model=start, max_len=budget.max_len, lr=budget.rm_lr,
         epochs=budget.rm_epochs, batch_size=budget.rm_batch, seed=seed, save_steps=0, device=device, warmup_ratio=0.05,
+        save_dtype="fp32",
     )
     options.validate()
     train(options)
     return folder / "rm"
 
 
-def rm_scores(rm_folder: Path, prompts: list[str], responses: list[str], max_len: int, device: str) -> np.ndarray:
+WHOLE_TEXT = 1 << 20
+"""A window no probe reaches: probes are scored on their whole prompt + answer, padding included."""
+
+
+def rm_scores(rm_folder: Path, prompts: list[str], responses: list[str], device: str) -> np.ndarray:
+    """RM scores of whole prompt + response texts, read where training and PPO read them (the end token)."""
     from transformers import AutoModelForSequenceClassification
 
     from zhihu_rlhf.train.models import load_tokenizer
     from zhihu_rlhf.train.rm import score
 
     tokenizer = load_tokenizer(str(rm_folder))
-    model = AutoModelForSequenceClassification.from_pretrained(rm_folder).to("cuda" if device == "cuda" else "cpu").eval()
-    return score(model, tokenizer, prompts, responses, max_len=max_len, batch_size=32).numpy()
+    model = AutoModelForSequenceClassification.from_pretrained(rm_folder).to(device).eval()
+    return score(model, tokenizer, prompts, responses, max_len=WHOLE_TEXT, batch_size=32).numpy()
 
 
-def measure_rm(rm_folder: Path, probes: Probes, budget: Budget, device: str) -> dict[str, float]:
+def measure_rm(rm_folder: Path, probes: Probes, readable: bool, device: str) -> dict[str, float | None]:
     n = probes.pairs.height
     p = probes.pairs
-    pair_scores = rm_scores(rm_folder, [*p["prompt"], *p["prompt"]], [*p["better"], *p["worse"]], budget.max_len, device)
+    pair_scores = rm_scores(rm_folder, [*p["prompt"], *p["prompt"]], [*p["better"], *p["worse"]], device)
     k = len(probes.answers)
-    probe_scores = rm_scores(
-        rm_folder, probes.prompts * 3, [*probes.answers, *probes.swapped, *probes.padded], budget.max_len, device
-    )
-    plain, swapped, padded = probe_scores[:k], probe_scores[k : 2 * k], probe_scores[2 * k :]
+    variants = [probes.answers, probes.padded] + ([probes.swapped] if probes.swapped is not None else [])
+    probe_scores = rm_scores(rm_folder, probes.prompts * len(variants), [t for v in variants for t in v], device)
+    plain, padded = probe_scores[:k], probe_scores[k : 2 * k]
     spread = float(np.std(np.r_[pair_scores, plain])) or 1.0
     return {
-        "gold_accuracy": float(np.mean(pair_scores[:n] > pair_scores[n:])),
-        "style_sensitivity": float(np.mean(np.abs(swapped - plain)) / spread),
+        "gold_accuracy": float(np.mean(pair_scores[:n] > pair_scores[n:])) if readable else None,
+        "style_sensitivity": float(np.mean(np.abs(probe_scores[2 * k :] - plain)) / spread) if probes.swapped is not None else None,
         "length_sensitivity": float(np.mean(padded - plain) / spread),
     }
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Records and the table
+# Policy stages: sft, dpo, ppo, rloo, grpo
+
+
+def train_sft(start: str, data: Path, folder: Path, seed: int, budget: Budget, device: str) -> Path:
+    from zhihu_rlhf.train.sft import SFTOptions, train
+
+    options = SFTOptions(
+        data=str(data), out=folder, model=start, max_len=budget.max_len, batch_tokens=max(budget.sft_batch_tokens, budget.max_len),
+        epochs=1.0, lr=budget.sft_lr, grad_accum=1, seed=seed, save_steps=0, device=device, warmup_ratio=0.05,
+        save_dtype="fp32",
+    )
+    options.validate()
+    train(options)
+    return folder
+
+
+def train_dpo(sft: Path, pairs_folder: Path, folder: Path, seed: int, budget: Budget, device: str) -> Path:
+    from zhihu_rlhf.train.dpo import DPOOptions, train
+
+    options = DPOOptions(
+        data=str(pairs_folder), out=folder, model=str(sft), beta=budget.dpo_beta, max_len=budget.max_len,
+        batch_size=budget.dpo_batch, grad_accum=1, lr=budget.dpo_lr, epochs=1.0, seed=seed, save_steps=0,
+        device=device, save_dtype="fp32",
+    )
+    options.validate()
+    train(options)
+    return folder
+
+
+def train_rl(stage: str, sft: Path, rm: Path, prompts: Path, folder: Path, seed: int, budget: Budget, device: str) -> Path:
+    """`train ppo|rloo|grpo` with the trainer's defaults for the algorithm (KL coefficient and target, clipping,
+    K, loss) and the budget's sizes; a checkpoint every rl_eval_every iterations is kept for the curve."""
+    from zhihu_rlhf.train import grpo, ppo, rloo
+
+    common = dict(
+        data=str(prompts), data_kind="instruct", out=folder, policy=str(sft), reward=str(rm),
+        max_prompt_len=budget.max_prompt_len, max_new_tokens=budget.max_new_tokens, lr=budget.rl_lr,
+        max_iterations=budget.rl_iterations, epochs=1e6, seed=seed, save_steps=budget.rl_eval_every, save_limit=0,
+        keep_checkpoints=True, device=device, save_dtype="fp32", log_samples=2,
+    )
+    if stage == "ppo":
+        options = ppo.PPOOptions(**common, rollout_batch_size=budget.rl_prompts, micro_batch_size=8, grad_accum=2,
+                                 ppo_epochs=2, value_lr=budget.rl_lr)
+    elif stage == "rloo":
+        options = rloo.RLOOOptions(**common, rollout_batch_size=max(budget.rl_prompts // 4, 2), num_generations=4,
+                                   micro_batch_size=8, grad_accum=max(budget.rl_prompts // 8, 1))
+    else:
+        options = grpo.GRPOOptions(**common, rollout_batch_size=max(budget.rl_prompts // 4, 2), num_generations=4,
+                                   micro_batch_size=8, grad_accum=max(budget.rl_prompts // 8, 1))
+    options.validate()
+    {"ppo": ppo.train, "rloo": rloo.train, "grpo": grpo.train}[stage](options)
+    return folder
+
+
+def checkpoint_policies(run: Path, work: Path):
+    """(iteration, policy) of every checkpoint an RL run kept, the policy weights read back into the final model."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from transformers import AutoModelForCausalLM
+
+    for ckpt in sorted((run / "checkpoints").glob("step-*")):
+        dcp_to_torch_save(ckpt, work / "checkpoint.pt")
+        weights = torch.load(work / "checkpoint.pt", weights_only=False)["model"]
+        # PPO checkpoints hold {"policy": ..., "value": ...}; RLOO and GRPO the policy alone.
+        prefix = "policy." if any(k.startswith("value.") for k in weights) else ""
+        policy = AutoModelForCausalLM.from_pretrained(run)
+        result = policy.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=False)
+        assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}, result  # lm_head is tied
+        yield json.loads((ckpt / "state.json").read_text())["global_step"], policy
+
+
+def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[str], budget: Budget,
+                   device: str) -> dict[str, float | None]:
+    """gold, proxy, kl, length of one policy's responses to `prompts`: one sample each, temperature 1, seed 0 (the
+    same prompts and random stream for every policy). Generated and scored by the trainer's own rollout."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from zhihu_rlhf.train.prompts import resolve_template
+    from zhihu_rlhf.train.rollout import Sampling, encode_prompts, generate_rollout
+    from zhihu_rlhf.train.runtime import setup_runtime
+    from zhihu_rlhf.train.scoring import TokenScorer
+
+    rt = setup_runtime(device, "fp32")
+    if rm is not None:
+        reward = TokenScorer(AutoModelForSequenceClassification.from_pretrained(rm).to(rt.device).eval())
+    else:
+        reward = lambda _prompts, responses: [0.0] * len(responses)  # noqa: E731 - no RM: proxy is null
+    policy, reference = policy.to(rt.device).eval(), reference.to(rt.device).eval()
+    ids = encode_prompts(tokenizer, prompts, resolve_template(tokenizer, "auto"), budget.max_prompt_len)
+    torch.manual_seed(0)
+    sampling = Sampling(budget.max_new_tokens, temperature=1.0, top_p=1.0, micro_batch_size=32)
+    gold, proxy, kl, length = [], [], [], []
+    for i in range(0, len(prompts), 64):
+        r = generate_rollout(policy, reference, reward, tokenizer, prompts[i : i + 64], ids[i : i + 64], sampling, rt)
+        gold += synth.read_quality(r.responses).tolist()
+        proxy += r.scores.tolist()
+        kl += ((r.logprobs - r.ref_logprobs) * r.response_mask).sum(dim=1).tolist()
+        length += r.response_mask.sum(dim=1).tolist()
+    return {"gold": float(np.mean(gold)), "proxy": float(np.mean(proxy)) if rm is not None else None,
+            "kl": float(np.mean(kl)), "length": float(np.mean(length))}
+
+
+def load_causal_lm(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Records, tables and the plot
 
 
 def record(world: str, recipe: str, size: int, seed: int, stage: str, **values: float | None) -> dict:
@@ -325,51 +511,174 @@ def interval(values: list[float]) -> str:
     return f"{mean:.3f} ± {half:.3f}"
 
 
+def final_records(records: list[dict]) -> list[dict]:
+    """Each run's final measurement: RL checkpoints along the way are left out (they are the curve's points)."""
+    last: dict[tuple, int] = {}
+    for r in records:
+        key = (r["world"], r["recipe"], r["seed"], r["stage"])
+        last[key] = max(last.get(key, -1), r["step"] if r["step"] is not None else -1)
+    return [r for r in records if (r["step"] if r["step"] is not None else -1) == last[(r["world"], r["recipe"], r["seed"], r["stage"])]]
+
+
 def print_table(records: list[dict], stage: str, fields: list[str]) -> None:
-    rows = [r for r in records if r["stage"] == stage]
+    rows = [r for r in final_records(records) if r["stage"] == stage]
     if not rows:
         return
-    print(f"\n| world | recipe | pairs | label right (latent) | {' | '.join(fields)} | seeds |")
+    print(f"\n{stage}\n| world | recipe | size | label right (latent) | {' | '.join(fields)} | seeds |")
     print("|---|---|---:|---:|" + "---:|" * len(fields) + "---:|")
     keys = list(dict.fromkeys((r["world"], r["recipe"]) for r in rows))
     for world, recipe in keys:
         group = [r for r in rows if r["world"] == world and r["recipe"] == recipe]
         cells = [interval([r[f] for r in group]) if group[0][f] is not None else "–" for f in fields]
         right = group[0].get("label_right")
-        print(f"| {world} | {recipe} | {group[0]['size']:,} | {right:.3f} | {' | '.join(cells)} | {len(group)} |")
+        right_cell = f"{right:.3f}" if right is not None else "–"
+        print(f"| {world} | {recipe} | {group[0]['size']:,} | {right_cell} | {' | '.join(cells)} | {len(group)} |")
+
+
+def plot_curves(records: list[dict], path: Path) -> None:
+    """Proxy gain (the RM's score minus the start's) and gold gain against KL, one panel per world and RL stage,
+    one line per recipe (mean over seeds at each measured step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rl = [r for r in records if r["stage"] in RL_STAGES]
+    panels = list(dict.fromkeys((r["world"], r["stage"]) for r in rl))
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (world, stage) in zip(axes[0], panels, strict=True):
+        runs = [r for r in rl if r["world"] == world and r["stage"] == stage]
+        for i, recipe in enumerate(dict.fromkeys(r["recipe"] for r in runs)):
+            ofrecipe = [r for r in runs if r["recipe"] == recipe]
+            start = {r["seed"]: r["proxy"] for r in ofrecipe if r["step"] == 0}
+            steps = sorted({r["step"] for r in ofrecipe})
+            at = lambda s, f: float(np.mean([f(r) for r in ofrecipe if r["step"] == s]))  # noqa: E731
+            kl = [at(s, lambda r: r["kl"]) for s in steps]
+            color = f"C{i}"
+            ax.plot(kl, [at(s, lambda r: r["proxy"] - start[r["seed"]]) for s in steps], "--o", color=color, label=f"{recipe}: proxy gain")
+            ax.plot(kl, [at(s, lambda r: r["gold_gain"]) for s in steps], "-s", color=color, label=f"{recipe}: gold gain")
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set(title=f"{stage.upper()} on {world}", xlabel="KL to the SFT start (nats per response)", ylabel="gain over the SFT start")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run(worlds: list[str], recipes: list[str], seeds: list[int], budget: Budget, model: str | None, device: str,
-        workdir: Path) -> list[dict]:
+def run(worlds: list[str], recipes: list[str], seeds: list[int], stages: list[str], budget: Budget, model: str | None,
+        device: str, workdir: Path, on_record=lambda records: None) -> list[dict]:
+    """Every world, then every seed (all recipes of one seed before the next, so a cut-short run has whole seeds):
+    the RMs, then the policies. on_record(records) runs after each new record."""
     records: list[dict] = []
+
+    def add(row: dict, line: str) -> None:
+        records.append(row)
+        on_record(records)
+        print(line, flush=True)
+
     for world_name in worlds:
         started = time.perf_counter()
         world = load_world(world_name, budget, workdir)
         sets = pair_sets(world, recipes)
         probes = make_probes(world, budget)
-        train_texts = world.answers.filter(~pl.col("question_group").is_in(world.heldout.implode()))
+        train_texts = world.training_answers()
         start = model or str(build_start(
             [*train_texts["answer"], *train_texts["question"].unique()], workdir / f"start-{world_name}",
             budget.hidden, budget.layers, budget.vocab,
         ))
-        print(f"{world_name}: {world.answers.height:,} answers, {probes.pairs.height:,} held-out gold pairs, "
+        print(f"{world_name}: {world.answers.height:,} answers, {probes.pairs.height:,} held-out pairs, "
               f"sets {', '.join(f'{k} {v.height:,}' for k, v in sets.items())} [{time.perf_counter() - started:.0f}s]", flush=True)
+        test_pairs = probes.pairs.head(200).select("prompt", chosen="better", rejected="worse")
+        pair_folders = {
+            r: _write_split(p, test_pairs, ["prompt", "chosen", "rejected"], workdir / f"{world_name}-{r}-pairs")
+            for r, p in sets.items()
+        }
+        rights = {}
         for recipe, pairs in sets.items():
-            right_latent, right_gold = label_accuracy(pairs, world.truth)
-            print(f"  {recipe}: {pairs.height:,} pairs, chosen truly better {right_latent:.3f} (gold reader {right_gold:.3f})")
-            for seed in seeds:
-                began = time.perf_counter()
-                folder = workdir / f"{world_name}-{recipe}-{seed}"
-                rm_folder = train_rm(start, pairs, probes, folder, seed, budget, device)
-                measured = measure_rm(rm_folder, probes, budget, device)
-                row = record(world_name, recipe, pairs.height, seed, "rm", **measured)
-                row["label_right"] = right_latent
-                records.append(row)
-                print(f"    seed {seed}: {json.dumps(measured)} [{time.perf_counter() - began:.0f}s]", flush=True)
+            rights[recipe], right_gold = label_accuracy(pairs, world.truth)
+            print(f"  {recipe}: {pairs.height:,} pairs, chosen truly better {rights[recipe]:.3f} (gold reader {right_gold:.3f})")
+        policy = bool(set(stages) & {"sft", "dpo", *RL_STAGES})
+        if policy:
+            sft, sft_records = sft_stage(world, probes, start, budget, device, workdir)
+            for row in sft_records:
+                add(row, f"  sft {row['recipe']} rule: {row['size']:,} rows: gold {row['gold']:.3f}, length {row['length']:.1f}")
+        for seed in seeds:
+            rms: dict[str, Path] = {}
+            if "rm" in stages:
+                for recipe, pairs in sets.items():
+                    began = time.perf_counter()
+                    rms[recipe] = train_rm(start, pair_folders[recipe], workdir / f"{world_name}-{recipe}-{seed}", seed, budget, device)
+                    measured = measure_rm(rms[recipe], probes, world.readable, device)
+                    add(record(world_name, recipe, pairs.height, seed, "rm", label_right=rights[recipe], **measured),
+                        f"  {recipe} rm seed {seed}: {json.dumps(measured)} [{time.perf_counter() - began:.0f}s]")
+            if not policy:
+                continue
+            for recipe, pairs in sets.items():
+                dpo_pairs = pair_folders[recipe]
+                if budget.dpo_pairs:
+                    dpo_pairs = _write_split(pairs.head(budget.dpo_pairs), test_pairs, ["prompt", "chosen", "rejected"],
+                                             workdir / f"{world_name}-{recipe}-dpo-pairs")
+                for row in policy_runs(world.name, recipe, seed, dpo_pairs, rms.get(recipe), sft, probes, stages,
+                                       budget, device, workdir / f"{world_name}-{recipe}-{seed}"):
+                    seconds = row.pop("seconds")
+                    step = "" if row["step"] is None else f" step {row['step']}"
+                    proxy = "–" if row["proxy"] is None else f"{row['proxy']:.3f}"
+                    add({**row, "size": pairs.height, "label_right": rights[recipe]},
+                        f"  {recipe} {row['stage']} seed {seed}{step}: gold_gain {row['gold_gain']:+.3f}, proxy {proxy}, "
+                        f"kl {row['kl']:.3f}, length {row['length']:.1f} [{seconds:.0f}s]")
     return records
+
+
+def sft_stage(world: World, probes: Probes, start: str, budget: Budget, device: str,
+              workdir: Path) -> tuple[dict[str, dict], list[dict]]:
+    """SFT on the project's and the article's instruct rule (seed 0; the same questions): {rule: {"folder",
+    "gold"}}, and their records (gold_gain: minus the article rule's gold)."""
+    from zhihu_rlhf.train.models import load_tokenizer
+
+    test = probes.pairs.head(100).select("prompt", completion="better")
+    sft: dict[str, dict] = {}
+    for rule, rows in instruct_sets(world, budget.sft_examples).items():
+        data = _write_split(rows, test, ["prompt", "completion"], workdir / f"{world.name}-instruct-{rule}")
+        folder = train_sft(start, data, workdir / f"{world.name}-sft-{rule}", 0, budget, device)
+        start_model = load_causal_lm(folder)
+        measured = measure_policy(start_model, start_model, load_tokenizer(start), None, probes.policy_prompts, budget, device)
+        sft[rule] = {"folder": folder, "data": data, "rows": rows.height, **measured}
+    records = [
+        record(world.name, rule, s["rows"], 0, "sft", gold=s["gold"], gold_gain=s["gold"] - sft["article"]["gold"],
+               kl=s["kl"], length=s["length"])
+        for rule, s in sft.items()
+    ]
+    return sft, records
+
+
+def policy_runs(world: str, recipe: str, seed: int, pairs: Path, rm: Path | None, sft: dict[str, dict], probes: Probes,
+                stages: list[str], budget: Budget, device: str, folder: Path):
+    """DPO on the recipe's pairs and RL with its RM, from the project-rule SFT policy: one record per measured
+    policy (RL: the start, each kept checkpoint, the final policy), with `seconds` since the run began."""
+    from zhihu_rlhf.train.models import load_tokenizer
+
+    start = sft["project"]
+    reference, tokenizer = load_causal_lm(start["folder"]), load_tokenizer(str(start["folder"]))
+
+    def measured(stage: str, policy, began: float, step: int | None = None) -> dict:
+        m = measure_policy(policy, reference, tokenizer, rm, probes.policy_prompts, budget, device)
+        return {**record(world, recipe, 0, seed, stage, step=step, gold_gain=m["gold"] - start["gold"], **m),
+                "seconds": time.perf_counter() - began}
+
+    if "dpo" in stages:
+        began = time.perf_counter()
+        yield measured("dpo", load_causal_lm(train_dpo(start["folder"], pairs, folder / "dpo", seed, budget, device)), began)
+    for stage in [s for s in RL_STAGES if s in stages]:
+        began = time.perf_counter()
+        assert rm is not None, "the RL stages need the recipe's RM (stage rm)"
+        out = train_rl(stage, start["folder"], rm, start["data"], folder / stage, seed, budget, device)
+        for step, policy in [(0, reference), *checkpoint_policies(out, folder), (budget.rl_iterations, load_causal_lm(out))]:
+            yield measured(stage, policy, began, step)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -377,14 +686,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--worlds", default="readable,readable_popularity", help="comma-separated synth worlds")
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (the world is the same)")
-    parser.add_argument("--stages", default="rm", choices=["rm"], help="rm (the policy stages are not built yet)")
+    parser.add_argument("--stages", default="rm", help=f"comma-separated, of {', '.join(STAGES)} (ppo, rloo and grpo "
+                        "train the RMs too: they are the reward)")
     parser.add_argument("--rows", type=int, default=Budget().rows, help="rows of each synthetic world")
     parser.add_argument("--model", default=None, help="start from this model (Hub id or folder) instead of the small one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the learning check: readable, oracle pairs, one seed, small")
     parser.add_argument("--json", type=Path, help="write the records here")
+    parser.add_argument("--plot", type=Path, help="draw proxy and gold gain against KL of the RL stages here (png)")
     parser.add_argument("--workdir", type=Path, help="keep models and sets here (default: a temporary folder)")
     args = parser.parse_args(argv)
+    stages = args.stages.split(",")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        parser.error(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    if set(stages) & set(RL_STAGES) and "rm" not in stages:
+        stages.insert(0, "rm")
 
     budget = QUICK if args.quick else dataclasses.replace(REAL_MODEL if args.model else Budget(), rows=args.rows)
     worlds = ["readable"] if args.quick else args.worlds.split(",")
@@ -393,11 +710,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         started = time.perf_counter()
-        records = run(worlds, recipes, seeds, budget, args.model, args.device, workdir)
-        print(f"\n{len(records)} runs in {time.perf_counter() - started:.0f}s (2-core machine shared with other agents)")
+        def save(records: list[dict]) -> None:  # after every record, so a run cut short keeps what it measured
+            if args.json:
+                args.json.write_text(json.dumps([{k: r[k] for k in RECORD_FIELDS} for r in records], indent=1))
+
+        records = run(worlds, recipes, seeds, stages, budget, args.model, args.device, workdir, save)
+        print(f"\n{len(records)} records in {time.perf_counter() - started:.0f}s (2-core machine shared with other agents)")
     print_table(records, "rm", ["gold_accuracy", "style_sensitivity", "length_sensitivity"])
-    if args.json:
-        args.json.write_text(json.dumps([{k: r[k] for k in RECORD_FIELDS} for r in records], indent=1))
+    print_table(records, "sft", ["gold", "gold_gain", "length"])
+    for stage in ("dpo", *RL_STAGES):
+        print_table(records, stage, ["gold_gain", "proxy", "kl", "length"])
+    if args.plot:
+        plot_curves(records, args.plot)
     return records
 
 

@@ -1,28 +1,79 @@
-"""benchmarks/rlhf_outcome.py --quick: the learning check of the outcome benchmark. A reward model trained on
-truth-labelled pairs of the readable world must order held-out answers by their gold quality better than chance;
-if it cannot, no comparison of recipes made with this setup says anything."""
+"""benchmarks/rlhf_outcome.py --quick: the learning check of the outcome benchmark, and every policy stage run once
+on tiny sizes. A reward model trained on truth-labelled pairs of the readable world must order held-out answers by
+their gold quality better than chance; if it cannot, no comparison of recipes made with this setup says anything.
+The policy stages must give complete, finite records measured the same way for every policy."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "rlhf_outcome.py"
 
 
-def test_quick_oracle_reward_model_beats_chance_on_gold(tmp_path: Path) -> None:
+def _load_benchmark():
     spec = importlib.util.spec_from_file_location("rlhf_outcome", BENCHMARK)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules["rlhf_outcome"] = bench  # its dataclasses look their module up while the file runs
     spec.loader.exec_module(bench)
-    out = tmp_path / "records.json"
-    bench.main(["--quick", "--json", str(out), "--workdir", str(tmp_path / "work")])
-    [row] = json.loads(out.read_text())
-    assert set(row) == set(bench.RECORD_FIELDS)
-    assert (row["world"], row["recipe"], row["stage"]) == ("readable", "oracle", "rm")
+    return bench
+
+
+def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> None:
+    bench = _load_benchmark()
+    out, plot, work = tmp_path / "records.json", tmp_path / "curves.png", tmp_path / "work"
+    bench.main(["--quick", "--stages", "rm,sft,dpo,ppo,rloo,grpo", "--json", str(out), "--plot", str(plot),
+                "--workdir", str(work)])
+    records = json.loads(out.read_text())
+    assert all(set(r) == set(bench.RECORD_FIELDS) for r in records)
+    assert {(r["world"], r["seed"]) for r in records} == {("readable", 0)}
+    by_stage = {stage: [r for r in records if r["stage"] == stage] for stage in bench.STAGES}
+
+    [rm] = by_stage["rm"]
+    assert rm["recipe"] == "oracle"
     # 300 held-out pairs: chance is 0.5 with a standard error under 0.03
-    assert row["gold_accuracy"] > 0.6, row
-    assert row["gold_gain"] is None and row["kl"] is None
+    assert rm["gold_accuracy"] > 0.6, rm
+    assert math.isfinite(rm["style_sensitivity"]) and math.isfinite(rm["length_sensitivity"])
+    assert rm["gold_gain"] is None and rm["kl"] is None
+
+    max_tokens = bench.QUICK.max_new_tokens
+    policies = [r for stage in ("sft", "dpo", *bench.RL_STAGES) for r in by_stage[stage]]
+    for r in policies:
+        assert all(math.isfinite(r[f]) for f in ("gold", "gold_gain", "kl", "length")), r
+        assert -2 <= r["gold"] <= 2 and 0 < r["length"] <= max_tokens, r
+        assert r["gold_accuracy"] is None and r["style_sensitivity"] is None
+
+    sft = {r["recipe"]: r for r in by_stage["sft"]}
+    assert set(sft) == {"project", "article"}
+    assert sft["article"]["gold_gain"] == 0.0  # the comparison is against the article rule's SFT
+    assert sft["project"]["gold_gain"] == sft["project"]["gold"] - sft["article"]["gold"]
+    # A policy measured against itself: the KL estimate is exactly 0.
+    assert sft["project"]["kl"] == 0.0 and sft["article"]["kl"] == 0.0 and sft["project"]["proxy"] is None
+
+    [dpo] = by_stage["dpo"]
+    assert dpo["gold_gain"] == dpo["gold"] - sft["project"]["gold"]
+    assert math.isfinite(dpo["proxy"])  # the recipe's RM exists: DPO's responses are scored by it too
+
+    starts = []
+    for stage in bench.RL_STAGES:
+        runs = sorted(by_stage[stage], key=lambda r: r["step"])
+        # the SFT start, the checkpoint kept at every iteration, the final policy
+        assert [r["step"] for r in runs] == list(range(bench.QUICK.rl_iterations + 1)), runs
+        start = runs[0]
+        # The start is the project-rule SFT policy, measured on the same prompts with the same sampling.
+        assert start["kl"] == 0.0 and start["gold_gain"] == 0.0 and start["gold"] == sft["project"]["gold"], start
+        assert all(math.isfinite(r["proxy"]) for r in runs)
+        starts.append(start["proxy"])
+    assert starts[0] == starts[1] == starts[2]  # same start, same RM, same prompts and random stream
+    assert plot.stat().st_size > 0
+
+    # The RM is read at the end of the whole text, past the training window: padding there changes the score.
+    prompt = "如何评价这个问题？"
+    long_answer = "\n\n".join(["作为过来人，聊几句。", *["因此，先小成本试一试，看看效果再说。"] * 40, "祝好。"])
+    plain, padded = bench.rm_scores(work / "readable-oracle-0" / "rm", [prompt] * 2,
+                                    [long_answer, bench.synth.pad_with_asides(long_answer, bench.ASIDE_PAD)], "cpu")
+    assert plain != padded
