@@ -23,12 +23,14 @@ linearly with the rows. A missing `bench_data/<world>_<rows>.parquet` is first m
 (`build()` and the recipes: load, dedupe, vote model, each set's selection, then each set's recipe, which selects
 again and writes the folder: its time less the selection's is the writing), each as a ratio to the bare scan of the
 same file just before (the better of two), with its CPU use (user + system over wall: 2.0 = both cores busy);
-start-up (importing the CLI's modules) is timed in a child process.
+start-up (importing the CLI's modules) is timed in a child process. The card's libraries (datasets, matplotlib) are
+imported by the first folder written, so their import counts in "instruct set: writing the folder" here; the CLI's
+`build()` imports them on a second thread while the answers are read.
 
 `--cache`: per world file, in one run, each `build all` in a child process with an empty cache folder of its own:
 the build with `--no-cache`; the first build with the cache on (and the cache's size on disk); a rebuild with changed
-pair options (`--min-ratio 3 --max-days-apart 14`) after it, checked byte for byte against the same options with
-`--no-cache`; and a rebuild with a changed vote option (`--author-share 0.5`), against the uncached build less the
+pair options (`--min-ratio 3 --max-days-apart 14`) after it, which takes every stored step (the instruct selection
+included) from the cache, checked byte for byte (both folders) against the same options with `--no-cache`; and a rebuild with a changed vote option (`--author-share 0.5`), against the uncached build less the
 canonical table's and dedupe's time (timed in a child process in the same run).
 """
 

@@ -1,11 +1,13 @@
 """Recipe step shared by every set: read the source, merge near-duplicates, estimate each answer's quality.
 
-Each of the three steps is taken from the cache when its inputs are unchanged (see zhihu_rlhf.cache).
+Each of the three steps is taken from the cache when its inputs are unchanged (see zhihu_rlhf.cache); a set's own
+step is cached under the last of them (`StepChain`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import polars as pl
@@ -14,6 +16,22 @@ from zhihu_rlhf.cache import StepCache, cached_step, source_fingerprint, step_ke
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
 from zhihu_rlhf.sources import load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
+
+
+@dataclass(frozen=True)
+class StepChain:
+    """Where a recipe's own cached step hangs: under the vote model's key, which fingerprints the source and every
+    option the answer table depends on. `cache` None: the cache is off, the step is computed."""
+
+    cache: StepCache | None
+    key: str
+    source: str
+
+    def step(self, step: str, options: tuple, compute: Callable[[], tuple[pl.DataFrame, dict]],
+             log: Callable[[str], None]) -> tuple[pl.DataFrame, dict]:
+        """`compute()`'s (table, stats), or the stored ones of `step` with these `options` (dataclasses)."""
+        key = step_key(step, self.key, *options) if self.cache else ""
+        return cached_step(self.cache, step, key, compute, base=None, source=self.source, log=log)
 
 
 def prepare_answers(
@@ -25,6 +43,19 @@ def prepare_answers(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[pl.DataFrame, dict]:
     """Canonical answer table with `question_group`, `answer_cluster` and the vote model's quality columns."""
+    answers, stats, _ = chained_answers(source, dedupe_options, vote_options, cache=cache, log=log)
+    return answers, stats
+
+
+def chained_answers(
+    source: str,
+    dedupe_options: DedupeOptions,
+    vote_options: VoteModelOptions | None = None,
+    *,
+    cache: StepCache | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[pl.DataFrame, dict, StepChain]:
+    """`prepare_answers`, and the chain a later step's cache entry hangs from."""
     vote_options = vote_options or VoteModelOptions()
     resolved = resolve_source(source)
     # The keys chain: a step's key holds the key of the step it reads, so a changed step recomputes what follows it.
@@ -39,7 +70,7 @@ def prepare_answers(
     answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(dedupe, answers, dedupe_options), base=answers)
     stats["answers_per_question"] = answers_per_question(answers)
     answers, stats["vote_model"] = step("votes", votes_key, partial(estimate_quality, answers, vote_options), base=answers)
-    return answers, stats
+    return answers, stats, StepChain(cache, votes_key, resolved.label)
 
 
 def answers_per_question(answers: pl.DataFrame) -> dict[str, int]:

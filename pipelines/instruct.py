@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import polars as pl
 
 from zhihu_rlhf.export import OutputSettings, write_dataset
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, ranking_summary, select_instruct
-from zhihu_rlhf.pipelines.answers import set_stats
+from zhihu_rlhf.pipelines.answers import StepChain, set_stats
 from zhihu_rlhf.split import split_by_question
 
 
@@ -21,12 +23,21 @@ def build_instruct_set(
     out: Path,
     params: dict,
     output: OutputSettings,
+    chain: StepChain | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Path:
-    rows, dropped_here = select_instruct(answers, options, lengths)
+    """The selection is a cached step (`chain`): a rebuild that changes only the pairs' options reuses it."""
+    select = partial(_select, answers, options, lengths)
+    rows, selection = chain.step("instruct", (options, lengths), select, log) if chain else select()
     train, test = split_by_question(rows, output.test_fraction)
-    stats = set_stats(source_stats, rows.height, dropped_here, train, test)
+    stats = set_stats(source_stats, rows.height, selection["rows_dropped"], train, test)
     stats["instruct_ranking"] = ranking_summary(rows)
     return write_dataset(
         out, "instruct", train.drop("question_group"), test.drop("question_group"), stats, params,
         formats=output.formats, keep_author_ids=output.keep_author_ids,
     )
+
+
+def _select(answers: pl.DataFrame, options: InstructOptions, lengths: LengthFilter) -> tuple[pl.DataFrame, dict]:
+    rows, dropped_here = select_instruct(answers, options, lengths)
+    return rows, {"rows_dropped": dropped_here}

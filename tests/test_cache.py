@@ -19,12 +19,13 @@ from zhihu_rlhf import cache as step_cache
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.cache import STEP_VERSIONS, StepCache
 from zhihu_rlhf.dedupe import DedupeOptions
+from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions
 from zhihu_rlhf.pipelines.answers import prepare_answers
 from zhihu_rlhf.sources import CANONICAL_SCHEMA
 from zhihu_rlhf.votes import VoteModelOptions
 
-STEPS = ("answers", "dedupe", "votes")
+STEPS = ("answers", "dedupe", "votes", "instruct")
 
 
 def _build(tmp_path: Path, name: str, cache_dir: Path | None, **changes) -> tuple[Path, list[str]]:
@@ -50,8 +51,10 @@ def _origin(lines: list[str]) -> dict[str, str]:
     [
         ({"pairs": PairOptions(min_ratio=3.0, max_days_apart=14.0)}, set()),
         ({"formats": ["trl", "llamafactory"], "test_fraction": 0.1}, set()),
-        ({"votes": VoteModelOptions(model="authors", author_share=0.5)}, {"votes"}),
-        ({"dedupe": DedupeOptions(mode="exact")}, {"dedupe", "votes"}),
+        ({"instruct": InstructOptions(limit=40, min_upvotes=3)}, {"instruct"}),
+        ({"lengths": LengthFilter(min_answer_chars=60)}, {"instruct"}),
+        ({"votes": VoteModelOptions(model="authors", author_share=0.5)}, {"votes", "instruct"}),
+        ({"dedupe": DedupeOptions(mode="exact")}, {"dedupe", "votes", "instruct"}),
     ],
 )
 def test_rebuild_reuses_unchanged_steps_and_is_byte_identical(tmp_path: Path, changes: dict, recomputed: set) -> None:
@@ -102,8 +105,9 @@ def _flip_one_byte(entry: Path) -> None:
         ("votes", _flip_one_byte),
         ("dedupe", lambda entry: (entry / "manifest.json").write_text("{not json")),
         ("votes", lambda entry: (entry / "manifest.json").unlink()),
+        ("instruct", _flip_one_byte),
     ],
-    ids=["truncated", "flipped-byte", "bad-manifest", "no-manifest"],
+    ids=["truncated", "flipped-byte", "bad-manifest", "no-manifest", "instruct-flipped-byte"],
 )
 def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path: Path, step: str, damage) -> None:
     cache_dir = tmp_path / "cache"
@@ -134,12 +138,12 @@ def test_a_build_killed_while_storing_leaves_nothing_trusted(tmp_path: Path, mon
     cache_dir = tmp_path / "cache"
     real_write = step_cache._write_file
 
-    def dies_after_the_table(path: Path, data: bytes) -> None:
-        real_write(path, data)
-        if path.name == "table.parquet":
+    def dies_before_the_manifest(path: Path, data: bytes) -> None:
+        if path.name == "manifest.json":  # the table is written by now
             raise KeyboardInterrupt  # what a kill looks like from inside: nothing after this line runs
+        real_write(path, data)
 
-    monkeypatch.setattr(step_cache, "_write_file", dies_after_the_table)
+    monkeypatch.setattr(step_cache, "_write_file", dies_before_the_manifest)
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path, "killed", cache_dir)
     monkeypatch.undo()
@@ -178,7 +182,7 @@ def test_least_recently_used_entries_are_evicted_first(tmp_path: Path) -> None:
     # one, used longest ago, is gone
     bound_gb = (sum(sizes.values()) + sizes[old_votes.name] // 2) / 1e9
     _, lines = _build(tmp_path, "b", cache_dir, votes=VoteModelOptions(luck_sd=0.35), cache_max_gb=bound_gb)
-    assert _origin(lines) == {"answers": "cache", "dedupe": "cache", "votes": "computed"}
+    assert _origin(lines) == {"answers": "cache", "dedupe": "cache", "votes": "computed", "instruct": "computed"}
     assert not old_votes.exists()
     assert {e.step for e in StepCache(cache_dir, 0, print).entries()} == set(STEPS)
 
@@ -200,7 +204,7 @@ def test_cache_cli_info_and_clear(tmp_path: Path) -> None:
     assert "answers: computed" in built.stderr
     info = cli("cache", "info").stdout.splitlines()
     assert info[0].startswith(f"{tmp_path / 'cache'}: 3 entries")
-    assert sorted(line.split()[0] for line in info[2:]) == sorted(STEPS)
+    assert sorted(line.split()[0] for line in info[2:]) == ["answers", "dedupe", "votes"]  # no instruct set built
     again = cli("pairs", "--source", "sample", "--out", "out2", "--min-ratio", "3")
     assert "votes: from the cache" in again.stderr
     assert "removed" in cli("cache", "clear").stdout
@@ -225,6 +229,7 @@ DIGESTS_FILE = Path(__file__).with_name("step_digests.json")
 
 def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
     answers, stats = prepare_answers("sample", DedupeOptions(), VoteModelOptions())
+    instruct_rows, instruct_dropped = select_instruct(answers, InstructOptions(), LengthFilter())
     dedupe_stats, vote_stats = stats.pop("dedupe"), stats.pop("vote_model")
     stats.pop("answers_per_question")
     canonical, deduped = list(CANONICAL_SCHEMA), ["question_group", "answer_cluster"]
@@ -232,6 +237,7 @@ def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
         "answers": (answers.select(canonical), stats),
         "dedupe": (answers.select(deduped), dedupe_stats),
         "votes": (answers.drop(canonical, *deduped), vote_stats),
+        "instruct": (instruct_rows, {"rows_dropped": instruct_dropped}),
     }
 
 
@@ -246,7 +252,7 @@ def test_a_step_whose_output_changed_has_a_new_version() -> None:
     recorded = json.loads(DIGESTS_FILE.read_text())
     digests = {step: _digest(*output) for step, output in _step_outputs().items()}
     for step, digest in digests.items():
-        entry = recorded[step]
+        entry = recorded.get(step, {"version": None})  # a new step: nothing recorded yet
         how = (f'tests/step_digests.json: set "{step}" to {{"version": "{STEP_VERSIONS[step]}", '
                f'"digest": "{digest}"}}')
         if entry["version"] == STEP_VERSIONS[step]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.export import FORMATS, OutputSettings, check_formats
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter
 from zhihu_rlhf.pairs import PairOptions, check_pair_options
-from zhihu_rlhf.pipelines.answers import prepare_answers
+from zhihu_rlhf.pipelines.answers import chained_answers
 from zhihu_rlhf.pipelines.instruct import build_instruct_set
 from zhihu_rlhf.pipelines.pairs import build_pairs_set
 from zhihu_rlhf.sources import DEFAULT_SOURCE
@@ -100,10 +102,11 @@ _NOT_RECIPE = ("out", "use_cache", "cache_dir", "cache_max_gb")
 def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     """Build the requested set(s); returns {"instruct": path, "pairs": path} for what was written."""
     options.validate()
+    _import_card_libraries_meanwhile()
     cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
-    answers, source_stats = prepare_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
+    answers, source_stats, chain = chained_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
     dropped = sum(source_stats["rows_dropped"].values())
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
@@ -114,7 +117,7 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
         out = options.out / "instruct" if what == "all" else options.out
         written["instruct"] = build_instruct_set(
             answers, source_stats, options.instruct, options.lengths, out=out, params=_params(options, "instruct"),
-            output=output,
+            output=output, chain=chain, log=log,
         )
         log(f"  instruct set -> {out} [{time.perf_counter() - started:.1f}s]")
     if what in ("pairs", "all"):
@@ -127,6 +130,13 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     if cache:
         cache.wait()  # the entries were written while the sets were selected
     return written
+
+
+def _import_card_libraries_meanwhile() -> None:
+    """Import what writing the folders needs (datasets, huggingface_hub, matplotlib: about 2 s, all of it Python) on
+    a second thread while the answers are read and the sets selected, work that mostly runs in polars and numpy with
+    the GIL released. Whoever imports the module first does the work; the other waits for it (Python's import lock)."""
+    threading.Thread(target=importlib.import_module, args=("zhihu_rlhf.cards",), name="import-cards").start()
 
 
 def _step_cache(options: BuildOptions, log) -> StepCache:

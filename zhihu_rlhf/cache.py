@@ -1,17 +1,20 @@
 """A cache of the build's expensive steps, so a change of recipe reruns only what it changes.
 
-Three steps are stored after they run, each under a key that fingerprints everything its output depends on:
+Four steps are stored after they run, each under a key that fingerprints everything its output depends on:
 
-    answers  the canonical answer table     key: the source files (path, size, mtime, sampled content), the step's version
-    dedupe   question_group, answer_cluster key: the answers key, the dedupe options, the step's version
-    votes    the vote model's columns       key: the dedupe key, the vote-model options, the step's version
+    answers   the canonical answer table     key: the source files (path, size, mtime, sampled content), the step's version
+    dedupe    question_group, answer_cluster key: the answers key, the dedupe options, the step's version
+    votes     the vote model's columns       key: the dedupe key, the vote-model options, the step's version
+    instruct  the instruct set's rows        key: the votes key, the instruct and length options, the step's version
 
-A changed pair or instruct option reuses all three; a changed vote option reruns the vote model only; a changed dedupe
-option reruns dedupe and the vote model, never the reading. Dedupe and the vote model add columns and keep every row,
-so their entries hold only the columns they add (a few bytes per row), and the texts are stored once.
+A changed pair option reuses all four (the pairs are selected again: their selection is what the user is tuning, and
+it reads the whole answer table); a changed instruct option reruns the instruct selection only; a changed vote option
+reruns the vote model and what follows it; a changed dedupe option reruns dedupe and what follows it, never the
+reading. Dedupe and the vote model add columns and keep every row, so their entries hold only the columns they add (a
+few bytes per row), and the texts are stored once.
 
 An entry is a folder `<step>-<key>/` with `table.parquet` and `manifest.json` (step, key, rows, the table's size and
-SHA-256 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
+XXH3-128 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
 build that is killed leaves a temporary folder that is never read (and is swept later), and two builds writing the same
 entry never see each other's half: the second rename fails and its copy is discarded; nobody waits on a lock. An entry
 whose manifest, size, digest, key or row count does not match is not used: one warning line, the step is recomputed
@@ -19,7 +22,7 @@ whose manifest, size, digest, key or row count does not match is not used: one w
 longest ago are removed first.
 
 Entries are written by one background thread while the build goes on (compressing and writing a million texts takes
-seconds, and polars, hashlib and file writes release the GIL); `StepCache.wait()` joins it before the build returns.
+seconds, and polars and file writes release the GIL); `StepCache.wait()` joins it before the build returns.
 
 Each step's version string (`STEP_VERSIONS`) is part of its key: bump it whenever the step's output changes, or old
 entries would be reused. tests/test_cache.py fails when a step's output on a fixed input changes and its version did not.
@@ -29,8 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
+import mmap
 import os
 import shutil
 import time
@@ -41,13 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import xxhash
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "1"}
+STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "1", "instruct": "1"}
 """Bump a step's version whenever its output (table or stats) changes for the same input and options."""
 
-ENTRY_FORMAT = 1  # the layout of an entry folder itself
+ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)
 _SAMPLE_BLOCK = 1 << 16  # bytes read at each sampled offset of a large source file
 _SAMPLE_BLOCKS = 64
 _STALE_TEMPORARY_SECONDS = 6 * 3600  # a temporary folder this old belongs to a build that died
@@ -92,13 +96,14 @@ def source_fingerprint(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def step_key(step: str, parent: str, options: object | None = None) -> str:
-    """The key of a step's entry: its name and version, the key (or source fingerprint) it reads, its options."""
+def step_key(step: str, parent: str, *options: object) -> str:
+    """The key of a step's entry: its name and version, the key (or source fingerprint) it reads, its options (each a
+    dataclass)."""
     recipe = {
         "step": step,
         "version": STEP_VERSIONS[step],
         "parent": parent,
-        "options": dataclasses.asdict(options) if options is not None else None,
+        "options": [dataclasses.asdict(each) for each in options],
     }
     return hashlib.blake2b(json.dumps(recipe, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
@@ -135,9 +140,9 @@ class StepCache:
             return None
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            data = (folder / "table.parquet").read_bytes()
-            problem = _manifest_problem(manifest, step, key, data, rows)
-            table = None if problem else pl.read_parquet(io.BytesIO(data))
+            problem = _manifest_problem(manifest, step, key, folder / "table.parquet", rows)
+            # An entry is never changed once in place, so the file checked is the file read.
+            table = None if problem else pl.read_parquet(folder / "table.parquet")
         except (OSError, ValueError, pl.exceptions.PolarsError) as err:
             problem = f"unreadable ({type(err).__name__})"
         if problem is None and table.height != manifest["rows"]:
@@ -166,14 +171,12 @@ class StepCache:
         temporary = self.folder / f".tmp-{step}-{key}-{uuid.uuid4().hex}"
         temporary.mkdir()
         try:
-            buffer = io.BytesIO()
-            table.write_parquet(buffer, compression="lz4", statistics=False)
-            data = buffer.getvalue()
+            table.write_parquet(temporary / "table.parquet", compression="lz4", statistics=False)
             manifest = {
                 "format": ENTRY_FORMAT, "step": step, "key": key, "version": STEP_VERSIONS[step], "source": source,
-                "rows": table.height, "table_bytes": len(data), "table_sha256": _digest(data), "stats": stats,
+                "rows": table.height, "table_bytes": (temporary / "table.parquet").stat().st_size,
+                "table_xxh3_128": _digest(temporary / "table.parquet"), "stats": stats,
             }
-            _write_file(temporary / "table.parquet", data)
             # the manifest last: a folder without one is never read
             _write_file(temporary / "manifest.json", json.dumps(manifest).encode())  # key order kept: stats.json shows it
             try:
@@ -283,12 +286,12 @@ def check_max_gb(max_gb: float) -> None:
         raise UserError(f"--cache-max-gb must be 0 (no bound) or a positive size in GB, got {max_gb}")
 
 
-def _manifest_problem(manifest: object, step: str, key: str, data: bytes, rows: int | None) -> str | None:
+def _manifest_problem(manifest: object, step: str, key: str, table: Path, rows: int | None) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format") != ENTRY_FORMAT:
         return "of an unknown format"
     if manifest.get("step") != step or manifest.get("key") != key or manifest.get("version") != STEP_VERSIONS[step]:
         return "for another step, key or version"
-    if manifest.get("table_bytes") != len(data) or manifest.get("table_sha256") != _digest(data):
+    if manifest.get("table_bytes") != table.stat().st_size or manifest.get("table_xxh3_128") != _digest(table):
         return "truncated or corrupt (size or digest differs)"
     if rows is not None and manifest.get("rows") != rows:
         return "for a table of another length"
@@ -297,8 +300,12 @@ def _manifest_problem(manifest: object, step: str, key: str, data: bytes, rows: 
     return None
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()  # twice BLAKE2's speed here (SHA instructions): 0.6 GB per 1M answers
+def _digest(path: Path) -> str:
+    """XXH3-128 of a file's bytes. Its job is to catch accidents (a torn write, a flipped bit), not forgeries, and
+    a 128-bit XXH3 misses an accidental change no more often than SHA-256 would; it ran at 11 GB/s here where SHA-256
+    ran at 0.8 GB/s, most of the check on a 0.6 GB entry (benchmarks/RESULTS.md)."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return xxhash.xxh3_128_hexdigest(data)
 
 
 def _write_file(path: Path, data: bytes) -> None:

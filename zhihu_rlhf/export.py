@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from zhihu_rlhf import cards, schema
+from zhihu_rlhf import schema
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.schema import Kind
 
@@ -293,6 +293,10 @@ def _write_folder(folder: Path, kind: Kind, splits: dict[str, pl.DataFrame], sta
         "params_hash": params_hash(kind, params, formats, keep_author_ids),
     }
     write_bytes(folder / "params.json", (json.dumps(build, indent=2, ensure_ascii=False, default=str) + "\n").encode())
+
+    # The card's libraries (datasets, huggingface_hub, matplotlib) take seconds to import: only a build that writes
+    # a folder pays for them, and build() has them imported on a second thread meanwhile (zhihu_rlhf.build).
+    from zhihu_rlhf import cards
 
     plots = cards.write_plots(folder, kind, splits, stats)
     card = cards.render_card(kind, splits, stats, build, configs, plots, folder)
