@@ -35,6 +35,8 @@ variant with --calibration, the reliability table of `p_chosen_better` over all 
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --levels-only   # the four levels only
     python benchmarks/pair_quality.py --data /work/bench_data/kol_1m.parquet --calibration   # the default vs the
         # assumptions before luck was measured and the author share carried as a range
+    python benchmarks/pair_quality.py --data W_1m.parquet --calibration --defaults-only   # the default only, with
+        # the truth-chosen row: calibration, instruct and length figures in one fit
 """
 
 from __future__ import annotations
@@ -254,11 +256,15 @@ def evaluate_length(answers: pl.DataFrame, quality: pl.DataFrame, defaults_only:
 
 def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: dict[str, VoteModelOptions],
              show_reliability: bool, baselines: bool = True) -> list[dict]:
+    """Without baselines the truth-chosen row is still given (for its length skew), without instruct columns."""
     quality = truth.select("answer_id", "quality", "chars")
     rules, lengths = PairOptions(limit=0), LengthFilter()
     base = answers.drop(*QUALITY_COLUMNS, *EFFECT_COLUMNS, strict=False)
     raw_instruct = instruct_truly_best(estimate_quality(base, VoteModelOptions(model="raw"))[0], quality) if baselines else ()
-    rows = []
+    truth_set = with_truth(truth_chosen_pairs(base, quality, lengths), quality)
+    rows = [{"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
+             "all": 1.0, "ece": None, "worst_bin": None, "mean_p": None, "instruct": raw_instruct,
+             "skew": length_skew(truth_set)}]
 
     def add(method: str, every: pl.DataFrame, top: pl.DataFrame, instruct: tuple[float, ...], calibrated: bool) -> None:
         rows.append({
@@ -270,10 +276,6 @@ def evaluate(answers: pl.DataFrame, truth: pl.DataFrame, seed: int, variants: di
         })
 
     if baselines:
-        truth_set = with_truth(truth_chosen_pairs(base, quality, lengths), quality)
-        rows.append({"method": "truth-chosen: best vs worst answer, largest quality gaps", "top": 1.0, "pairs": truth_set.height,
-                     "all": 1.0, "ece": None, "worst_bin": None, "mean_p": None, "instruct": raw_instruct,
-                     "skew": length_skew(truth_set)})
         naive = with_truth(naive_pairs(base, lengths), quality).sample(fraction=1.0, shuffle=True, seed=seed)
         add("naive: most- vs least-upvoted per question, unranked", naive, naive.head(TOP), raw_instruct, False)
         every = with_truth(article_pairs(base, seed), quality)
@@ -314,8 +316,12 @@ def main() -> None:
     parser.add_argument("--length", action="store_true",
                         help="only the length grid: the default, each --length-share, each --max-length-ratio")
     parser.add_argument("--defaults-only", action="store_true",
-                        help="with --length: only the default model and rules beside the truth rows (the 1M runs)")
+                        help="with --length or --calibration: only the default model and rules beside the truth rows "
+                             "(the 1M runs; with --calibration, one run gives the reliability table, the instruct "
+                             "columns and the top 3,000's length skew)")
     args = parser.parse_args()
+    if args.defaults_only and not (args.length or args.calibration):
+        parser.error("--defaults-only goes with --length or --calibration")
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
@@ -335,7 +341,12 @@ def main() -> None:
         if args.length:
             rows = evaluate_length(answers, truth, args.defaults_only)
         else:
-            variants = calibration_variants(args.alternatives) if args.calibration else model_variants(args.levels_only)
+            if args.calibration:
+                variants = calibration_variants(args.alternatives)
+                if args.defaults_only:
+                    variants = {name: options for name, options in variants.items() if options == VoteModelOptions()}
+            else:
+                variants = model_variants(args.levels_only)
             rows = evaluate(answers, truth, args.seed, variants, args.reliability or args.calibration,
                             baselines=not args.calibration)
 
@@ -354,7 +365,7 @@ def main() -> None:
         ece = f"{r['ece']:.3f}" if r["ece"] is not None else "–"
         worst = f"{r['worst_bin']:.3f}" if r["worst_bin"] is not None else "–"
         mean_p = f"{r['mean_p']:.3f}" if r["mean_p"] is not None else "–"
-        instruct = " | ".join(f"{share:.3f}" for share in r["instruct"])
+        instruct = " | ".join(f"{share:.3f}" for share in r["instruct"]) if r["instruct"] else " | ".join(["–"] * 4)
         print(f"| {r['method']} | {r['top']:.3f} | {r['skew'][0]:.3f} | {r['skew'][1]:.2f} | {r['pairs']:,} | {r['all']:.3f} "
               f"| {ece} | {worst} | {mean_p} | {instruct} |")
 
