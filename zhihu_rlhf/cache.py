@@ -48,7 +48,7 @@ import xxhash
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "1", "instruct": "1"}
+STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1"}
 """Bump a step's version whenever its output (table or stats) changes for the same input and options."""
 
 ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)

@@ -445,7 +445,12 @@ def luck_from_copies(
     wr = w * np.where(in_fit, residual, 0.0)
     outside_weight = questions.spread(questions.sums(w)) - np.bincount(qc_code, w)[qc_code]
     outside_sum = questions.spread(questions.sums(wr)) - np.bincount(qc_code, wr)[qc_code]
-    usable = in_fit & (outside_weight > 0)
+    # Whether any fitted answer lies outside the cluster is counted, not read off outside_weight: that difference
+    # of two float sums can come out a few ulps above or below 0 depending on the BLAS thread count that fitted
+    # the weights, which changed which copies were used from one machine setting to another.
+    fitted = in_fit.astype(np.int64)
+    outside_fitted = questions.spread(questions.sums(fitted)) - np.bincount(qc_code, fitted)[qc_code]
+    usable = in_fit & (outside_fitted > 0)
     r = residual - outside_sum / np.where(usable, outside_weight, 1.0)
     mean_var = 1.0 / np.where(usable, outside_weight, np.inf)
 
