@@ -77,3 +77,17 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> Non
     plain, padded = bench.rm_scores(work / "readable-oracle-0" / "rm", [prompt] * 2,
                                     [long_answer, bench.synth.pad_with_asides(long_answer, bench.ASIDE_PAD)], "cpu")
     assert plain != padded
+
+
+def test_budget_sizes_only_the_small_start(capsys) -> None:
+    """--budget larger resizes the small random start; with --quick or --model it would be silently ignored, so it
+    is refused with a usage error before anything is built."""
+    bench = _load_benchmark()
+    for extra in (["--quick"], ["--model", "some/model"]):
+        try:
+            bench.main(["--budget", "larger", *extra])
+        except SystemExit as stop:
+            assert stop.code == 2
+        else:
+            raise AssertionError(f"--budget larger {extra} ran")
+        assert "--budget" in capsys.readouterr().err
