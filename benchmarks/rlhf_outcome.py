@@ -274,12 +274,14 @@ class Probes:
 
 
 def make_probes(world: World, budget: Budget, seed: int = 0) -> Probes:
-    held = world.heldout_answers().join(world.truth.select("answer_id", "quality", "gold"), on="answer_id")
+    # Sorted before every seeded draw: the joins' row order differs between processes, and with it what a seed draws.
+    held = world.heldout_answers().join(world.truth.select("answer_id", "quality", "gold"), on="answer_id").sort("answer_id")
     by = "gold" if world.readable else "quality"
     a = held.select("question_group", "question", "answer_id", "answer", score=by)
     pairs = (
         a.join(a.select("question_group", other_id="answer_id", other="answer", other_score="score"), on="question_group")
         .filter((pl.col("score") - pl.col("other_score") > GOLD_MARGIN))
+        .sort("answer_id", "other_id")
         .sample(fraction=1.0, shuffle=True, seed=seed)
         .filter(pl.int_range(pl.len()).over("question_group") < 3)  # a few per question, so no question dominates
         .head(budget.eval_pairs)
