@@ -49,6 +49,8 @@ Every policy is measured on the same held-out prompts with the same sampling (te
         --json rm_table.json                     # the RM table (2-core CPU)
     python benchmarks/rlhf_outcome.py --worlds readable_popularity --recipes project,article,oracle \
         --stages rm,sft,dpo,ppo --json policies.json --plot curves.png      # the policy stages
+    python benchmarks/rlhf_outcome.py --worlds readable_popularity --recipes oracle --seeds 0 --stages sft,dpo \
+        --budget larger                          # can the policy stage learn at all? the ceiling at a larger start
     python benchmarks/rlhf_outcome.py --quick    # the learning check the tests run: oracle RM beats chance
     python benchmarks/rlhf_outcome.py --model Qwen/Qwen2.5-0.5B --device cuda   # a real start on a GPU
 
@@ -122,6 +124,7 @@ class Budget:
     sft_examples: int = 3_000
     """instruct rows SFT trains on: the first of the project's set (surest first), and the same questions' article rows"""
     sft_lr: float = 3e-3
+    sft_epochs: float = 1.0
     sft_batch_tokens: int = 4_096
     dpo_lr: float = 5e-4
     dpo_beta: float = 0.1
@@ -142,6 +145,10 @@ class Budget:
 REAL_MODEL = Budget(rm_lr=1e-5, rm_batch=16, max_len=512, sft_lr=2e-5, dpo_lr=1e-6, rl_lr=1e-6, max_prompt_len=256,
                     max_new_tokens=512)
 """With --model (a pretrained start): the learning rates and lengths a 0.5B-7B model trains with."""
+LARGER = Budget(hidden=128, layers=2, sft_epochs=2.0, dpo_lr=1e-4, dpo_beta=0.3)
+"""--budget larger: can the policy stage learn at all? A start that may write sentences (2 layers, 128 wide, SFT
+twice over its rows) and a smaller DPO step (the default's DPO drifted 27-62 nats and lost gold even on truth)."""
+BUDGETS = {"default": Budget(), "larger": LARGER}
 QUICK = Budget(rows=12_000, rm_epochs=2.0, rm_lr=2e-3, rm_batch=32, max_len=128, eval_pairs=300, probe_answers=60,
                sft_examples=200, dpo_pairs=96, rl_iterations=2, rl_prompts=8, rl_eval_every=1, eval_prompts=16, max_new_tokens=32)
 
@@ -267,12 +274,14 @@ class Probes:
 
 
 def make_probes(world: World, budget: Budget, seed: int = 0) -> Probes:
-    held = world.heldout_answers().join(world.truth.select("answer_id", "quality", "gold"), on="answer_id")
+    # Sorted before every seeded draw: the joins' row order differs between processes, and with it what a seed draws.
+    held = world.heldout_answers().join(world.truth.select("answer_id", "quality", "gold"), on="answer_id").sort("answer_id")
     by = "gold" if world.readable else "quality"
     a = held.select("question_group", "question", "answer_id", "answer", score=by)
     pairs = (
         a.join(a.select("question_group", other_id="answer_id", other="answer", other_score="score"), on="question_group")
         .filter((pl.col("score") - pl.col("other_score") > GOLD_MARGIN))
+        .sort("answer_id", "other_id")
         .sample(fraction=1.0, shuffle=True, seed=seed)
         .filter(pl.int_range(pl.len()).over("question_group") < 3)  # a few per question, so no question dominates
         .head(budget.eval_pairs)
@@ -390,7 +399,7 @@ def train_sft(start: str, data: Path, folder: Path, seed: int, budget: Budget, d
 
     options = SFTOptions(
         data=str(data), out=folder, model=start, max_len=budget.max_len, batch_tokens=max(budget.sft_batch_tokens, budget.max_len),
-        epochs=1.0, lr=budget.sft_lr, grad_accum=1, seed=seed, save_steps=0, device=device, warmup_ratio=0.05,
+        epochs=budget.sft_epochs, lr=budget.sft_lr, grad_accum=1, seed=seed, save_steps=0, device=device, warmup_ratio=0.05,
         save_dtype="fp32",
     )
     options.validate()
@@ -689,6 +698,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--stages", default="rm", help=f"comma-separated, of {', '.join(STAGES)} (ppo, rloo and grpo "
                         "train the RMs too: they are the reward)")
     parser.add_argument("--rows", type=int, default=Budget().rows, help="rows of each synthetic world")
+    parser.add_argument("--budget", default="default", choices=list(BUDGETS),
+                        help="the small start's sizes: default, or larger (2 layers, 128 wide, SFT 2 epochs, DPO beta "
+                        "0.3 lr 1e-4)")
     parser.add_argument("--model", default=None, help="start from this model (Hub id or folder) instead of the small one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the learning check: readable, oracle pairs, one seed, small")
@@ -700,10 +712,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         parser.error(f"--stages: unknown {', '.join(unknown)} (choose from {', '.join(STAGES)})")
+    if args.budget != "default" and (args.model or args.quick):
+        parser.error("--budget sizes the small start: not with --model or --quick")
     if set(stages) & set(RL_STAGES) and "rm" not in stages:
         stages.insert(0, "rm")
 
-    budget = QUICK if args.quick else dataclasses.replace(REAL_MODEL if args.model else Budget(), rows=args.rows)
+    budget = QUICK if args.quick else dataclasses.replace(REAL_MODEL if args.model else BUDGETS[args.budget], rows=args.rows)
     worlds = ["readable"] if args.quick else args.worlds.split(",")
     recipes = ["oracle"] if args.quick else args.recipes.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]

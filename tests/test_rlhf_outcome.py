@@ -77,3 +77,34 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> Non
     plain, padded = bench.rm_scores(work / "readable-oracle-0" / "rm", [prompt] * 2,
                                     [long_answer, bench.synth.pad_with_asides(long_answer, bench.ASIDE_PAD)], "cpu")
     assert plain != padded
+
+
+def test_budget_sizes_only_the_small_start(capsys) -> None:
+    """--budget larger resizes the small random start; with --quick or --model it would be silently ignored, so it
+    is refused with a usage error before anything is built."""
+    bench = _load_benchmark()
+    for extra in (["--quick"], ["--model", "some/model"]):
+        try:
+            bench.main(["--budget", "larger", *extra])
+        except SystemExit as stop:
+            assert stop.code == 2
+        else:
+            raise AssertionError(f"--budget larger {extra} ran")
+        assert "--budget" in capsys.readouterr().err
+
+
+def test_probes_are_the_same_in_every_process() -> None:
+    """Runs that compare policies measure them on the same held-out prompts: the probe draw must not depend on the
+    row order a process's joins happen to give (two runs of one command once shared 34 of 59 test questions)."""
+    import subprocess
+
+    script = (
+        "import sys, tempfile; from pathlib import Path; sys.path.insert(0, 'tests');"
+        "from test_rlhf_outcome import _load_benchmark; b = _load_benchmark();"
+        "t = tempfile.mkdtemp(); w = b.load_world('readable_popularity', b.QUICK, Path(t)); p = b.make_probes(w, b.QUICK);"
+        "print(repr((p.pairs.rows(), p.policy_prompts, p.answers, p.swapped)))"
+    )
+    root = BENCHMARK.parent.parent
+    drawn = [subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+             for _ in range(2)]
+    assert drawn[0] == drawn[1] and len(drawn[0]) > 1000
