@@ -131,6 +131,8 @@ class Budget:
     dpo_batch: int = 16
     dpo_pairs: int = 0
     """pairs DPO trains on: the set's first (0: the whole set)"""
+    dpo_eval_every: int = 0
+    """measure DPO's policy every N steps too (0: only the final one), for gold against KL along the run"""
     rl_lr: float = 3e-4
     rl_iterations: int = 30
     rl_prompts: int = 32
@@ -145,12 +147,14 @@ class Budget:
 REAL_MODEL = Budget(rm_lr=1e-5, rm_batch=16, max_len=512, sft_lr=2e-5, dpo_lr=1e-6, rl_lr=1e-6, max_prompt_len=256,
                     max_new_tokens=512)
 """With --model (a pretrained start): the learning rates and lengths a 0.5B-7B model trains with."""
-LARGER = Budget(hidden=128, layers=2, sft_epochs=2.0, dpo_lr=1e-4, dpo_beta=0.3)
+LARGER = Budget(hidden=128, layers=2, sft_epochs=2.0, dpo_lr=1e-4, dpo_beta=0.3, dpo_eval_every=47)
 """--budget larger: can the policy stage learn at all? A start that may write sentences (2 layers, 128 wide, SFT
-twice over its rows) and a smaller DPO step (the default's DPO drifted 27-62 nats and lost gold even on truth)."""
+twice over its rows) and a smaller DPO step (the default's DPO drifted 27-62 nats and lost gold even on truth).
+DPO is also measured at every quarter of its 188 steps, to compare recipes at a matched KL (checkpoints do not change
+what is trained)."""
 BUDGETS = {"default": Budget(), "larger": LARGER}
 QUICK = Budget(rows=12_000, rm_epochs=2.0, rm_lr=2e-3, rm_batch=32, max_len=128, eval_pairs=300, probe_answers=60,
-               sft_examples=200, dpo_pairs=96, rl_iterations=2, rl_prompts=8, rl_eval_every=1, eval_prompts=16, max_new_tokens=32)
+               sft_examples=200, dpo_pairs=96, dpo_eval_every=3, rl_iterations=2, rl_prompts=8, rl_eval_every=1, eval_prompts=16, max_new_tokens=32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,8 +416,9 @@ def train_dpo(sft: Path, pairs_folder: Path, folder: Path, seed: int, budget: Bu
 
     options = DPOOptions(
         data=str(pairs_folder), out=folder, model=str(sft), beta=budget.dpo_beta, max_len=budget.max_len,
-        batch_size=budget.dpo_batch, grad_accum=1, lr=budget.dpo_lr, epochs=1.0, seed=seed, save_steps=0,
-        device=device, save_dtype="fp32",
+        batch_size=budget.dpo_batch, grad_accum=1, lr=budget.dpo_lr, epochs=1.0, seed=seed,
+        save_steps=budget.dpo_eval_every, save_limit=0, keep_checkpoints=bool(budget.dpo_eval_every), device=device,
+        save_dtype="fp32",
     )
     options.validate()
     train(options)
@@ -446,7 +451,7 @@ def train_rl(stage: str, sft: Path, rm: Path, prompts: Path, folder: Path, seed:
 
 
 def checkpoint_policies(run: Path, work: Path):
-    """(iteration, policy) of every checkpoint an RL run kept, the policy weights read back into the final model."""
+    """(step, policy) of every checkpoint a DPO or RL run kept, the policy weights read back into the final model."""
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     from transformers import AutoModelForCausalLM
@@ -454,9 +459,10 @@ def checkpoint_policies(run: Path, work: Path):
     for ckpt in sorted((run / "checkpoints").glob("step-*")):
         dcp_to_torch_save(ckpt, work / "checkpoint.pt")
         weights = torch.load(work / "checkpoint.pt", weights_only=False)["model"]
-        # PPO checkpoints hold {"policy": ..., "value": ...}; RLOO and GRPO the policy alone.
-        prefix = "policy." if any(k.startswith("value.") for k in weights) else ""
         policy = AutoModelForCausalLM.from_pretrained(run)
+        # RLOO and GRPO checkpoints hold the policy alone; PPO's {"policy": ..., "value": ...}; DPO's its wrapper's "model".
+        names = set(policy.state_dict())
+        prefix = next(p for p in ("", "policy.", "model.") if any(k.startswith(p) and k[len(p):] in names for k in weights))
         result = policy.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=False)
         assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}, result  # lm_head is tied
         yield json.loads((ckpt / "state.json").read_text())["global_step"], policy
@@ -545,14 +551,16 @@ def print_table(records: list[dict], stage: str, fields: list[str]) -> None:
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
-    """Proxy gain (the RM's score minus the start's) and gold gain against KL, one panel per world and RL stage,
-    one line per recipe (mean over seeds at each measured step)."""
+    """Proxy gain (the RM's score minus the start's) and gold gain against KL, one panel per world and stage measured
+    along its run (RL, and DPO with checkpoints), one line per recipe (mean over seeds at each measured step); proxy
+    only where the recipe's RM scored the responses."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rl = [r for r in records if r["stage"] in RL_STAGES]
+    along = {(r["world"], r["recipe"], r["seed"], r["stage"]) for r in records if r["step"]}
+    rl = [r for r in records if (r["world"], r["recipe"], r["seed"], r["stage"]) in along]
     panels = list(dict.fromkeys((r["world"], r["stage"]) for r in rl))
     if not panels:
         return
@@ -566,7 +574,8 @@ def plot_curves(records: list[dict], path: Path) -> None:
             at = lambda s, f: float(np.mean([f(r) for r in ofrecipe if r["step"] == s]))  # noqa: E731
             kl = [at(s, lambda r: r["kl"]) for s in steps]
             color = f"C{i}"
-            ax.plot(kl, [at(s, lambda r: r["proxy"] - start[r["seed"]]) for s in steps], "--o", color=color, label=f"{recipe}: proxy gain")
+            if all(r["proxy"] is not None for r in ofrecipe):
+                ax.plot(kl, [at(s, lambda r: r["proxy"] - start[r["seed"]]) for s in steps], "--o", color=color, label=f"{recipe}: proxy gain")
             ax.plot(kl, [at(s, lambda r: r["gold_gain"]) for s in steps], "-s", color=color, label=f"{recipe}: gold gain")
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set(title=f"{stage.upper()} on {world}", xlabel="KL to the SFT start (nats per response)", ylabel="gain over the SFT start")
@@ -681,7 +690,13 @@ def policy_runs(world: str, recipe: str, seed: int, pairs: Path, rm: Path | None
 
     if "dpo" in stages:
         began = time.perf_counter()
-        yield measured("dpo", load_causal_lm(train_dpo(start["folder"], pairs, folder / "dpo", seed, budget, device)), began)
+        out = train_dpo(start["folder"], pairs, folder / "dpo", seed, budget, device)
+        if budget.dpo_eval_every:  # the curve: the start, each kept checkpoint, the final policy at its last step
+            last_step = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+            for step, policy in [(0, reference), *checkpoint_policies(out, folder), (last_step, load_causal_lm(out))]:
+                yield measured("dpo", policy, began, step)
+        else:
+            yield measured("dpo", load_causal_lm(out), began)
     for stage in [s for s in RL_STAGES if s in stages]:
         began = time.perf_counter()
         assert rm is not None, "the RL stages need the recipe's RM (stage rm)"

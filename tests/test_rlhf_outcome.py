@@ -54,9 +54,14 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> Non
     # A policy measured against itself: the KL estimate is exactly 0.
     assert sft["project"]["kl"] == 0.0 and sft["article"]["kl"] == 0.0 and sft["project"]["proxy"] is None
 
-    [dpo] = by_stage["dpo"]
+    dpo_run = sorted(by_stage["dpo"], key=lambda r: r["step"])
+    # the SFT start, the checkpoint kept halfway (96 pairs, 16 a step: 6 steps), the final policy
+    assert [r["step"] for r in dpo_run] == [0, 3, 6], dpo_run
+    assert dpo_run[0]["kl"] == 0.0 and dpo_run[0]["gold"] == sft["project"]["gold"]
+    dpo = dpo_run[-1]
     assert dpo["gold_gain"] == dpo["gold"] - sft["project"]["gold"]
-    assert math.isfinite(dpo["proxy"])  # the recipe's RM exists: DPO's responses are scored by it too
+    assert all(math.isfinite(r["proxy"]) for r in dpo_run)  # the recipe's RM exists: DPO's responses are scored too
+    assert bench.final_records(dpo_run) == [dpo]  # the tables report the final policy, not a point on the way
 
     starts = []
     for stage in bench.RL_STAGES:
