@@ -42,8 +42,8 @@ Every policy is measured on the same held-out prompts with the same sampling (te
     kl          mean per-response KL to the SFT start estimated on the policy's own samples:
                 sum over response tokens of log pi - log pi_ref (0 for the start itself)
     length      mean response length in tokens (added)
-    step        the RL iteration a measured checkpoint was taken at (0: the SFT start under this recipe's RM;
-                the last: the final policy); null for rm, sft, dpo (added)
+    step        the RL iteration or DPO step a measured checkpoint was taken at (0: the SFT start under this
+                recipe's RM; the last: the final policy); null for rm, sft, and dpo measured at its end only (added)
 
     python benchmarks/rlhf_outcome.py --worlds readable,readable_popularity --seeds 0,1,2 --stages rm \
         --json rm_table.json                     # the RM table (2-core CPU)
@@ -52,17 +52,20 @@ Every policy is measured on the same held-out prompts with the same sampling (te
     python benchmarks/rlhf_outcome.py --worlds readable_popularity --recipes oracle --seeds 0 --stages sft,dpo \
         --budget larger                          # can the policy stage learn at all? the ceiling at a larger start
     python benchmarks/rlhf_outcome.py --quick    # the learning check the tests run: oracle RM beats chance
+    python benchmarks/rlhf_outcome.py --report a.json,b.json --plot curves.png   # the tables of earlier runs together
     python benchmarks/rlhf_outcome.py --model Qwen/Qwen2.5-0.5B --device cuda   # a real start on a GPU
 
 Records (`--json FILE`): {world, recipe, size, seed, stage, step, gold_accuracy, gold, gold_gain, proxy, kl, length,
 style_sensitivity, length_sensitivity}, null where a field does not apply. The printed tables give each recipe's
-mean over seeds with a 95% t interval.
+mean over seeds with a 95% t interval; for DPO measured along its run, also each recipe's gold_gain at one matched
+KL (`print_matched_kl`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import sys
@@ -550,6 +553,40 @@ def print_table(records: list[dict], stage: str, fields: list[str]) -> None:
         print(f"| {world} | {recipe} | {group[0]['size']:,} | {right_cell} | {' | '.join(cells)} | {len(group)} |")
 
 
+def gain_at_kl(curve: list[dict], kl: float) -> float | None:
+    """gold_gain where one run's measurements (in step order) first reach `kl`, linear between measured points;
+    None if the run never gets that far."""
+    for a, b in itertools.pairwise(curve):
+        if a["kl"] <= kl <= b["kl"]:
+            weight = 0.0 if b["kl"] == a["kl"] else (kl - a["kl"]) / (b["kl"] - a["kl"])
+            return a["gold_gain"] + weight * (b["gold_gain"] - a["gold_gain"])
+    return None
+
+
+def print_matched_kl(records: list[dict], stage: str) -> None:
+    """Recipes compared at the same distance from the start: each run's gold_gain at the smallest final KL of any
+    run of the world (so every run reaches it), and each recipe minus the first one, paired by seed. A recipe whose
+    pairs are easier to fit moves further at the same beta and lr; this asks what it gained by the time it had
+    moved as far as the other."""
+    curves: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["stage"] == stage and r["step"] is not None:
+            curves.setdefault((r["world"], r["recipe"], r["seed"]), []).append(r)
+    for world in dict.fromkeys(w for w, _, _ in curves):
+        runs = {(recipe, seed): sorted(c, key=lambda r: r["step"]) for (w, recipe, seed), c in curves.items() if w == world}
+        kl = min(c[-1]["kl"] for c in runs.values())
+        gains = {key: gain_at_kl(c, kl) for key, c in runs.items()}
+        recipes = list(dict.fromkeys(recipe for recipe, _ in runs))
+        print(f"\n{stage} on {world} at a matched KL of {kl:.2f} nats (the smallest final KL of its runs)")
+        print(f"| recipe | final kl | gold_gain at {kl:.2f} nats | minus {recipes[0]}, paired by seed | seeds |")
+        print("|---|---:|---:|---:|---:|")
+        for recipe in recipes:
+            seeds = [seed for r, seed in runs if r == recipe]
+            paired = [gains[recipe, s] - gains[recipes[0], s] for s in seeds if (recipes[0], s) in gains]
+            print(f"| {recipe} | {interval([runs[recipe, s][-1]['kl'] for s in seeds])} | "
+                  f"{interval([gains[recipe, s] for s in seeds])} | {interval(paired) if recipe != recipes[0] else '–'} | {len(seeds)} |")
+
+
 def plot_curves(records: list[dict], path: Path) -> None:
     """Proxy gain (the RM's score minus the start's) and gold gain against KL, one panel per world and stage measured
     along its run (RL, and DPO with checkpoints), one line per recipe (mean over seeds at each measured step); proxy
@@ -722,7 +759,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument("--plot", type=Path, help="draw proxy and gold gain against KL of the RL stages here (png)")
     parser.add_argument("--workdir", type=Path, help="keep models and sets here (default: a temporary folder)")
+    parser.add_argument("--report", help="comma-separated record files (--json) of earlier runs: print their tables "
+                        "together (and --plot), train nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        records = [r for path in args.report.split(",") for r in json.loads(Path(path).read_text())]
+        report(records, args.plot)
+        return records
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -745,13 +788,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         records = run(worlds, recipes, seeds, stages, budget, args.model, args.device, workdir, save)
         print(f"\n{len(records)} records in {time.perf_counter() - started:.0f}s (2-core machine shared with other agents)")
+    report(records, args.plot)
+    return records
+
+
+def report(records: list[dict], plot: Path | None) -> None:
     print_table(records, "rm", ["gold_accuracy", "style_sensitivity", "length_sensitivity"])
     print_table(records, "sft", ["gold", "gold_gain", "length"])
     for stage in ("dpo", *RL_STAGES):
         print_table(records, stage, ["gold_gain", "proxy", "kl", "length"])
-    if args.plot:
-        plot_curves(records, args.plot)
-    return records
+    print_matched_kl(records, "dpo")
+    if plot:
+        plot_curves(records, plot)
 
 
 if __name__ == "__main__":

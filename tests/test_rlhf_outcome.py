@@ -75,6 +75,8 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> Non
         starts.append(start["proxy"])
     assert starts[0] == starts[1] == starts[2]  # same start, same RM, same prompts and random stream
     assert plot.stat().st_size > 0
+    # The records alone give the tables again, with nothing trained.
+    assert bench.main(["--report", str(out)]) == records
 
     # The RM is read at the end of the whole text, past the training window: padding there changes the score.
     prompt = "如何评价这个问题？"
@@ -113,3 +115,28 @@ def test_probes_are_the_same_in_every_process() -> None:
     drawn = [subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
              for _ in range(2)]
     assert drawn[0] == drawn[1] and len(drawn[0]) > 1000
+
+
+def test_matched_kl_reads_each_run_where_it_first_gets_that_far(capsys) -> None:
+    """DPO on cleaner pairs moves further at the same beta and lr, so final gains are compared at one KL that
+    every run reaches: the smallest final KL, read off each run's measured curve, linear between points."""
+    bench = _load_benchmark()
+
+    def run(recipe: str, seed: int, points: list[tuple[float, float]]) -> list[dict]:
+        return [bench.record("w", recipe, 10, seed, "dpo", step=step, kl=kl, gold_gain=gain)
+                for step, (kl, gain) in enumerate(points)]
+
+    records = [*run("project", 0, [(0.0, 0.0), (2.0, 0.4), (6.0, 0.6), (20.0, 0.9)]),
+               *run("project", 1, [(0.0, 0.0), (4.0, 0.3), (8.0, 0.4), (22.0, 1.0)]),
+               *run("article", 0, [(0.0, 0.0), (1.0, 0.1), (3.0, 0.3), (4.0, 0.5)]),
+               *run("article", 1, [(0.0, 0.0), (1.0, 0.2), (5.0, 0.44), (10.0, 0.4)])]
+    curve = [r for r in records if r["recipe"] == "project" and r["seed"] == 0]
+    assert bench.gain_at_kl(curve, 4.0) == 0.5  # halfway between (2, 0.4) and (6, 0.6)
+    assert bench.gain_at_kl(curve, 25.0) is None  # never got that far
+    bench.print_matched_kl(records, "dpo")
+    table = capsys.readouterr().out
+    # The smallest final KL is article seed 0's 4.0. There project gains 0.5 and 0.3, article 0.5 and 0.38
+    # (a quarter of the way from (5, 0.44) back to (1, 0.2)): article minus project 0.0 and 0.08.
+    assert "matched KL of 4.00 nats" in table
+    assert "| project | 21.000 ± 12.710 | 0.400 ± 1.271 | – | 2 |" in table
+    assert "| article | 7.000 ± 38.130 | 0.440 ± 0.763 | 0.040 ± 0.508 | 2 |" in table
