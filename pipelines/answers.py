@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.cache import StepCache, cached_step, source_fingerprint, step_key
+from zhihu_rlhf.cache import StepCache, cached_step, folder_key, source_fingerprint, step_key
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
+from zhihu_rlhf.export import OutputSettings, write_dataset
+from zhihu_rlhf.schema import Kind
 from zhihu_rlhf.sources import load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
@@ -93,3 +96,20 @@ def set_stats(source_stats: dict, rows_kept: int, dropped_here: dict[str, int], 
         "answers_per_question": source_stats["answers_per_question"],
         "vote_model": source_stats["vote_model"],
     }
+
+
+def write_set(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame, stats: dict, params: dict,
+              output: OutputSettings, cache: StepCache | None, log: Callable[[str], None]) -> Path:
+    """`write_dataset`, unless the cache recorded writing these very inputs to `out` and its files are still the ones
+    written then: a rebuild that changed another set's options keeps this one's folder (plots and card included)."""
+    train, test = train.drop("question_group"), test.drop("question_group")
+    settings = {"kind": kind, "stats": stats, "params": params, "formats": output.formats,
+                "keep_author_ids": output.keep_author_ids}
+    key = folder_key(out, [train, test], settings) if cache else ""
+    if cache and cache.folder_unchanged(key, out):
+        log(f"  {kind} set: unchanged since it was written, kept")
+        return out
+    write_dataset(out, kind, train, test, stats, params, formats=output.formats, keep_author_ids=output.keep_author_ids)
+    if cache:
+        cache.record_folder(key, out)
+    return out

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.export import OutputSettings, write_dataset
+from zhihu_rlhf.export import OutputSettings
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, ranking_summary, select_instruct
-from zhihu_rlhf.pipelines.answers import StepChain, set_stats
+from zhihu_rlhf.pipelines.answers import StepChain, set_stats, write_set
 from zhihu_rlhf.split import split_by_question
 
 
@@ -26,16 +26,14 @@ def build_instruct_set(
     chain: StepChain | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> Path:
-    """The selection is a cached step (`chain`): a rebuild that changes only the pairs' options reuses it."""
+    """The selection is a cached step (`chain`): a rebuild that changes only the pairs' options reuses it, and keeps
+    the folder it wrote (`write_set`)."""
     select = partial(_select, answers, options, lengths)
     rows, selection = chain.step("instruct", (options, lengths), select, log) if chain else select()
     train, test = split_by_question(rows, output.test_fraction)
     stats = set_stats(source_stats, rows.height, selection["rows_dropped"], train, test)
     stats["instruct_ranking"] = ranking_summary(rows)
-    return write_dataset(
-        out, "instruct", train.drop("question_group"), test.drop("question_group"), stats, params,
-        formats=output.formats, keep_author_ids=output.keep_author_ids,
-    )
+    return write_set(out, "instruct", train, test, stats, params, output, chain.cache if chain else None, log)
 
 
 def _select(answers: pl.DataFrame, options: InstructOptions, lengths: LengthFilter) -> tuple[pl.DataFrame, dict]:

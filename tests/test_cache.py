@@ -68,6 +68,31 @@ def test_rebuild_reuses_unchanged_steps_and_is_byte_identical(tmp_path: Path, ch
     assert _files(cached) == _files(uncached)
 
 
+def test_a_rebuild_keeps_a_set_folder_whose_inputs_did_not_change(tmp_path: Path) -> None:
+    cache_dir, pair_change = tmp_path / "cache", {"pairs": PairOptions(min_ratio=3.0, max_days_apart=14.0)}
+    out, _ = _build(tmp_path, "out", cache_dir)
+    card = out / "instruct" / "README.md"
+    first_card = card.stat().st_ino
+    uncached, _ = _build(tmp_path, "uncached", None, **pair_change)
+
+    _, lines = _build(tmp_path, "out", cache_dir, **pair_change)
+    assert [line.split(":")[0].strip() for line in lines if "unchanged" in line] == ["instruct set"]
+    assert card.stat().st_ino == first_card  # not written again
+    assert _files(out) == _files(uncached)
+
+    _, lines = _build(tmp_path, "out", cache_dir, **pair_change)  # the same command again
+    assert [line.split(":")[0].strip() for line in lines if "unchanged" in line] == ["instruct set", "pairs set"]
+
+    # A folder the user edited, added to or removed is written again, whole.
+    for touch in (lambda: (out / "instruct" / "stats.json").write_text("{}"),
+                  lambda: (out / "instruct" / "plots" / "mine.png").write_bytes(b""),
+                  lambda: shutil.rmtree(out / "instruct")):
+        touch()
+        _, lines = _build(tmp_path, "out", cache_dir, **pair_change)
+        assert [line.split(":")[0].strip() for line in lines if "unchanged" in line] == ["pairs set"]
+        assert _files(out) == _files(uncached)
+
+
 def test_a_changed_source_file_is_read_again(tmp_path: Path) -> None:
     source = tmp_path / "answers.parquet"
     table = pl.read_parquet(Path(step_cache.__file__).parent / "data" / "sample.parquet")
@@ -153,7 +178,7 @@ def test_a_build_killed_while_storing_leaves_nothing_trusted(tmp_path: Path, mon
     (cache_dir / ".tmp-answers-0-dead").mkdir()
     _, lines = _build(tmp_path, "after", cache_dir)
     assert _origin(lines) == dict.fromkeys(STEPS, "computed")
-    assert StepCache(cache_dir, 0, print).entries() and all(e.step in STEPS for e in StepCache(cache_dir, 0, print).entries())
+    assert StepCache(cache_dir, 0, print).entries() and all(e.step in (*STEPS, "folder") for e in StepCache(cache_dir, 0, print).entries())
 
 
 def test_two_builds_at_once_share_the_cache(tmp_path: Path) -> None:
@@ -166,7 +191,9 @@ def test_two_builds_at_once_share_the_cache(tmp_path: Path) -> None:
     assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
     assert _files(tmp_path / "out0") == _files(tmp_path / "out1")
     entries = StepCache(cache_dir, 0, print).entries()
-    assert sorted(e.step for e in entries) == sorted(STEPS), "one entry per step, whichever build stored it"
+    steps = [e.step for e in entries]
+    assert sorted(s for s in steps if s != "folder") == sorted(STEPS), "one entry per step, whichever build stored it"
+    assert steps.count("folder") == 4  # the two folders each build wrote
     assert not list(cache_dir.glob(".tmp-*"))
     _, lines = _build(tmp_path, "third", cache_dir)
     assert _origin(lines) == dict.fromkeys(STEPS, "cache")
@@ -184,7 +211,7 @@ def test_least_recently_used_entries_are_evicted_first(tmp_path: Path) -> None:
     _, lines = _build(tmp_path, "b", cache_dir, votes=VoteModelOptions(luck_sd=0.35), cache_max_gb=bound_gb)
     assert _origin(lines) == {"answers": "cache", "dedupe": "cache", "votes": "computed", "instruct": "computed"}
     assert not old_votes.exists()
-    assert {e.step for e in StepCache(cache_dir, 0, print).entries()} == set(STEPS)
+    assert {e.step for e in StepCache(cache_dir, 0, print).entries()} == {*STEPS, "folder"}
 
 
 def test_no_cache_writes_nothing(tmp_path: Path) -> None:
@@ -203,8 +230,9 @@ def test_cache_cli_info_and_clear(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr
     assert "answers: computed" in built.stderr
     info = cli("cache", "info").stdout.splitlines()
-    assert info[0].startswith(f"{tmp_path / 'cache'}: 3 entries")
-    assert sorted(line.split()[0] for line in info[2:]) == ["answers", "dedupe", "votes"]  # no instruct set built
+    assert info[0].startswith(f"{tmp_path / 'cache'}: 4 entries")
+    # no instruct set built; the pairs folder written is recorded
+    assert sorted(line.split()[0] for line in info[2:]) == ["answers", "dedupe", "folder", "votes"]
     again = cli("pairs", "--source", "sample", "--out", "out2", "--min-ratio", "3")
     assert "votes: from the cache" in again.stderr
     assert "removed" in cli("cache", "clear").stdout

@@ -124,7 +124,7 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
         out = options.out / "pairs" if what == "all" else options.out
         written["pairs"] = build_pairs_set(
             answers, source_stats, options.pairs, options.lengths, out=out, params=_params(options, "pairs"),
-            output=output,
+            output=output, cache=cache, log=log,
         )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")
     if cache:

@@ -7,6 +7,11 @@ Four steps are stored after they run, each under a key that fingerprints everyth
     votes     the vote model's columns       key: the dedupe key, the vote-model options, the step's version
     instruct  the instruct set's rows        key: the votes key, the instruct and length options, the step's version
 
+and one record per output folder written (`folder`: each file's path, size and digest), keyed by the folder's path,
+the digest of what was written into it and of the code that writes it. A rebuild that would write a folder with the
+same inputs again keeps it as it is when its files are still those recorded: a pair-option rebuild does not rewrite
+the instruct set, its plots and card; a folder the user removed or edited is written again.
+
 A changed pair option reuses all four (the pairs are selected again: their selection is what the user is tuning, and
 it reads the whole answer table); a changed instruct option reruns the instruct selection only; a changed vote option
 reruns the vote model and what follows it; a changed dedupe option reruns dedupe and what follows it, never the
@@ -32,6 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import mmap
 import os
@@ -48,8 +55,13 @@ import xxhash
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1"}
-"""Bump a step's version whenever its output (table or stats) changes for the same input and options."""
+STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1", "folder": "1"}
+"""Bump a step's version whenever its output (table or stats) changes for the same input and options. (A `folder`
+record's key holds the writing code's digest instead: its version changes only with the record's own layout.)"""
+
+# What a written folder's content depends on besides its inputs: the modules that write it and the libraries they use.
+_FOLDER_WRITERS = ("zhihu_rlhf.export", "zhihu_rlhf.cards", "zhihu_rlhf.schema")
+_FOLDER_LIBRARIES = ("polars", "pyarrow", "matplotlib", "datasets", "huggingface_hub")
 
 ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)
 _SAMPLE_BLOCK = 1 << 16  # bytes read at each sampled offset of a large source file
@@ -162,8 +174,13 @@ class StepCache:
     def wait(self) -> None:
         """Block until every queued entry is written (an error in the writer is raised here)."""
         pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        try:
+            for future in pending:
+                future.result()
+        except BaseException:
+            for future in pending:  # a build that failed stores nothing more
+                future.cancel()
+            raise
 
     def _write_entry(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
         """Write an entry atomically; a concurrent writer of the same entry wins or loses whole. Then evict."""
@@ -225,6 +242,20 @@ class StepCache:
             shutil.rmtree(entry.folder, ignore_errors=True)
             total -= entry.size_bytes
 
+    def folder_unchanged(self, key: str, out: Path) -> bool:
+        """Whether `out` holds exactly the files recorded under `key` (see `folder_key`), byte for byte."""
+        stored = self.load("folder", key)
+        if stored is None or not out.is_dir():
+            return False
+        recorded = {path: (size, digest) for path, size, digest in stored[0].iter_rows()}
+        return _folder_files(out) == recorded
+
+    def record_folder(self, key: str, out: Path) -> None:
+        """Record the files of the folder just written to `out` under `key`."""
+        files = [(path, size, digest) for path, (size, digest) in _folder_files(out).items()]
+        table = pl.DataFrame(files, schema={"path": pl.String, "bytes": pl.Int64, "xxh3_128": pl.String}, orient="row")
+        self.store("folder", key, table, {}, source=str(out))
+
     def clear(self) -> int:
         """Remove every entry and temporary folder; returns the bytes freed."""
         freed = 0
@@ -261,6 +292,31 @@ def cached_step(
         cache.store(step, key, added, stats, source)
     log(f"  {step}: computed{'' if cache else ' (cache off)'} [{time.perf_counter() - started:.1f}s]")
     return table, stats
+
+
+def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
+    """The key of a written folder's record: its resolved path, the frames and settings (JSON-able) it was written
+    from, and the code and library versions that write it."""
+    digest = xxhash.xxh3_128()
+    code = {name: xxhash.xxh3_128_hexdigest(Path(importlib.util.find_spec(name).origin).read_bytes())
+            for name in _FOLDER_WRITERS}
+    libraries = {name: importlib.metadata.version(name) for name in _FOLDER_LIBRARIES}
+    recipe = {"version": STEP_VERSIONS["folder"], "out": str(Path(out).resolve()), "settings": settings,
+              "code": code, "libraries": libraries}
+    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    for frame in frames:
+        # Row hashes, not the frame's bytes: the same strings can sit in differently laid out buffers. (They change
+        # with the polars version, which is part of the key.)
+        digest.update(str(frame.schema).encode())
+        for seed in (0, 1):  # 128 bits per row
+            digest.update(frame.hash_rows(seed=seed).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _folder_files(folder: Path) -> dict[str, tuple[int, str]]:
+    """{path relative to `folder`: (size, digest)} of every file under it."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, _digest(path))
+            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +360,8 @@ def _digest(path: Path) -> str:
     """XXH3-128 of a file's bytes. Its job is to catch accidents (a torn write, a flipped bit), not forgeries, and
     a 128-bit XXH3 misses an accidental change no more often than SHA-256 would; it ran at 11 GB/s here where SHA-256
     ran at 0.8 GB/s, most of the check on a 0.6 GB entry (benchmarks/RESULTS.md)."""
+    if path.stat().st_size == 0:  # mmap refuses an empty file
+        return xxhash.xxh3_128_hexdigest(b"")
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return xxhash.xxh3_128_hexdigest(data)
 
