@@ -289,3 +289,17 @@ def test_a_step_whose_output_changed_has_a_new_version() -> None:
                 f"of the old output would be reused. Bump it in zhihu_rlhf/cache.py, then {how}")
         else:
             pytest.fail(f"STEP_VERSIONS[{step!r}] changed: record the new output's digest. {how}")
+
+
+def test_a_changed_card_template_means_the_folder_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept folder's card must be the one today's template renders: the template is part of the folder's key."""
+    from zhihu_rlhf import cache as cache_module
+
+    template = tmp_path / "dataset_card.md"
+    template.write_text("# {{ pretty_name }}\n")
+    monkeypatch.setattr(cache_module, "_template_files", lambda: [template])
+    frame = pl.DataFrame({"prompt": ["问"], "response": ["答"]})
+    before = cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"})
+    assert cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"}) == before
+    template.write_text("# {{ pretty_name }}\n\nA new section.\n")
+    assert cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"}) != before

@@ -59,8 +59,10 @@ STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1", "
 """Bump a step's version whenever its output (table or stats) changes for the same input and options. (A `folder`
 record's key holds the writing code's digest instead: its version changes only with the record's own layout.)"""
 
-# What a written folder's content depends on besides its inputs: the modules that write it and the libraries they use.
+# What a written folder's content depends on besides its inputs: the modules that write it, the card template(s)
+# they fill in, and the libraries they use.
 _FOLDER_WRITERS = ("zhihu_rlhf.export", "zhihu_rlhf.cards", "zhihu_rlhf.schema")
+_FOLDER_TEMPLATES = "zhihu_rlhf.data_cards"
 _FOLDER_LIBRARIES = ("polars", "pyarrow", "matplotlib", "datasets", "huggingface_hub")
 
 ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)
@@ -300,6 +302,8 @@ def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
     digest = xxhash.xxh3_128()
     code = {name: xxhash.xxh3_128_hexdigest(Path(importlib.util.find_spec(name).origin).read_bytes())
             for name in _FOLDER_WRITERS}
+    code |= {f"{_FOLDER_TEMPLATES}/{path.name}": xxhash.xxh3_128_hexdigest(path.read_bytes())
+             for path in _template_files()}
     libraries = {name: importlib.metadata.version(name) for name in _FOLDER_LIBRARIES}
     recipe = {"version": STEP_VERSIONS["folder"], "out": str(Path(out).resolve()), "settings": settings,
               "code": code, "libraries": libraries}
@@ -311,6 +315,12 @@ def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
         for seed in (0, 1):  # 128 bits per row
             digest.update(frame.hash_rows(seed=seed).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def _template_files() -> list[Path]:
+    """The card templates shipped with the package (a card is rendered from them)."""
+    folder = Path(importlib.util.find_spec(_FOLDER_TEMPLATES).origin).parent
+    return sorted(path for path in folder.iterdir() if path.suffix == ".md")
 
 
 def _folder_files(folder: Path) -> dict[str, tuple[int, str]]:
