@@ -55,8 +55,9 @@ Every policy is measured on the same held-out prompts with the same sampling (te
     python benchmarks/rlhf_outcome.py --report a.json,b.json --plot curves.png   # the tables of earlier runs together
     python benchmarks/rlhf_outcome.py --model Qwen/Qwen2.5-0.5B --device cuda   # a real start on a GPU
 
-Records (`--json FILE`): {world, recipe, size, seed, stage, step, gold_accuracy, gold, gold_gain, proxy, kl, length,
-style_sensitivity, length_sensitivity}, null where a field does not apply. The printed tables give each recipe's
+Records (`--json FILE`): {world, recipe, size, seed, stage, step, label_right, gold_accuracy, gold, gold_gain, proxy,
+kl, length, style_sensitivity, length_sensitivity}, null where a field does not apply (label_right: the share of the
+recipe's pairs whose chosen answer is truly better). The printed tables give each recipe's
 mean over seeds with a 95% t interval; for DPO measured along its run, also each recipe's gold_gain at one matched
 KL (`print_matched_kl`).
 """
@@ -102,8 +103,8 @@ PROBE_ANSWERS = 120
 """Held-out answers whose style is swapped, and which are padded, for the sensitivities."""
 ASIDE_PAD = 6
 RECORD_FIELDS = (
-    "world", "recipe", "size", "seed", "stage", "step", "gold_accuracy", "gold", "gold_gain", "proxy", "kl", "length",
-    "style_sensitivity", "length_sensitivity",
+    "world", "recipe", "size", "seed", "stage", "step", "label_right", "gold_accuracy", "gold", "gold_gain", "proxy",
+    "kl", "length", "style_sensitivity", "length_sensitivity",
 )
 
 
@@ -465,7 +466,8 @@ def checkpoint_policies(run: Path, work: Path):
         policy = AutoModelForCausalLM.from_pretrained(run)
         # RLOO and GRPO checkpoints hold the policy alone; PPO's {"policy": ..., "value": ...}; DPO's its wrapper's "model".
         names = set(policy.state_dict())
-        prefix = next(p for p in ("", "policy.", "model.") if any(k.startswith(p) and k[len(p):] in names for k in weights))
+        prefix = next((p for p in ("", "policy.", "model.") if any(k.startswith(p) and k[len(p):] in names for k in weights)), None)
+        assert prefix is not None, f"{ckpt}: no policy weights under a known prefix"
         result = policy.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=False)
         assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}, result  # lm_head is tied
         yield json.loads((ckpt / "state.json").read_text())["global_step"], policy
@@ -530,7 +532,7 @@ def interval(values: list[float]) -> str:
 
 
 def final_records(records: list[dict]) -> list[dict]:
-    """Each run's final measurement: RL checkpoints along the way are left out (they are the curve's points)."""
+    """Each run's final measurement: checkpoints along a DPO or RL run are left out (they are the curve's points)."""
     last: dict[tuple, int] = {}
     for r in records:
         key = (r["world"], r["recipe"], r["seed"], r["stage"])
@@ -565,26 +567,31 @@ def gain_at_kl(curve: list[dict], kl: float) -> float | None:
 
 def print_matched_kl(records: list[dict], stage: str) -> None:
     """Recipes compared at the same distance from the start: each run's gold_gain at the smallest final KL of any
-    run of the world (so every run reaches it), and each recipe minus the first one, paired by seed. A recipe whose
-    pairs are easier to fit moves further at the same beta and lr; this asks what it gained by the time it had
-    moved as far as the other."""
+    run of the world (so every complete run reaches it), and each recipe minus the first one, paired by seed. A
+    recipe whose pairs are easier to fit moves further at the same beta and lr; this asks what it gained by the time
+    it had moved as far as the other. Runs measured at fewer than two points (a records file cut short) are left out."""
     curves: dict[tuple, list[dict]] = {}
     for r in records:
         if r["stage"] == stage and r["step"] is not None:
             curves.setdefault((r["world"], r["recipe"], r["seed"]), []).append(r)
     for world in dict.fromkeys(w for w, _, _ in curves):
-        runs = {(recipe, seed): sorted(c, key=lambda r: r["step"]) for (w, recipe, seed), c in curves.items() if w == world}
-        kl = min(c[-1]["kl"] for c in runs.values())
-        gains = {key: gain_at_kl(c, kl) for key, c in runs.items()}
+        runs = {(recipe, seed): sorted(c, key=lambda r: r["step"])
+                for (w, recipe, seed), c in curves.items() if w == world and len(c) >= 2}
+        if not runs:
+            continue
+        kl = max(0.0, min(c[-1]["kl"] for c in runs.values()))  # a KL estimate of a run that barely moved can be < 0
+        gains = {key: gain for key, c in runs.items() if (gain := gain_at_kl(c, kl)) is not None}
         recipes = list(dict.fromkeys(recipe for recipe, _ in runs))
         print(f"\n{stage} on {world} at a matched KL of {kl:.2f} nats (the smallest final KL of its runs)")
         print(f"| recipe | final kl | gold_gain at {kl:.2f} nats | minus {recipes[0]}, paired by seed | seeds |")
         print("|---|---:|---:|---:|---:|")
         for recipe in recipes:
             seeds = [seed for r, seed in runs if r == recipe]
-            paired = [gains[recipe, s] - gains[recipes[0], s] for s in seeds if (recipes[0], s) in gains]
+            reached = [gains[recipe, s] for s in seeds if (recipe, s) in gains]
+            paired = [gains[recipe, s] - gains[recipes[0], s] for s in seeds if (recipe, s) in gains and (recipes[0], s) in gains]
             print(f"| {recipe} | {interval([runs[recipe, s][-1]['kl'] for s in seeds])} | "
-                  f"{interval([gains[recipe, s] for s in seeds])} | {interval(paired) if recipe != recipes[0] else '–'} | {len(seeds)} |")
+                  f"{interval(reached) if reached else '–'} | {interval(paired) if paired and recipe != recipes[0] else '–'} | "
+                  f"{len(reached)} of {len(seeds)} |")
 
 
 def plot_curves(records: list[dict], path: Path) -> None:
@@ -597,13 +604,13 @@ def plot_curves(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     along = {(r["world"], r["recipe"], r["seed"], r["stage"]) for r in records if r["step"]}
-    rl = [r for r in records if (r["world"], r["recipe"], r["seed"], r["stage"]) in along]
-    panels = list(dict.fromkeys((r["world"], r["stage"]) for r in rl))
+    measured = [r for r in records if (r["world"], r["recipe"], r["seed"], r["stage"]) in along]
+    panels = list(dict.fromkeys((r["world"], r["stage"]) for r in measured))
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (world, stage) in zip(axes[0], panels, strict=True):
-        runs = [r for r in rl if r["world"] == world and r["stage"] == stage]
+        runs = [r for r in measured if r["world"] == world and r["stage"] == stage]
         for i, recipe in enumerate(dict.fromkeys(r["recipe"] for r in runs)):
             ofrecipe = [r for r in runs if r["recipe"] == recipe]
             start = {r["seed"]: r["proxy"] for r in ofrecipe if r["step"] == 0}
@@ -757,13 +764,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the learning check: readable, oracle pairs, one seed, small")
     parser.add_argument("--json", type=Path, help="write the records here")
-    parser.add_argument("--plot", type=Path, help="draw proxy and gold gain against KL of the RL stages here (png)")
+    parser.add_argument("--plot", type=Path, help="draw proxy and gold gain against KL of the stages measured along "
+                        "their run (RL; DPO with checkpoints) here (png)")
     parser.add_argument("--workdir", type=Path, help="keep models and sets here (default: a temporary folder)")
-    parser.add_argument("--report", help="comma-separated record files (--json) of earlier runs: print their tables "
-                        "together (and --plot), train nothing")
+    parser.add_argument("--report", help="comma-separated record files (--json) of earlier runs of one budget: print "
+                        "their tables together (and --plot), train nothing")
     args = parser.parse_args(argv)
     if args.report:
-        records = [r for path in args.report.split(",") for r in json.loads(Path(path).read_text())]
+        records = read_records(args.report.split(","))
         report(records, args.plot)
         return records
     stages = args.stages.split(",")
@@ -789,6 +797,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         records = run(worlds, recipes, seeds, stages, budget, args.model, args.device, workdir, save)
         print(f"\n{len(records)} records in {time.perf_counter() - started:.0f}s (2-core machine shared with other agents)")
     report(records, args.plot)
+    return records
+
+
+def read_records(paths: list[str]) -> list[dict]:
+    """The records of several runs, each measurement once: every run of a world records the same SFT starts (seed
+    0), and a run repeated in two files counts as one (the first file's)."""
+    records, seen = [], set()
+    for path in paths:
+        for r in json.loads(Path(path).read_text()):
+            key = (r["world"], r["recipe"], r["seed"], r["stage"], r["step"])
+            if key not in seen:
+                seen.add(key)
+                records.append({**dict.fromkeys(RECORD_FIELDS), **r})
     return records
 
 

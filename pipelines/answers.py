@@ -1,7 +1,8 @@
-"""Recipe step shared by every set: read the source, merge near-duplicates, estimate each answer's quality.
+"""Recipe steps shared by every set: read the source, merge near-duplicates, estimate each answer's quality; and,
+at the end, write a set's folder.
 
 Each of the three steps is taken from the cache when its inputs are unchanged (see zhihu_rlhf.cache); a set's own
-step is cached under the last of them (`StepChain`).
+step is cached under the last of them (`StepChain`), and a folder written from unchanged inputs is kept (`write_set`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,6 @@ def write_set(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame, st
     if cache and cache.folder_unchanged(key, out):
         log(f"  {kind} set: unchanged since it was written, kept")
         return out
-    write_dataset(out, kind, train, test, stats, params, formats=output.formats, keep_author_ids=output.keep_author_ids)
-    if cache:
-        cache.record_folder(key, out)
-    return out
+    return write_dataset(out, kind, train, test, stats, params, formats=output.formats,
+                         keep_author_ids=output.keep_author_ids,
+                         on_complete=partial(cache.record_folder, key, out) if cache else lambda _folder: None)

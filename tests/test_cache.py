@@ -62,7 +62,8 @@ def test_rebuild_reuses_unchanged_steps_and_is_byte_identical(tmp_path: Path, ch
     _, first = _build(tmp_path, "first", cache_dir)
     assert _origin(first) == dict.fromkeys(STEPS, "computed")
 
-    cached, lines = _build(tmp_path, "cached", cache_dir, **changes)
+    # into the first build's folder, as a user iterating does: each set is kept or written again
+    cached, lines = _build(tmp_path, "first", cache_dir, **changes)
     uncached, _ = _build(tmp_path, "uncached", None, **changes)
     assert _origin(lines) == {step: "computed" if step in recomputed else "cache" for step in STEPS}
     assert _files(cached) == _files(uncached)
@@ -291,15 +292,24 @@ def test_a_step_whose_output_changed_has_a_new_version() -> None:
             pytest.fail(f"STEP_VERSIONS[{step!r}] changed: record the new output's digest. {how}")
 
 
-def test_a_changed_card_template_means_the_folder_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kept folder's card must be the one today's template renders: the template is part of the folder's key."""
-    from zhihu_rlhf import cache as cache_module
+def test_changed_writing_code_means_the_folder_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept folder must be what today's code writes: the package's modules and card template are part of its key."""
+    from zhihu_rlhf import cache as cache_module, cards
+
+    code = {path.name for path in cache_module._code_files()}
+    assert {cards.TEMPLATE, "cards.py", "export.py", "schema.py"} <= code
 
     template = tmp_path / "dataset_card.md"
     template.write_text("# {{ pretty_name }}\n")
-    monkeypatch.setattr(cache_module, "_template_files", lambda: [template])
+    monkeypatch.setattr(cache_module, "_code_files", lambda: [template])
     frame = pl.DataFrame({"prompt": ["问"], "response": ["答"]})
-    before = cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"})
-    assert cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"}) == before
+
+    def key() -> str:
+        cache_module._writers_digest.cache_clear()
+        return cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"})
+
+    before = key()
+    assert key() == before
     template.write_text("# {{ pretty_name }}\n\nA new section.\n")
-    assert cache_module.folder_key(tmp_path / "out", [frame], {"kind": "instruct"}) != before
+    assert key() != before
+    cache_module._writers_digest.cache_clear()  # the next test sees the real files again

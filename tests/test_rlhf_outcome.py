@@ -23,11 +23,12 @@ def _load_benchmark():
     return bench
 
 
-def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> None:
+def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path, capsys) -> None:
     bench = _load_benchmark()
     out, plot, work = tmp_path / "records.json", tmp_path / "curves.png", tmp_path / "work"
     bench.main(["--quick", "--stages", "rm,sft,dpo,ppo,rloo,grpo", "--json", str(out), "--plot", str(plot),
                 "--workdir", str(work)])
+    printed = capsys.readouterr().out
     records = json.loads(out.read_text())
     assert all(set(r) == set(bench.RECORD_FIELDS) for r in records)
     assert {(r["world"], r["seed"]) for r in records} == {("readable", 0)}
@@ -75,8 +76,10 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path) -> Non
         starts.append(start["proxy"])
     assert starts[0] == starts[1] == starts[2]  # same start, same RM, same prompts and random stream
     assert plot.stat().st_size > 0
-    # The records alone give the tables again, with nothing trained.
-    assert bench.main(["--report", str(out)]) == records
+    # The records alone give the same tables again, with nothing trained; a file given twice counts once.
+    tables = printed[printed.index("\nrm\n"):]
+    bench.main(["--report", f"{out},{out}"])
+    assert capsys.readouterr().out == tables
 
     # The RM is read at the end of the whole text, past the training window: padding there changes the score.
     prompt = "如何评价这个问题？"
@@ -133,10 +136,13 @@ def test_matched_kl_reads_each_run_where_it_first_gets_that_far(capsys) -> None:
     curve = [r for r in records if r["recipe"] == "project" and r["seed"] == 0]
     assert bench.gain_at_kl(curve, 4.0) == 0.5  # halfway between (2, 0.4) and (6, 0.6)
     assert bench.gain_at_kl(curve, 25.0) is None  # never got that far
+    # An RL run can overshoot and come back: the first time it gets that far counts.
+    back = run("x", 0, [(0.0, 0.0), (10.0, 1.0), (3.0, 0.5), (12.0, 2.0)])
+    assert bench.gain_at_kl(back, 5.0) == 0.5
     bench.print_matched_kl(records, "dpo")
     table = capsys.readouterr().out
     # The smallest final KL is article seed 0's 4.0. There project gains 0.5 and 0.3, article 0.5 and 0.38
     # (a quarter of the way from (5, 0.44) back to (1, 0.2)): article minus project 0.0 and 0.08.
     assert "matched KL of 4.00 nats" in table
-    assert "| project | 21.000 ± 12.710 | 0.400 ± 1.271 | – | 2 |" in table
-    assert "| article | 7.000 ± 38.130 | 0.440 ± 0.763 | 0.040 ± 0.508 | 2 |" in table
+    assert "| project | 21.000 ± 12.710 | 0.400 ± 1.271 | – | 2 of 2 |" in table
+    assert "| article | 7.000 ± 38.130 | 0.440 ± 0.763 | 0.040 ± 0.508 | 2 of 2 |" in table

@@ -36,6 +36,7 @@ entries would be reused. tests/test_cache.py fails when a step's output on a fix
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -43,6 +44,7 @@ import json
 import mmap
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -59,11 +61,9 @@ STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1", "
 """Bump a step's version whenever its output (table or stats) changes for the same input and options. (A `folder`
 record's key holds the writing code's digest instead: its version changes only with the record's own layout.)"""
 
-# What a written folder's content depends on besides its inputs: the modules that write it, the card template(s)
-# they fill in, and the libraries they use.
-_FOLDER_WRITERS = ("zhihu_rlhf.export", "zhihu_rlhf.cards", "zhihu_rlhf.schema")
-_FOLDER_TEMPLATES = "zhihu_rlhf.data_cards"
-_FOLDER_LIBRARIES = ("polars", "pyarrow", "matplotlib", "datasets", "huggingface_hub")
+# What a written folder's content depends on besides its inputs: this package's code and card templates, and every
+# installed library (the writers reach pillow through matplotlib, jinja2 and yaml through huggingface_hub, ...).
+_PACKAGES = ("zhihu_rlhf", "zhihu_rlhf.pipelines", "zhihu_rlhf.data_cards")
 
 ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)
 _SAMPLE_BLOCK = 1 << 16  # bytes read at each sampled offset of a large source file
@@ -180,7 +180,7 @@ class StepCache:
             for future in pending:
                 future.result()
         except BaseException:
-            for future in pending:  # a build that failed stores nothing more
+            for future in pending:  # after an entry failed to be written, store no more of this build's
                 future.cancel()
             raise
 
@@ -252,9 +252,10 @@ class StepCache:
         recorded = {path: (size, digest) for path, size, digest in stored[0].iter_rows()}
         return _folder_files(out) == recorded
 
-    def record_folder(self, key: str, out: Path) -> None:
-        """Record the files of the folder just written to `out` under `key`."""
-        files = [(path, size, digest) for path, (size, digest) in _folder_files(out).items()]
+    def record_folder(self, key: str, out: Path, written: Path) -> None:
+        """Record under `key` the files of the folder `written` for `out`, taken while complete and before it replaces
+        `out`, so that a build writing to the same `out` meanwhile cannot have its files recorded as this one's."""
+        files = [(path, size, digest) for path, (size, digest) in _folder_files(written).items()]
         table = pl.DataFrame(files, schema={"path": pl.String, "bytes": pl.Int64, "xxh3_128": pl.String}, orient="row")
         self.store("folder", key, table, {}, source=str(out))
 
@@ -297,17 +298,12 @@ def cached_step(
 
 
 def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
-    """The key of a written folder's record: its resolved path, the frames and settings (JSON-able) it was written
-    from, and the code and library versions that write it."""
+    """The key of a written folder's record: its resolved path, the frames and settings (JSON-able, in the order
+    they are written) it was written from, and the code and libraries that write it."""
     digest = xxhash.xxh3_128()
-    code = {name: xxhash.xxh3_128_hexdigest(Path(importlib.util.find_spec(name).origin).read_bytes())
-            for name in _FOLDER_WRITERS}
-    code |= {f"{_FOLDER_TEMPLATES}/{path.name}": xxhash.xxh3_128_hexdigest(path.read_bytes())
-             for path in _template_files()}
-    libraries = {name: importlib.metadata.version(name) for name in _FOLDER_LIBRARIES}
     recipe = {"version": STEP_VERSIONS["folder"], "out": str(Path(out).resolve()), "settings": settings,
-              "code": code, "libraries": libraries}
-    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+              "writers": _writers_digest()}
+    digest.update(json.dumps(recipe, default=str).encode())
     for frame in frames:
         # Row hashes, not the frame's bytes: the same strings can sit in differently laid out buffers. (They change
         # with the polars version, which is part of the key.)
@@ -317,10 +313,26 @@ def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
     return digest.hexdigest()
 
 
-def _template_files() -> list[Path]:
-    """The card templates shipped with the package (a card is rendered from them)."""
-    folder = Path(importlib.util.find_spec(_FOLDER_TEMPLATES).origin).parent
-    return sorted(path for path in folder.iterdir() if path.suffix == ".md")
+@functools.cache
+def _writers_digest() -> str:
+    """XXH3-128 of this package's code and templates, Python's version and every installed distribution's version."""
+    digest = xxhash.xxh3_128(sys.version.encode())
+    for path in _code_files():
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for distribution in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
+        digest.update(distribution.encode())
+    return digest.hexdigest()
+
+
+def _code_files() -> list[Path]:
+    """The package's modules and card templates, wherever they are installed (an editable install maps
+    zhihu_rlhf.pipelines and zhihu_rlhf.data_cards to folders of their own)."""
+    files: list[Path] = []
+    for package in _PACKAGES:
+        folder = Path(importlib.util.find_spec(package).origin).parent
+        files += sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".md") and "__pycache__" not in p.parts)
+    return files
 
 
 def _folder_files(folder: Path) -> dict[str, tuple[int, str]]:

@@ -229,11 +229,13 @@ def _check_replaceable(out: Path) -> None:
 
 
 def write_dataset(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame, stats: dict, params: dict,
-                  formats: Sequence[str] = ("trl",), keep_author_ids: bool = False) -> Path:
+                  formats: Sequence[str] = ("trl",), keep_author_ids: bool = False,
+                  on_complete: Callable[[Path], None] = lambda _folder: None) -> Path:
     """Write the set's folder (layout in the module docstring) and return its path.
 
     Everything goes to a hidden sibling folder first; OUT is replaced by a rename only once the new one is complete,
-    so a failed or killed run never leaves a half-written OUT.
+    so a failed or killed run never leaves a half-written OUT. on_complete(folder) sees the complete folder just
+    before it becomes OUT.
     """
     if kind not in ("instruct", "pairs"):
         raise ValueError(f"kind must be 'instruct' or 'pairs', not {kind!r}")
@@ -257,6 +259,7 @@ def write_dataset(out: Path, kind: Kind, train: pl.DataFrame, test: pl.DataFrame
     partial.mkdir()
     try:
         _write_folder(partial, kind, splits, stats, params, formats, keep_author_ids)
+        on_complete(partial)
         _replace(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
