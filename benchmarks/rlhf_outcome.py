@@ -760,6 +760,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--budget", default="default", choices=list(BUDGETS),
                         help="the small start's sizes: default, or larger (2 layers, 128 wide, SFT 2 epochs, DPO beta "
                         "0.3 lr 1e-4)")
+    parser.add_argument("--dpo-beta", type=float, help="DPO's beta instead of the budget's: a larger beta keeps the "
+                        "policy nearer its start, to compare recipes at a matched KL")
     parser.add_argument("--model", default=None, help="start from this model (Hub id or folder) instead of the small one")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="the learning check: readable, oracle pairs, one seed, small")
@@ -784,6 +786,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         stages.insert(0, "rm")
 
     budget = QUICK if args.quick else dataclasses.replace(REAL_MODEL if args.model else BUDGETS[args.budget], rows=args.rows)
+    if args.dpo_beta is not None:
+        budget = dataclasses.replace(budget, dpo_beta=args.dpo_beta)
     worlds = ["readable"] if args.quick else args.worlds.split(",")
     recipes = ["oracle"] if args.quick else args.recipes.split(",")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]

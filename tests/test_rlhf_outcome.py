@@ -27,8 +27,9 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path, capsys
     bench = _load_benchmark()
     out, plot, work = tmp_path / "records.json", tmp_path / "curves.png", tmp_path / "work"
     bench.main(["--quick", "--stages", "rm,sft,dpo,ppo,rloo,grpo", "--json", str(out), "--plot", str(plot),
-                "--workdir", str(work)])
+                "--workdir", str(work), "--dpo-beta", "0.2"])
     printed = capsys.readouterr().out
+    assert bench.QUICK.dpo_beta != 0.2 and "| `beta` | `0.2` |" in (work / "readable-oracle-0" / "dpo" / "README.md").read_text()
     records = json.loads(out.read_text())
     assert all(set(r) == set(bench.RECORD_FIELDS) for r in records)
     assert {(r["world"], r["seed"]) for r in records} == {("readable", 0)}
