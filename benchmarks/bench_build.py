@@ -173,10 +173,10 @@ def step_table(path: Path, dedupe_mode: str) -> None:
     select_pairs(answers, options.pairs, options.lengths)
     lap("pairs selection")
     with tempfile.TemporaryDirectory() as out:
-        build_instruct_set(answers, stats, options.instruct, options.lengths, out=Path(out) / "instruct",
+        build_instruct_set(answers, answers.lazy(), stats, options.instruct, options.lengths, out=Path(out) / "instruct",
                            params=_params(options, "instruct"), output=options.output())
         lap("instruct set: writing the folder")
-        build_pairs_set(answers, stats, options.pairs, options.lengths, out=Path(out) / "pairs",
+        build_pairs_set(answers, answers.lazy(), stats, options.pairs, options.lengths, out=Path(out) / "pairs",
                         params=_params(options, "pairs"), output=options.output())
         lap("pairs set: writing the folder")
     # Each recipe selects its rows again before writing them: count that time once, under the selection.

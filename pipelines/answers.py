@@ -14,11 +14,11 @@ from pathlib import Path
 
 import polars as pl
 
-from zhihu_rlhf.cache import StepCache, cached_step, folder_key, source_fingerprint, step_key
+from zhihu_rlhf.cache import StepCache, cached_step, cached_step_undecoded, folder_key, source_fingerprint, step_key
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
 from zhihu_rlhf.export import OutputSettings, write_dataset
 from zhihu_rlhf.schema import Kind
-from zhihu_rlhf.sources import load_answers, resolve_source
+from zhihu_rlhf.sources import TEXT_COLUMNS, load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 
@@ -46,9 +46,10 @@ def prepare_answers(
     cache: StepCache | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[pl.DataFrame, dict]:
-    """Canonical answer table with `question_group`, `answer_cluster` and the vote model's quality columns."""
-    answers, stats, _ = chained_answers(source, dedupe_options, vote_options, cache=cache, log=log)
-    return answers, stats
+    """Canonical answer table, texts included, with `question_group`, `answer_cluster` and the vote model's quality
+    columns."""
+    answers, texts, stats, _ = chained_answers(source, dedupe_options, vote_options, cache=cache, log=log)
+    return with_texts(answers, texts), stats
 
 
 def chained_answers(
@@ -58,8 +59,9 @@ def chained_answers(
     *,
     cache: StepCache | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[pl.DataFrame, dict, StepChain]:
-    """`prepare_answers`, and the chain a later step's cache entry hangs from."""
+) -> tuple[pl.DataFrame, pl.LazyFrame, dict, StepChain]:
+    """`prepare_answers` without the texts; where the texts are (a LazyFrame of the canonical table, row for row:
+    from the cache, only the rows a recipe selects are decoded); and the chain a later step's cache entry hangs from."""
     vote_options = vote_options or VoteModelOptions()
     resolved = resolve_source(source)
     # The keys chain: a step's key holds the key of the step it reads, so a changed step recomputes what follows it.
@@ -70,11 +72,23 @@ def chained_answers(
         votes_key = step_key("votes", dedupe_key, vote_options)
     step = partial(cached_step, cache, source=resolved.label, log=log)
 
-    answers, stats = step("answers", answers_key, partial(load_answers, resolved), base=None)
-    answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(dedupe, answers, dedupe_options), base=answers)
+    answers, stats, texts = cached_step_undecoded(cache, "answers", answers_key, partial(load_answers, resolved),
+                                                  TEXT_COLUMNS, source=resolved.label, log=log)
+    answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(_dedupe, answers, texts, dedupe_options), base=answers)
     stats["answers_per_question"] = answers_per_question(answers)
     answers, stats["vote_model"] = step("votes", votes_key, partial(estimate_quality, answers, vote_options), base=answers)
-    return answers, stats, StepChain(cache, votes_key, resolved.label)
+    return answers, texts, stats, StepChain(cache, votes_key, resolved.label)
+
+
+def with_texts(answers: pl.DataFrame, texts: pl.LazyFrame) -> pl.DataFrame:
+    """`answers` with the canonical table's texts back beside it (the same rows in the same order)."""
+    return answers.hstack(texts.select(TEXT_COLUMNS).collect())
+
+
+def _dedupe(answers: pl.DataFrame, texts: pl.LazyFrame, options: DedupeOptions) -> tuple[pl.DataFrame, dict]:
+    """Dedupe reads every text, so only it gets them all; the table it hands on is without them again."""
+    deduped, stats = dedupe(with_texts(answers, texts), options)
+    return deduped.drop(TEXT_COLUMNS), stats
 
 
 def answers_per_question(answers: pl.DataFrame) -> dict[str, int]:

@@ -16,6 +16,7 @@ from zhihu_rlhf.split import split_by_question
 
 def build_instruct_set(
     answers: pl.DataFrame,
+    texts: pl.LazyFrame,
     source_stats: dict,
     options: InstructOptions,
     lengths: LengthFilter,
@@ -28,7 +29,7 @@ def build_instruct_set(
 ) -> Path:
     """The selection is a cached step (`chain`): a rebuild that changes only the pairs' options reuses it, and keeps
     the folder it wrote (`write_set`)."""
-    select = partial(_select, answers, options, lengths)
+    select = partial(_select, answers, texts, options, lengths)
     rows, selection = chain.step("instruct", (options, lengths), select, log) if chain else select()
     train, test = split_by_question(rows, output.test_fraction)
     stats = set_stats(source_stats, rows.height, selection["rows_dropped"], train, test)
@@ -36,6 +37,7 @@ def build_instruct_set(
     return write_set(out, "instruct", train, test, stats, params, output, chain.cache if chain else None, log)
 
 
-def _select(answers: pl.DataFrame, options: InstructOptions, lengths: LengthFilter) -> tuple[pl.DataFrame, dict]:
-    rows, dropped_here = select_instruct(answers, options, lengths)
+def _select(answers: pl.DataFrame, texts: pl.LazyFrame, options: InstructOptions,
+            lengths: LengthFilter) -> tuple[pl.DataFrame, dict]:
+    rows, dropped_here = select_instruct(answers, options, lengths, texts)
     return rows, {"rows_dropped": dropped_here}

@@ -17,6 +17,7 @@ from zhihu_rlhf.split import split_by_question
 
 def build_pairs_set(
     answers: pl.DataFrame,
+    texts: pl.LazyFrame,
     source_stats: dict,
     options: PairOptions,
     lengths: LengthFilter,
@@ -28,7 +29,7 @@ def build_pairs_set(
     log: Callable[[str], None] = lambda _: None,
 ) -> Path:
     """`cache`: where the written folder is recorded, so that a rebuild with the same pairs keeps it (`write_set`)."""
-    pairs, dropped_here, funnel = select_pairs(answers, options, lengths)
+    pairs, dropped_here, funnel = select_pairs(answers, options, lengths, texts)
     train, test = split_by_question(pairs, output.test_fraction)
     # rows_kept counts answer rows: each pair uses two, none twice
     stats = set_stats(source_stats, 2 * pairs.height, dropped_here, train, test) | {

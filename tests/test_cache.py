@@ -22,7 +22,7 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions
 from zhihu_rlhf.pipelines.answers import prepare_answers
-from zhihu_rlhf.sources import CANONICAL_SCHEMA
+from zhihu_rlhf.sources import CANONICAL_SCHEMA, TEXT_COLUMNS, load_answers, texts_of
 from zhihu_rlhf.votes import VoteModelOptions
 
 STEPS = ("answers", "dedupe", "votes", "instruct")
@@ -128,12 +128,13 @@ def _flip_one_byte(entry: Path) -> None:
     ("step", "damage"),
     [
         ("answers", _cut),
+        ("answers", _flip_one_byte),
         ("votes", _flip_one_byte),
         ("dedupe", lambda entry: (entry / "manifest.json").write_text("{not json")),
         ("votes", lambda entry: (entry / "manifest.json").unlink()),
         ("instruct", _flip_one_byte),
     ],
-    ids=["truncated", "flipped-byte", "bad-manifest", "no-manifest", "instruct-flipped-byte"],
+    ids=["truncated", "answers-flipped-byte", "flipped-byte", "bad-manifest", "no-manifest", "instruct-flipped-byte"],
 )
 def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path: Path, step: str, damage) -> None:
     cache_dir = tmp_path / "cache"
@@ -146,6 +147,19 @@ def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path: Path, step: st
     assert _files(out) == _files(reference)
     _, third = _build(tmp_path, "third", cache_dir)  # the recomputed entry was stored again, whole
     assert _origin(third) == dict.fromkeys(STEPS, "cache")
+
+
+def test_a_table_read_undecoded_gives_each_asked_row_its_own_texts(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    _build(tmp_path, "first", cache_dir)
+    step, key = _entry(cache_dir, "answers").name.split("-", 1)
+    table, stats, lazy = StepCache(cache_dir, 0, warn=print).load(step, key, undecoded=TEXT_COLUMNS)
+    answers, source_stats = load_answers("sample")
+    assert stats == source_stats and table.equals(answers.drop(TEXT_COLUMNS))
+    asked = answers["answer_id"].sample(50, seed=1)  # in another order than the table's
+    got = texts_of(lazy, asked).sort("answer_id")
+    assert got.equals(answers.filter(pl.col("answer_id").is_in(asked.implode())).select("answer_id", *TEXT_COLUMNS)
+                      .sort("answer_id"))
 
 
 def test_a_foreign_entry_under_a_key_is_not_used(tmp_path: Path) -> None:
@@ -261,7 +275,7 @@ def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
     instruct_rows, instruct_dropped = select_instruct(answers, InstructOptions(), LengthFilter())
     dedupe_stats, vote_stats = stats.pop("dedupe"), stats.pop("vote_model")
     stats.pop("answers_per_question")
-    canonical, deduped = list(CANONICAL_SCHEMA), ["question_group", "answer_cluster"]
+    canonical, deduped = [*CANONICAL_SCHEMA, "answer_chars"], ["question_group", "answer_cluster"]
     return {
         "answers": (answers.select(canonical), stats),
         "dedupe": (answers.select(deduped), dedupe_stats),

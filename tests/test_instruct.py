@@ -15,6 +15,7 @@ import pytest
 
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.instruct import InstructOptions, select_instruct
+from zhihu_rlhf.sources import ANSWER_CHARS
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 T0 = datetime(2022, 1, 1, tzinfo=UTC)
@@ -46,7 +47,7 @@ def estimated(rows: list[dict]) -> pl.DataFrame:
             for i, row in enumerate(rows)
         ],
         schema_overrides={"created_at": pl.Datetime("us", "UTC"), "author_id": pl.String},
-    )
+    ).with_columns(ANSWER_CHARS)
 
 
 def test_p_best_is_the_product_over_the_competitors_and_orders_the_set() -> None:
@@ -112,7 +113,8 @@ def planted_world(seed: int, clear: int = 300, close: int = 300) -> tuple[pl.Dat
         "created_at": [T0 + timedelta(days=float(d)) for d in rng.uniform(0, 30, len(question))],
         "author_id": None,
         "source": "test",
-    }, schema_overrides={"author_id": pl.String}).with_columns(question_group="question_id", answer_cluster="answer_id")
+    }, schema_overrides={"author_id": pl.String}).with_columns(ANSWER_CHARS, question_group="question_id",
+                                                              answer_cluster="answer_id")
     truth = pl.DataFrame({"answer_id": answers["answer_id"], "quality": quality, "question_group": answers["question_group"]})
     return answers, truth, pl.DataFrame({"question_group": np.arange(clear) + 1})
 

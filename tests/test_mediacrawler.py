@@ -158,7 +158,7 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _rows(answers: pl.DataFrame) -> list[tuple]:
-    return answers.sort("answer_id").drop("author_followers").rows()
+    return answers.sort("answer_id").drop("author_followers", "answer_chars").rows()
 
 
 STORES = {

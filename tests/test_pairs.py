@@ -17,6 +17,7 @@ from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions, length_skew, one_use_greedy, select_pairs
+from zhihu_rlhf.sources import ANSWER_CHARS
 from zhihu_rlhf.split import split_by_question, unit_hash
 from zhihu_rlhf.votes import QUALITY_COLUMNS, quality_lead
 
@@ -48,7 +49,7 @@ def answers(rows: list[dict]) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(full, schema_overrides={"created_at": pl.Datetime("us", "UTC"), "author_id": pl.String}).with_columns(
-        estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5), quality_share_shift=0.0
+        ANSWER_CHARS, estimated_quality=(pl.col("upvotes") + 1).log(), quality_sd=(pl.col("upvotes") + 1).pow(-0.5), quality_share_shift=0.0
     )
 
 
@@ -355,6 +356,7 @@ def hot_world(seed: int) -> pl.DataFrame:
         }
     )
     return table.with_columns(
+        ANSWER_CHARS,
         created_at=pl.when(pl.lit(rng.random(n) < 0.05)).then(None).otherwise("created_at"),
         estimated_quality=np.log1p(upvotes) + rng.normal(0, 0.5, n),
         quality_sd=rng.uniform(0.1, 1.0, n),

@@ -211,7 +211,7 @@ def test_zhihu_kol_rows_kept_and_dropped_by_reason(tmp_path: Path) -> None:
     assert answers.row(0, named=True) == {
         "question_id": 59530469, "answer_id": 12, "question": "如何评价X？", "answer": "回答一", "upvotes": 12000,
         "created_at": datetime(2023, 2, 20, 13, 19, 30, tzinfo=UTC), "author_id": "https://www.zhihu.com/people/abc",
-        "author_followers": None, "source": "zhihu-kol",
+        "author_followers": None, "source": "zhihu-kol", "answer_chars": 3,
     }
     assert stats["rows_in"] == 11
     assert stats["rows_dropped"] == {

@@ -21,6 +21,7 @@ from zhihu_rlhf.errors import UserError
 from zhihu_rlhf import schema
 from zhihu_rlhf.pairs import PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import prepare_answers
+from zhihu_rlhf.sources import ANSWER_CHARS
 from zhihu_rlhf.votes import (
     FALLBACK_LUCK_SD,
     MIN_LUCK_COPY_PAIRS,
@@ -72,7 +73,7 @@ def planted_world(seed: int, questions: int = 2500, author_sd: float = 0.8, expo
         "author_id": [f"author-{a}" for a in author],
         "source": "test",
         "answer": ["字" * c for c in chars],
-    }).with_columns(question_group="question_id", answer_cluster="answer_id")
+    }).with_columns(ANSWER_CHARS, question_group="question_id", answer_cluster="answer_id")
     truth = {"quality": quality, "reach": reach, "solo": solo, "exposure": exposure_term, "question": question,
              "log_chars": np.log(chars)}
     return answers, truth
@@ -273,11 +274,11 @@ def test_length_slope_is_recovered() -> None:
     # 0.5 + Cov(quality, log chars) / Var(log chars) = 0.5 + 0.4 / (0.16 + 0.64) = 1.0.
     answers, _ = planted_world(seed=4, questions=1500, length_effect=0.5, quality_length=0.4)
     assert estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"] == pytest.approx(1.0, abs=0.07)
-    # No length term: no slope; the levels below full do not fit one; a table without texts has none.
+    # No length term: no slope; the levels below full do not fit one; a table without answer lengths has none.
     answers, _ = planted_world(seed=4, questions=1500)
     assert abs(estimate_quality(answers, VoteModelOptions(model="full"))[1]["length_slope"]) < 0.05
     assert estimate_quality(answers, VoteModelOptions(model="exposure"))[1]["length_slope"] is None
-    assert estimate_quality(answers.drop("answer"), VoteModelOptions(model="full"))[1]["length_slope"] is None
+    assert estimate_quality(answers.drop("answer_chars"), VoteModelOptions(model="full"))[1]["length_slope"] is None
 
 
 def test_length_share_removes_that_share_of_the_length_lead() -> None:

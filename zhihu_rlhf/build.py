@@ -106,7 +106,7 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
-    answers, source_stats, chain = chained_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
+    answers, texts, source_stats, chain = chained_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
     dropped = sum(source_stats["rows_dropped"].values())
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")
@@ -116,14 +116,14 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     if what in ("instruct", "all"):
         out = options.out / "instruct" if what == "all" else options.out
         written["instruct"] = build_instruct_set(
-            answers, source_stats, options.instruct, options.lengths, out=out, params=_params(options, "instruct"),
+            answers, texts, source_stats, options.instruct, options.lengths, out=out, params=_params(options, "instruct"),
             output=output, chain=chain, log=log,
         )
         log(f"  instruct set -> {out} [{time.perf_counter() - started:.1f}s]")
     if what in ("pairs", "all"):
         out = options.out / "pairs" if what == "all" else options.out
         written["pairs"] = build_pairs_set(
-            answers, source_stats, options.pairs, options.lengths, out=out, params=_params(options, "pairs"),
+            answers, texts, source_stats, options.pairs, options.lengths, out=out, params=_params(options, "pairs"),
             output=output, cache=cache, log=log,
         )
         log(f"  pairs -> {out} [{time.perf_counter() - started:.1f}s]")

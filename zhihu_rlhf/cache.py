@@ -16,7 +16,9 @@ A changed pair option reuses all four (the pairs are selected again: their selec
 it reads the whole answer table); a changed instruct option reruns the instruct selection only; a changed vote option
 reruns the vote model and what follows it; a changed dedupe option reruns dedupe and what follows it, never the
 reading. Dedupe and the vote model add columns and keep every row, so their entries hold only the columns they add (a
-few bytes per row), and the texts are stored once.
+few bytes per row), and the texts are stored once. The texts are most of the stored table's bytes and only dedupe
+reads them all: a rebuild that takes dedupe from the cache decodes only the texts of the answers its sets select
+(`cached_step_undecoded`).
 
 An entry is a folder `<step>-<key>/` with `table.parquet` and `manifest.json` (step, key, rows, the table's size and
 XXH3-128 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
@@ -40,6 +42,7 @@ import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import mmap
 import os
@@ -57,7 +60,7 @@ import xxhash
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "2", "dedupe": "1", "votes": "2", "instruct": "1", "folder": "1"}
+STEP_VERSIONS = {"answers": "3", "dedupe": "1", "votes": "2", "instruct": "1", "folder": "1"}
 """Bump a step's version whenever its output (table or stats) changes for the same input and options. (A `folder`
 record's key holds the writing code's digest instead: its version changes only with the record's own layout.)"""
 
@@ -147,16 +150,29 @@ class StepCache:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
         self._pending: list[Future] = []
 
-    def load(self, step: str, key: str, rows: int | None = None) -> tuple[pl.DataFrame, dict] | None:
-        """The stored (table, stats) of `step` under `key`, or None when absent or not trustworthy."""
+    def load(self, step: str, key: str, rows: int | None = None, *,
+             undecoded: tuple[str, ...] = ()) -> tuple[pl.DataFrame, dict, pl.LazyFrame | None] | None:
+        """The stored (table, stats, lazy) of `step` under `key`, or None when absent or not trustworthy.
+
+        `undecoded`: columns the caller needs for a few rows only (the texts, most of an answer table's bytes): `table`
+        leaves them out and `lazy` scans the whole stored table, from a copy of its bytes in memory (an entry another
+        build evicts meanwhile stays readable), so that only the rows filtered for are decoded. None when not asked.
+        """
         folder = self.folder / f"{step}-{key}"
         if not folder.is_dir():
             return None
+        path, lazy = folder / "table.parquet", None
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            problem = _manifest_problem(manifest, step, key, folder / "table.parquet", rows)
+            data = path.read_bytes() if undecoded else None
+            problem = _manifest_problem(manifest, step, key, path, rows, data)
             # An entry is never changed once in place, so the file checked is the file read.
-            table = None if problem else pl.read_parquet(folder / "table.parquet")
+            if problem is None and data is not None:
+                stored_columns = pl.read_parquet_schema(io.BytesIO(data))
+                table = pl.read_parquet(io.BytesIO(data), columns=[c for c in stored_columns if c not in undecoded])
+                lazy = pl.scan_parquet(io.BytesIO(data))
+            elif problem is None:
+                table = pl.read_parquet(path)
         except (OSError, ValueError, pl.exceptions.PolarsError) as err:
             problem = f"unreadable ({type(err).__name__})"
         if problem is None and table.height != manifest["rows"]:
@@ -166,7 +182,7 @@ class StepCache:
             shutil.rmtree(folder, ignore_errors=True)
             return None
         os.utime(folder / "manifest.json")  # last used: what eviction orders by
-        return table, manifest["stats"]
+        return table, manifest["stats"], lazy
 
     def store(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
         """Queue an entry for the background writer (stats are serialised now: the caller goes on changing them)."""
@@ -284,17 +300,44 @@ def cached_step(
     started = time.perf_counter()
     stored = cache.load(step, key, rows=None if base is None else base.height) if cache else None
     if stored is not None:
-        table, stats = stored
-        if base is not None:
-            table = base.hstack(table)
-        log(f"  {step}: from the cache [{time.perf_counter() - started:.1f}s]")
-        return table, stats
+        table, stats, _ = stored
+        _log_step(log, step, "from the cache", started)
+        return (table if base is None else base.hstack(table)), stats
     table, stats = compute()
     if cache:
         added = table if base is None else table.select(c for c in table.columns if c not in base.columns)
         cache.store(step, key, added, stats, source)
-    log(f"  {step}: computed{'' if cache else ' (cache off)'} [{time.perf_counter() - started:.1f}s]")
+    _log_step(log, step, "computed" if cache else "computed (cache off)", started)
     return table, stats
+
+
+def cached_step_undecoded(
+    cache: StepCache | None,
+    step: str,
+    key: str,
+    compute: Callable[[], tuple[pl.DataFrame, dict]],
+    undecoded: tuple[str, ...],
+    *,
+    source: str,
+    log: Callable[[str], None],
+) -> tuple[pl.DataFrame, dict, pl.LazyFrame]:
+    """`cached_step` of a first step whose `undecoded` columns later steps read for a few rows only: (the table
+    without them, stats, the whole table as a LazyFrame). A stored table's `undecoded` columns are decoded only for
+    the rows a later step filters for (`StepCache.load`)."""
+    started = time.perf_counter()
+    stored = cache.load(step, key, undecoded=undecoded) if cache else None
+    if stored is not None:
+        _log_step(log, step, "from the cache", started)
+        return stored
+    table, stats = compute()
+    if cache:
+        cache.store(step, key, table, stats, source)
+    _log_step(log, step, "computed" if cache else "computed (cache off)", started)
+    return table.drop(undecoded), stats, table.lazy()
+
+
+def _log_step(log: Callable[[str], None], step: str, how: str, started: float) -> None:
+    log(f"  {step}: {how} [{time.perf_counter() - started:.1f}s]")
 
 
 def folder_key(out: Path, frames: list[pl.DataFrame], settings: dict) -> str:
@@ -364,12 +407,15 @@ def check_max_gb(max_gb: float) -> None:
         raise UserError(f"--cache-max-gb must be 0 (no bound) or a positive size in GB, got {max_gb}")
 
 
-def _manifest_problem(manifest: object, step: str, key: str, table: Path, rows: int | None) -> str | None:
+def _manifest_problem(manifest: object, step: str, key: str, table: Path, rows: int | None,
+                      data: bytes | None) -> str | None:
+    """What makes an entry untrustworthy, or None. `data`: the table's bytes, where they were read already."""
     if not isinstance(manifest, dict) or manifest.get("format") != ENTRY_FORMAT:
         return "of an unknown format"
     if manifest.get("step") != step or manifest.get("key") != key or manifest.get("version") != STEP_VERSIONS[step]:
         return "for another step, key or version"
-    if manifest.get("table_bytes") != table.stat().st_size or manifest.get("table_xxh3_128") != _digest(table):
+    size, digest = (table.stat().st_size, _digest(table)) if data is None else (len(data), xxhash.xxh3_128_hexdigest(data))
+    if manifest.get("table_bytes") != size or manifest.get("table_xxh3_128") != digest:
         return "truncated or corrupt (size or digest differs)"
     if rows is not None and manifest.get("rows") != rows:
         return "for a table of another length"

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from zhihu_rlhf import schema
+from zhihu_rlhf.sources import texts_of
 from zhihu_rlhf.votes import QUALITY_COLUMNS, log_normal_cdf, quality_lead
 
 
@@ -61,7 +62,7 @@ class InstructOptions:
 
 
 def length_drop_reason(filters: LengthFilter) -> pl.Expr:
-    length = pl.col("answer").str.len_chars()
+    length = pl.col("answer_chars")
     return (
         pl.when(length < filters.min_answer_chars)
         .then(pl.lit("answer_too_short"))
@@ -75,10 +76,11 @@ BEST_FIRST = (["upvotes", "created_at", "answer_id"], [True, False, False])
 
 
 def select_instruct(
-    answers: pl.DataFrame, opts: InstructOptions, lengths: LengthFilter = LengthFilter()
+    answers: pl.DataFrame, opts: InstructOptions, lengths: LengthFilter = LengthFilter(),
+    texts: pl.LazyFrame | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Returns (instruct rows, surest first, with `p_best_in_question`; rows dropped by reason): every input row is
-    either kept or counted."""
+    either kept or counted. `texts`: where the kept answers' texts are read (None: `answers` holds them)."""
     by, descending = BEST_FIRST
     # Rank a slim copy (no texts: sorting two gigabytes of strings is the slow part); texts join back at the end.
     ranked = answers.select(
@@ -114,11 +116,14 @@ def select_instruct(
             drop_reason=pl.when(eligible & over_limit).then(pl.lit("beyond_limit")).otherwise("drop_reason")
         )
 
-    texts = answers.select("answer_id", "question_id", prompt="question", completion="answer", author_id="author_id")
+    kept = ranked.filter(eligible)
+    ids = answers.select("answer_id", "question_id", "author_id")
+    kept_texts = texts_of(answers if texts is None else texts, kept["answer_id"]).rename(
+        {"question": "prompt", "answer": "completion"})
     kept = (
-        ranked.filter(eligible)
-        .with_columns(p_best_in_question=pl.col("log_p_best").exp())
-        .join(texts, on="answer_id", how="left", maintain_order="left")
+        kept.with_columns(p_best_in_question=pl.col("log_p_best").exp())
+        .join(ids, on="answer_id", how="left", maintain_order="left")
+        .join(kept_texts, on="answer_id", how="left", maintain_order="left")
         .select(*schema.names("instruct"), *schema.author_id_names("instruct"), "question_group", "p_best_in_question")
     )
     dropped = ranked.filter(~eligible)["drop_reason"].value_counts().sort("drop_reason")

@@ -79,6 +79,7 @@ import polars as pl
 from zhihu_rlhf import schema
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import LengthFilter, length_drop_reason
+from zhihu_rlhf.sources import texts_of
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
 SECONDS_PER_DAY = 86_400
@@ -490,14 +491,14 @@ def _match_within_budgets(
 # ---------------------------------------------------------------------------------------------------------------
 
 def select_pairs(
-    answers: pl.DataFrame, opts: PairOptions, lengths: LengthFilter = LengthFilter()
+    answers: pl.DataFrame, opts: PairOptions, lengths: LengthFilter = LengthFilter(), texts: pl.LazyFrame | None = None
 ) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
-    """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule)."""
+    """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule). `texts`: where the paired
+    answers' texts are read (None: `answers` holds them)."""
     # Candidates are built from ids and votes only; texts (gigabytes) are attached to the kept pairs at the end.
     slim = answers.select(
         "question_group", "answer_id", "answer_cluster", "upvotes", "created_at", *QUALITY_COLUMNS,
-        answer_chars=pl.col("answer").str.len_chars(),
-        drop_reason=length_drop_reason(lengths),
+        "answer_chars", drop_reason=length_drop_reason(lengths),
     )
     usable = slim.filter(pl.col("drop_reason").is_null()).drop("drop_reason")
     rules = pair_rules(opts)
@@ -532,7 +533,7 @@ def select_pairs(
     kept = sure.head(opts.limit) if opts.limit else sure
     funnel.append({"rule": "limit", "description": "the most confident pairs", "removed": sure.height - kept.height, "left": kept.height})
 
-    pairs = _attach_texts(kept, answers)
+    pairs = _attach_texts(kept, answers, answers if texts is None else texts)
 
     in_pair = pl.col("answer_id").is_in(pl.concat([kept["chosen_answer_id"], kept["rejected_answer_id"]]).implode())
     usable_in_question = pl.col("drop_reason").is_null().sum().over("question_group")
@@ -549,12 +550,14 @@ def select_pairs(
     return pairs, dict(zip(dropped["drop_reason"], dropped["count"], strict=True)), funnel
 
 
-def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame) -> pl.DataFrame:
+def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame, texts: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Join the question and the two answer texts onto the selected pairs (texts travel only now)."""
-    chosen = answers.select(
+    in_pairs = texts_of(texts, pl.concat([kept["chosen_answer_id"], kept["rejected_answer_id"]]))
+    ids = answers.select("answer_id", "question_id", "author_id").join(in_pairs, on="answer_id", how="inner")
+    chosen = ids.select(
         chosen_answer_id="answer_id", question_id="question_id", prompt="question", chosen="answer", chosen_author_id="author_id"
     )
-    rejected = answers.select(rejected_answer_id="answer_id", rejected="answer", rejected_author_id="author_id")
+    rejected = ids.select(rejected_answer_id="answer_id", rejected="answer", rejected_author_id="author_id")
     return (
         kept.join(chosen, on="chosen_answer_id", how="left", maintain_order="left")
         .join(rejected, on="rejected_answer_id", how="left", maintain_order="left")

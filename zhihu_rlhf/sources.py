@@ -4,6 +4,7 @@ Every input ends up as one table with one row per answer:
 
     question_id Int64 | answer_id Int64 | question str | answer str | upvotes Int64
     created_at Datetime(us, UTC) (nullable) | author_id str (nullable) | author_followers Int64 (nullable) | source str
+    | answer_chars Int64 (the answer's length in characters, so that a table read back without its texts has it)
 
 `--source` may be a Hub dataset id (default `wangrui6/Zhihu-KOL`), a local parquet file, a folder or glob of parquet
 files, `sample` (a small Zhihu-KOL-shaped file shipped in the package), or a MediaCrawler Zhihu crawl (see
@@ -56,6 +57,11 @@ RECRAWL_SCHEMA = {"updated_at": pl.Datetime("us", "UTC"), "file_date": pl.Date, 
 
 # The canonical columns, why a row is dropped (null: it is usable) and the re-crawl order: what each file becomes.
 PARSED_SCHEMA = {**CANONICAL_SCHEMA, "drop_reason": pl.String, **RECRAWL_SCHEMA}
+
+TEXT_COLUMNS = ("question", "answer")
+ANSWER_CHARS = pl.col("answer").str.len_chars().cast(pl.Int64).alias("answer_chars")
+"""Most of the canonical table's bytes. Only dedupe reads them all; the recipes need each answer's length, which the
+table carries as `answer_chars`, and the texts of the few answers they select (see `texts_of`)."""
 
 # Column sets that identify each input layout.
 ZHIHU_KOL_COLUMNS = ("INSTRUCTION", "RESPONSE", "METADATA")
@@ -634,6 +640,7 @@ def load_answers(source: str | Source, warn: Callable[[str], None] = _warn) -> t
     # One chunk per column (cheap: string views are not copied). Gathering rows from a column in many chunks, as the
     # streaming engine leaves it, copies each long text, and dedupe and the recipes gather and join texts by row.
     answers = table.filter(pl.col("drop_reason").is_null()).select(*CANONICAL_SCHEMA).rechunk()
+    answers = answers.with_columns(ANSWER_CHARS)
     stats = {
         "source": resolved.label,
         "rows_in": table.height + truncated,
@@ -642,6 +649,13 @@ def load_answers(source: str | Source, warn: Callable[[str], None] = _warn) -> t
         "author_id_missing": answers["author_id"].null_count(),
     }
     return answers, stats
+
+
+def texts_of(texts: pl.DataFrame | pl.LazyFrame, answer_ids: pl.Series) -> pl.DataFrame:
+    """(answer_id, question, answer) of `answer_ids`, from a table holding `TEXT_COLUMNS` by answer_id: the canonical
+    table in memory, or a cached one read lazily, where only the selected answers' texts are decoded."""
+    wanted = pl.col("answer_id").is_in(answer_ids.implode())
+    return texts.lazy().filter(wanted).select("answer_id", *TEXT_COLUMNS).collect()
 
 
 def _what_is_empty(read: list[SourceFiles]) -> str:

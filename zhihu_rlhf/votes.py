@@ -246,7 +246,7 @@ def exposure_features(answers: pl.DataFrame, question: np.ndarray) -> np.ndarray
 
 def answer_log_length(answers: pl.DataFrame) -> np.ndarray:
     """Per answer, log(characters of its text): the length covariate (the text as normalised, at least 1 char)."""
-    return answers["answer"].str.len_chars().clip(lower_bound=1).cast(pl.Float64).log().to_numpy()
+    return answers["answer_chars"].clip(lower_bound=1).cast(pl.Float64).log().to_numpy()
 
 
 def _earlier_answers(question: np.ndarray, created: np.ndarray) -> np.ndarray:
@@ -281,11 +281,11 @@ def estimate_quality(answers: pl.DataFrame, options: VoteModelOptions) -> tuple[
     questions = _Runs.of(question_code[order])
     votes = answers["upvotes"].cast(pl.Float64).to_numpy()[order]
 
-    # Covariates: the exposure columns, log length (full model, where the table has texts) and, with the author
+    # Covariates: the exposure columns, log length (full model, where the table has lengths) and, with the author
     # terms, log1p(followers) where the source has them. Centred within questions over the known values; an
     # unknown value sits at its question's mean (no adjustment).
     exposure = exposure_features(answers, question_code)[order] if use_exposure else np.zeros((rows, 0))
-    use_length = options.model == "full" and "answer" in answers.columns
+    use_length = options.model == "full" and "answer_chars" in answers.columns
     length = answer_log_length(answers)[order, None] if use_length else np.zeros((rows, 0))
     has_followers = use_authors and "author_followers" in answers.columns and answers["author_followers"].null_count() < rows
     followers = (
