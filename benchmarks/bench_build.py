@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -68,10 +69,13 @@ def bare_scan(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_child(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GiB) of a command in a child process."""
+def run_child(command: list[str], output: list[str] | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GiB) of a command in a child process; `output`: gets its progress lines (stderr)."""
     started = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, stderr=None if output is None else subprocess.PIPE, text=True)
+    if output is not None:
+        output.extend(child.stderr.read().splitlines())
+        sys.stderr.write("\n".join(output) + "\n")
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -211,7 +215,11 @@ def cache_table(path: Path, repeat: int) -> None:
         with tempfile.TemporaryDirectory() as work:
             work_dir, cache = Path(work), ["--cache-dir", str(Path(work) / "cache")]
             runs.setdefault("bare scan", []).append(bare_scan(path))
-            runs.setdefault("build all --no-cache", []).append(run_child([*build, "--out", work + "/a", "--no-cache"])[0])
+            progress: list[str] = []
+            runs.setdefault("build all --no-cache", []).append(
+                run_child([*build, "--out", work + "/a", "--no-cache"], progress)[0])
+            runs.setdefault("canonical table + dedupe (the uncached build's progress lines)", []).append(
+                _step_seconds(progress, ("answers", "dedupe")))
             shares = subprocess.run([sys.executable, "-c", reading_and_dedupe], capture_output=True, text=True, check=True)
             runs.setdefault("canonical table + dedupe (in a child)", []).append(float(shares.stdout))
             runs.setdefault("first build, cache on", []).append(run_child([*build, "--out", work + "/b", *cache])[0])
@@ -232,9 +240,20 @@ def cache_table(path: Path, repeat: int) -> None:
     for name, seconds in best.items():
         print(f"| {name} | {seconds:.2f} s (runs: {', '.join(f'{t:.2f}' for t in runs[name])}) | {seconds / scan:.2f}x "
               f"| {seconds / uncached:.2f}x |")
-    budget = uncached - best["canonical table + dedupe (in a child)"]
+    budget = uncached - best["canonical table + dedupe (the uncached build's progress lines)"]
+    child_budget = uncached - best["canonical table + dedupe (in a child)"]
     print(f"goals: first build <= 1.1x uncached; pair rebuild <= 3x the scan; vote rebuild <= {budget:.2f} s "
-          "(uncached less the canonical table and dedupe)", flush=True)
+          f"(uncached less the canonical table and dedupe as its progress lines time them; {child_budget:.2f} s as "
+          "a child process times them)", flush=True)
+
+
+def _step_seconds(progress: list[str], steps: tuple[str, ...]) -> float:
+    """Seconds the build's progress lines give these steps (`  dedupe: computed (cache off) [21.3s]`)."""
+    timed = [re.match(r"\s*(\w+): computed.*\[([\d.]+)s\]$", line) for line in progress]
+    found = {match[1]: float(match[2]) for match in timed if match and match[1] in steps}
+    if set(found) != set(steps):
+        raise SystemExit(f"the build's progress lines did not time {sorted(set(steps) - set(found))}")
+    return sum(found.values())
 
 
 def _same_tree(left: Path, right: Path) -> bool:
