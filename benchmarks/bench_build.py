@@ -73,9 +73,9 @@ def run_child(command: list[str], output: list[str] | None = None) -> tuple[floa
     """(wall seconds, peak RSS in GiB) of a command in a child process; `output`: gets its progress lines (stderr)."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stderr=None if output is None else subprocess.PIPE, text=True)
-    if output is not None:
-        output.extend(child.stderr.read().splitlines())
-        sys.stderr.write("\n".join(output) + "\n")
+    for line in child.stderr if output is not None else ():  # shown as it comes, and kept
+        sys.stderr.write(line)
+        output.append(line.rstrip("\n"))
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:

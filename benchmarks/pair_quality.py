@@ -337,7 +337,7 @@ def main() -> None:
         answers, _ = prepare_answers(str(data), DedupeOptions(), VoteModelOptions(model="raw"))
         print(f"{label}: {answers.height:,} answers ready in {time.perf_counter() - started:.1f}s", flush=True)
         # characters of each answer as the pipeline sees it (normalised), for the length columns
-        truth = truth.join(answers.select("answer_id", chars=pl.col("answer").str.len_chars()), on="answer_id", how="left")
+        truth = truth.join(answers.select("answer_id", chars="answer_chars"), on="answer_id", how="left")
         if args.length:
             rows = evaluate_length(answers, truth, args.defaults_only)
         else:

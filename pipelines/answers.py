@@ -18,7 +18,7 @@ from zhihu_rlhf.cache import StepCache, cached_step, cached_step_undecoded, fold
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
 from zhihu_rlhf.export import OutputSettings, write_dataset
 from zhihu_rlhf.schema import Kind
-from zhihu_rlhf.sources import TEXT_COLUMNS, load_answers, resolve_source
+from zhihu_rlhf.sources import CANONICAL_TEXT_COLUMNS, load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 
@@ -73,7 +73,7 @@ def chained_answers(
     step = partial(cached_step, cache, source=resolved.label, log=log)
 
     answers, stats, texts = cached_step_undecoded(cache, "answers", answers_key, partial(load_answers, resolved),
-                                                  TEXT_COLUMNS, source=resolved.label, log=log)
+                                                  CANONICAL_TEXT_COLUMNS, source=resolved.label, log=log)
     answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(_dedupe, answers, texts, dedupe_options), base=answers)
     stats["answers_per_question"] = answers_per_question(answers)
     answers, stats["vote_model"] = step("votes", votes_key, partial(estimate_quality, answers, vote_options), base=answers)
@@ -82,13 +82,16 @@ def chained_answers(
 
 def with_texts(answers: pl.DataFrame, texts: pl.LazyFrame) -> pl.DataFrame:
     """`answers` with the canonical table's texts back beside it (the same rows in the same order)."""
-    return answers.hstack(texts.select(TEXT_COLUMNS).collect())
+    beside = texts.select("answer_id", *CANONICAL_TEXT_COLUMNS).collect()
+    if not beside["answer_id"].equals(answers["answer_id"]):  # hstack would pair rows by position, so check it
+        raise RuntimeError("the canonical table's texts are not in the answer table's row order")
+    return answers.hstack(beside.drop("answer_id"))
 
 
 def _dedupe(answers: pl.DataFrame, texts: pl.LazyFrame, options: DedupeOptions) -> tuple[pl.DataFrame, dict]:
     """Dedupe reads every text, so only it gets them all; the table it hands on is without them again."""
     deduped, stats = dedupe(with_texts(answers, texts), options)
-    return deduped.drop(TEXT_COLUMNS), stats
+    return deduped.drop(CANONICAL_TEXT_COLUMNS), stats
 
 
 def answers_per_question(answers: pl.DataFrame) -> dict[str, int]:

@@ -22,7 +22,7 @@ from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions
 from zhihu_rlhf.pipelines.answers import prepare_answers
-from zhihu_rlhf.sources import CANONICAL_SCHEMA, TEXT_COLUMNS, load_answers, texts_of
+from zhihu_rlhf.sources import CANONICAL_SCHEMA, CANONICAL_TEXT_COLUMNS, load_answers, texts_of
 from zhihu_rlhf.votes import VoteModelOptions
 
 STEPS = ("answers", "dedupe", "votes", "instruct")
@@ -153,12 +153,12 @@ def test_a_table_read_undecoded_gives_each_asked_row_its_own_texts(tmp_path: Pat
     cache_dir = tmp_path / "cache"
     _build(tmp_path, "first", cache_dir)
     step, key = _entry(cache_dir, "answers").name.split("-", 1)
-    table, stats, lazy = StepCache(cache_dir, 0, warn=print).load(step, key, undecoded=TEXT_COLUMNS)
+    table, stats, lazy = StepCache(cache_dir, 0, warn=print).load(step, key, undecoded=CANONICAL_TEXT_COLUMNS)
     answers, source_stats = load_answers("sample")
-    assert stats == source_stats and table.equals(answers.drop(TEXT_COLUMNS))
+    assert stats == source_stats and table.equals(answers.drop(CANONICAL_TEXT_COLUMNS))
     asked = answers["answer_id"].sample(50, seed=1)  # in another order than the table's
     got = texts_of(lazy, asked).sort("answer_id")
-    assert got.equals(answers.filter(pl.col("answer_id").is_in(asked.implode())).select("answer_id", *TEXT_COLUMNS)
+    assert got.equals(answers.filter(pl.col("answer_id").is_in(asked.implode())).select("answer_id", *CANONICAL_TEXT_COLUMNS)
                       .sort("answer_id"))
 
 

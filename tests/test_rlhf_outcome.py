@@ -90,6 +90,24 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path, capsys
     assert plain != padded
 
 
+def test_a_pretrained_start_runs_every_stage_through_its_own_tokenizer(tmp_path: Path, fixture_model_dir) -> None:
+    """--model: the path a GPU run takes (a saved Hub-style folder instead of the small start built here), on a tiny
+    GPT-NeoX-layout model with its own byte-level tokenizer (no chat template: a ChatML template's system prompt is
+    longer than the quick budget's 64-token prompts in a tiny tokenizer; rotary positions: the RM probes are scored
+    whole, longer than a learned position table like the tiny GPT-2's holds). A random tiny model learns nothing,
+    so this checks that every stage runs and is measured, not what it learns."""
+    bench = _load_benchmark()
+    out, work = tmp_path / "records.json", tmp_path / "work"
+    bench.main(["--quick", "--model", str(fixture_model_dir("gpt-neox")), "--stages", "rm,sft,dpo,ppo",
+                "--json", str(out), "--workdir", str(work)])
+    records = json.loads(out.read_text())
+    assert {r["stage"] for r in records} == {"rm", "sft", "dpo", "ppo"}
+    assert not (work / "start-readable").exists()  # no small start was built beside the given one
+    for r in records:
+        measured = ("gold_accuracy", "style_sensitivity") if r["stage"] == "rm" else ("gold", "gold_gain", "kl", "length")
+        assert all(math.isfinite(r[f]) for f in measured), r
+
+
 def test_budget_sizes_only_the_small_start(capsys) -> None:
     """--budget larger resizes the small random start; with --quick or --model it would be silently ignored, so it
     is refused with a usage error before anything is built."""

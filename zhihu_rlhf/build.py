@@ -106,7 +106,8 @@ def build(what: What, options: BuildOptions, *, log=print) -> dict[str, Path]:
     cache = _step_cache(options, log) if options.use_cache else None
     started = time.perf_counter()
     log(f"reading {options.source} ...")
-    answers, texts, source_stats, chain = chained_answers(options.source, options.dedupe, options.votes, cache=cache, log=log)
+    answers, texts, source_stats, chain = chained_answers(options.source, options.dedupe, options.votes, cache=cache,
+                                                          log=log)
     dropped = sum(source_stats["rows_dropped"].values())
     log(f"  {source_stats['rows_in']:,} rows in, {answers.height:,} usable answers, {dropped:,} dropped "
         f"({_reasons(source_stats['rows_dropped'])}) [{time.perf_counter() - started:.1f}s]")

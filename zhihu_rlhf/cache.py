@@ -168,9 +168,8 @@ class StepCache:
             problem = _manifest_problem(manifest, step, key, path, rows, data)
             # An entry is never changed once in place, so the file checked is the file read.
             if problem is None and data is not None:
-                stored_columns = pl.read_parquet_schema(io.BytesIO(data))
-                table = pl.read_parquet(io.BytesIO(data), columns=[c for c in stored_columns if c not in undecoded])
                 lazy = pl.scan_parquet(io.BytesIO(data))
+                table = lazy.select(pl.exclude(undecoded)).collect()
             elif problem is None:
                 table = pl.read_parquet(path)
         except (OSError, ValueError, pl.exceptions.PolarsError) as err:
@@ -181,7 +180,10 @@ class StepCache:
             self.warn(f"warning: cache entry {folder} is {problem}; recomputing {step}")
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        os.utime(folder / "manifest.json")  # last used: what eviction orders by
+        try:
+            os.utime(folder / "manifest.json")  # last used: what eviction orders by
+        except OSError:  # evicted by another build since it was read: what was read is still whole
+            pass
         return table, manifest["stats"], lazy
 
     def store(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:

@@ -58,10 +58,11 @@ RECRAWL_SCHEMA = {"updated_at": pl.Datetime("us", "UTC"), "file_date": pl.Date, 
 # The canonical columns, why a row is dropped (null: it is usable) and the re-crawl order: what each file becomes.
 PARSED_SCHEMA = {**CANONICAL_SCHEMA, "drop_reason": pl.String, **RECRAWL_SCHEMA}
 
-TEXT_COLUMNS = ("question", "answer")
+# Most of the canonical table's bytes. Only dedupe reads them all; the recipes need each answer's length, which the
+# table carries as `answer_chars`, and the texts of the few answers they select (see `texts_of`).
+CANONICAL_TEXT_COLUMNS = ("question", "answer")
 ANSWER_CHARS = pl.col("answer").str.len_chars().cast(pl.Int64).alias("answer_chars")
-"""Most of the canonical table's bytes. Only dedupe reads them all; the recipes need each answer's length, which the
-table carries as `answer_chars`, and the texts of the few answers they select (see `texts_of`)."""
+"""The column the canonical table adds to CANONICAL_SCHEMA's: each answer's length in characters."""
 
 # Column sets that identify each input layout.
 ZHIHU_KOL_COLUMNS = ("INSTRUCTION", "RESPONSE", "METADATA")
@@ -652,10 +653,10 @@ def load_answers(source: str | Source, warn: Callable[[str], None] = _warn) -> t
 
 
 def texts_of(texts: pl.DataFrame | pl.LazyFrame, answer_ids: pl.Series) -> pl.DataFrame:
-    """(answer_id, question, answer) of `answer_ids`, from a table holding `TEXT_COLUMNS` by answer_id: the canonical
-    table in memory, or a cached one read lazily, where only the selected answers' texts are decoded."""
+    """(answer_id, question, answer) of `answer_ids`, from a table holding CANONICAL_TEXT_COLUMNS by answer_id: the
+    canonical table in memory, or a cached one read lazily, where only the selected answers' texts are decoded."""
     wanted = pl.col("answer_id").is_in(answer_ids.implode())
-    return texts.lazy().filter(wanted).select("answer_id", *TEXT_COLUMNS).collect()
+    return texts.lazy().filter(wanted).select("answer_id", *CANONICAL_TEXT_COLUMNS).collect()
 
 
 def _what_is_empty(read: list[SourceFiles]) -> str:
