@@ -65,6 +65,30 @@ def test_sft_on_a_reward_model_folder_is_refused(fixture_model_dir, tmp_path):
         sft.train(opts)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "opt"])  # learned position tables of 1024 in the fixtures
+def test_sequences_longer_than_a_learned_position_table_are_refused_before_training(fixture_model_dir, tmp_path, family):
+    from rl_batch import write_prompts
+    from test_train_sft import doubling_rows, write_instruct
+    from zhihu_rlhf.train import ppo, sft
+
+    data = write_instruct(tmp_path / "instruct", doubling_rows(0, 4), doubling_rows(100, 2))
+    model = str(fixture_model_dir(family))
+    # SFT's default --max-len is 2048: longer than the table, so a long example would fail inside the embedding
+    with pytest.raises(UserError, match="1024 learned positions.*--max-len allow 2048 tokens: lower --max-len to 1024"):
+        sft.train(sft.SFTOptions(model=model, data=str(data), out=tmp_path / "sft", device="cpu"))
+    assert not (tmp_path / "sft").exists()
+    write_prompts(tmp_path / "prompts", 8)
+    with pytest.raises(UserError, match=r"--max-prompt-len \+ --max-new-tokens allow 1100 tokens"):
+        ppo.train(ppo.PPOOptions(policy=model, reward_fn="math:fsum", data=str(tmp_path / "prompts"), out=tmp_path / "o",
+                                 device="cpu", max_prompt_len=1000, max_new_tokens=100))
+
+
+def test_rotary_and_alibi_models_have_no_position_wall(fixture_model_dir):
+    for family in ("qwen2.5", "bloom", "gpt-neox"):
+        _, model = models.load_tokenizer_and_model(str(fixture_model_dir(family)), "causal-lm", attn_impl="eager")
+        models.require_positions(model, family, 100_000, "--max-len")  # nothing to refuse
+
+
 def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

@@ -24,7 +24,7 @@ from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_bat
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import disable_dropout, load_for_training
+from zhihu_rlhf.train.models import disable_dropout, load_for_training, require_positions
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_pairs, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, finish_run
@@ -153,6 +153,7 @@ def train(opts: DPOOptions) -> dict[str, float]:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
+        require_positions(scorer.model, opts.model, opts.max_len, "--max-len")
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len, opts.drop_cut_answers, "train")
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len, opts.drop_cut_answers, "test")

@@ -369,3 +369,19 @@ def require_causal_lm(name: str, flag: str) -> None:
             f"{flag} {name}: a reward model (sequence classifier) has no language-model head to generate with; "
             "give a causal LM (a base model or an SFT output)"
         )
+
+
+# Architectures whose positions are a learned table (the config field holding its size): a longer sequence fails deep
+# inside the embedding lookup. Rotary (Llama, Qwen2, GPT-NeoX) and ALiBi (BLOOM) models have no such wall.
+LEARNED_POSITION_TABLES = {"gpt2": "n_positions", "opt": "max_position_embeddings", "gpt_bigcode": "n_positions"}
+
+
+def require_positions(model: nn.Module, name: str, tokens: int, flags: str) -> None:
+    """Refuse sequences of up to `tokens` (set by `flags`) on a model whose learned position table is shorter."""
+    field = LEARNED_POSITION_TABLES.get(model.config.model_type)
+    limit = getattr(model.config, field, None) if field else None
+    if limit is not None and tokens > limit:
+        raise UserError(
+            f"{name}: a {model.config.model_type} model has {limit} learned positions, so no sequence may be longer, "
+            f"but {flags} allow {tokens} tokens: lower {flags} to {limit} in all"
+        )

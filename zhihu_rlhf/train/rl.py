@@ -32,7 +32,14 @@ from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train.data import epoch_permutation, iter_chunks
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.loop import accumulate_step, run_steps
-from zhihu_rlhf.train.models import disable_dropout, load_for_training, load_frozen, load_tokenizer, require_score_head
+from zhihu_rlhf.train.models import (
+    disable_dropout,
+    load_for_training,
+    load_frozen,
+    load_tokenizer,
+    require_positions,
+    require_score_head,
+)
 from zhihu_rlhf.train.prompts import end_token_ids, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, finish_run
 from zhihu_rlhf.train.rollout import RLOptions, Rollout, generate_rollout
@@ -42,10 +49,13 @@ from zhihu_rlhf.train.scoring import RewardFn, TokenScorer, WeightedRewards, loa
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 
+SEQUENCE_FLAGS = "--max-prompt-len + --max-new-tokens"  # what bounds a prompt + response for every RL model
+
 
 def load_policy(opts: RLOptions, rt: Runtime, with_reference: bool = True) -> tuple[Any, str, nn.Module, nn.Module | None]:
     """(tokenizer, template, the trained policy, its frozen reference or None without one)."""
     tokenizer, policy = load_for_training(opts.policy, "causal-lm", opts, rt)
+    require_positions(policy, opts.policy, opts.max_prompt_len + opts.max_new_tokens, SEQUENCE_FLAGS)
     if not end_token_ids(tokenizer, policy.generation_config):
         raise UserError(f"policy {opts.policy!r}: no eos or end-of-turn token, so responses could never end")
     template = resolve_template(tokenizer, opts.template)
@@ -100,7 +110,9 @@ def load_reward(opts: RLOptions, rt: Runtime, tokenizer: Any, reward_fn: RewardF
     reward_fn = reward_fn or reward_functions(opts)
     if reward_fn is not None:
         return reward_fn
-    return load_frozen(check_reward_model(opts, tokenizer), "reward", opts, rt, wrap=TokenScorer)[1]
+    reward_model = load_frozen(check_reward_model(opts, tokenizer), "reward", opts, rt, wrap=TokenScorer)[1]
+    require_positions(reward_model.model, opts.reward, opts.max_prompt_len + opts.max_new_tokens, SEQUENCE_FLAGS)
+    return reward_model
 
 
 # ----------------------------------------------------------------------------------------------------------------

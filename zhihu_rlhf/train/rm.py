@@ -26,7 +26,7 @@ from torch import nn
 from zhihu_rlhf.errors import UserError, cli_main
 from zhihu_rlhf.train.data import iter_chunks, load_split, pad_ids, shuffled_batches
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import load_for_training
+from zhihu_rlhf.train.models import load_for_training, require_positions
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, EncodedPair, encode_example, encode_pairs, resolve_template
 from zhihu_rlhf.train.scoring import TokenScorer, sequence_scores
@@ -128,6 +128,7 @@ def train(opts: RMOptions) -> dict[str, float]:
         train_rows = load_split(opts.data, "train", "pairs")
         test_rows = load_split(opts.data, "test", "pairs")
         tokenizer, scorer = load_for_training(opts.model, "reward", opts, rt, wrap=TokenScorer)
+        require_positions(scorer.model, opts.model, opts.max_len, "--max-len")
         template = resolve_template(tokenizer, opts.template)
         train_pairs = encode_pairs(tokenizer, train_rows, template, opts.max_len, opts.drop_cut_answers, "train")
         test_pairs = encode_pairs(tokenizer, test_rows, template, opts.max_len, opts.drop_cut_answers, "test")

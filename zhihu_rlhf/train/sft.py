@@ -27,7 +27,7 @@ from zhihu_rlhf.train.batching import Layout, batch_layout, length_buckets, pack
 from zhihu_rlhf.train.data import epoch_permutation, load_split, pad_ids
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.loop import fit
-from zhihu_rlhf.train.models import load_for_training
+from zhihu_rlhf.train.models import load_for_training, require_positions
 from zhihu_rlhf.train.options import TrainOptions, parse_options
 from zhihu_rlhf.train.prompts import TEMPLATES, encode_example, resolve_template
 from zhihu_rlhf.train.report import ModelCardInfo, finish_run
@@ -142,6 +142,7 @@ def train(opts: SFTOptions) -> dict[str, float]:
         train_rows = load_split(opts.data, "train", "instruct")
         test_rows = load_split(opts.data, "test", "instruct")
         tokenizer, scorer = load_for_training(opts.model, "causal-lm", opts, rt, wrap=TokenLogProbs)
+        require_positions(scorer.model, opts.model, opts.max_len, "--max-len")
         attn = scorer.model.config._attn_implementation
         layout = batch_layout(scorer.model)
         template = resolve_template(tokenizer, opts.template)
