@@ -371,15 +371,17 @@ WHOLE_TEXT = 1 << 20
 
 
 def rm_scores(rm_folder: Path, prompts: list[str], responses: list[str], device: str) -> np.ndarray:
-    """RM scores of whole prompt + response texts, read where training and PPO read them (the end token)."""
+    """RM scores of whole prompt + response texts, read where training and PPO read them (the end token). A model
+    with a learned position table (GPT-2, OPT) reads at most that many tokens of each."""
     from transformers import AutoModelForSequenceClassification
 
-    from zhihu_rlhf.train.models import load_tokenizer
+    from zhihu_rlhf.train.models import load_tokenizer, position_limit
     from zhihu_rlhf.train.rm import score
 
     tokenizer = load_tokenizer(str(rm_folder))
     model = AutoModelForSequenceClassification.from_pretrained(rm_folder).to(device).eval()
-    return score(model, tokenizer, prompts, responses, max_len=WHOLE_TEXT, batch_size=32).numpy()
+    window = min(WHOLE_TEXT, position_limit(model.config) or WHOLE_TEXT)
+    return score(model, tokenizer, prompts, responses, max_len=window, batch_size=32).numpy()
 
 
 def measure_rm(rm_folder: Path, probes: Probes, readable: bool, device: str) -> dict[str, float | None]:

@@ -11,6 +11,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "rlhf_outcome.py"
 
 
@@ -90,15 +92,17 @@ def test_quick_run_learns_and_measures_every_policy_stage(tmp_path: Path, capsys
     assert plain != padded
 
 
-def test_a_pretrained_start_runs_every_stage_through_its_own_tokenizer(tmp_path: Path, fixture_model_dir) -> None:
-    """--model: the path a GPU run takes (a saved Hub-style folder instead of the small start built here), on a tiny
-    GPT-NeoX-layout model with its own byte-level tokenizer (no chat template: a ChatML template's system prompt is
-    longer than the quick budget's 64-token prompts in a tiny tokenizer; rotary positions: the RM probes are scored
-    whole, longer than a learned position table like the tiny GPT-2's holds). A random tiny model learns nothing,
-    so this checks that every stage runs and is measured, not what it learns."""
+@pytest.mark.parametrize("family", ["gpt-neox", "gpt2"])  # rotary positions; a learned table of 1024
+def test_a_pretrained_start_runs_every_stage_through_its_own_tokenizer(tmp_path: Path, fixture_model_dir,
+                                                                       family: str) -> None:
+    """--model: the path a GPU run takes (a saved Hub-style folder instead of the small start built here), on tiny
+    models with their own byte-level tokenizers and no chat template (a ChatML template's system prompt is longer
+    than the quick budget's 64-token prompts in a tiny tokenizer). The RM probes are scored whole, longer than the
+    tiny GPT-2's position table holds, so it reads them cut to its table. A random tiny model learns nothing, so
+    this checks that every stage runs and is measured, not what it learns."""
     bench = _load_benchmark()
     out, work = tmp_path / "records.json", tmp_path / "work"
-    bench.main(["--quick", "--model", str(fixture_model_dir("gpt-neox")), "--stages", "rm,sft,dpo,ppo",
+    bench.main(["--quick", "--model", str(fixture_model_dir(family)), "--stages", "rm,sft,dpo,ppo",
                 "--json", str(out), "--workdir", str(work)])
     records = json.loads(out.read_text())
     assert {r["stage"] for r in records} == {"rm", "sft", "dpo", "ppo"}

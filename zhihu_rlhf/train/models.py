@@ -376,10 +376,15 @@ def require_causal_lm(name: str, flag: str) -> None:
 LEARNED_POSITION_TABLES = {"gpt2": "n_positions", "opt": "max_position_embeddings", "gpt_bigcode": "n_positions"}
 
 
+def position_limit(config: Any) -> int | None:
+    """The most tokens a sequence may hold on a model with a learned position table; None: no such wall."""
+    field = LEARNED_POSITION_TABLES.get(config.model_type)
+    return getattr(config, field, None) if field else None
+
+
 def require_positions(model: nn.Module, name: str, tokens: int, flags: str) -> None:
     """Refuse sequences of up to `tokens` (set by `flags`) on a model whose learned position table is shorter."""
-    field = LEARNED_POSITION_TABLES.get(model.config.model_type)
-    limit = getattr(model.config, field, None) if field else None
+    limit = position_limit(model.config)
     if limit is not None and tokens > limit:
         raise UserError(
             f"{name}: a {model.config.model_type} model has {limit} learned positions, so no sequence may be longer, "
