@@ -73,9 +73,10 @@ def run_child(command: list[str], output: list[str] | None = None) -> tuple[floa
     """(wall seconds, peak RSS in GiB) of a command in a child process; `output`: gets its progress lines (stderr)."""
     started = time.perf_counter()
     child = subprocess.Popen(command, stderr=None if output is None else subprocess.PIPE, text=True)
-    for line in child.stderr if output is not None else ():  # shown as it comes, and kept
-        sys.stderr.write(line)
-        output.append(line.rstrip("\n"))
+    if output is not None:
+        for line in child.stderr:  # shown as it comes, and kept
+            sys.stderr.write(line)
+            output.append(line.rstrip("\n"))
     _, status, usage = os.wait4(child.pid, 0)
     elapsed = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:

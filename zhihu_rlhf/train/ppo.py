@@ -28,16 +28,16 @@ from zhihu_rlhf.train.data import iter_chunks
 from zhihu_rlhf.train.logprobs import TokenLogProbs
 from zhihu_rlhf.train.lora import WithoutAdapters, is_peft
 from zhihu_rlhf.train.loop import make_optimizer, make_scheduler
-from zhihu_rlhf.train.models import disable_dropout, load_for_training, require_positions, require_score_head
+from zhihu_rlhf.train.models import disable_dropout, load_for_training, require_score_head
 from zhihu_rlhf.train.options import parse_options
 from zhihu_rlhf.train.rl import (
-    SEQUENCE_FLAGS,
     check_reward_model,
     load_policy,
     load_reward,
     optimizer_steps,
     plan_iterations,
     process_mean,
+    require_rl_positions,
     reward_functions,
     run_iterations,
     update_passes,
@@ -186,7 +186,7 @@ def train(opts: PPOOptions, reward_fn: RewardFn | None = None) -> dict[str, floa
             require_score_head(opts.value_model, "--value-model")
         value_source = opts.value_model or (opts.policy if reward_fn is not None else check_reward_model(opts, tokenizer))
         _, value_model = load_for_training(value_source, "reward", opts, rt, wrap=TokenScorer)
-        require_positions(value_model.model, value_source, opts.max_prompt_len + opts.max_new_tokens, SEQUENCE_FLAGS)
+        require_rl_positions(value_model.model, value_source, opts)
         if reward_fn is None and is_peft(value_model.model) and opts.value_model is None:
             # The value model is the RM plus adapters: with them off it is the frozen RM, no second copy.
             reward: nn.Module | RewardFn = WithoutAdapters(value_model, value_model.model)

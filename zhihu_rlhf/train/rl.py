@@ -49,13 +49,11 @@ from zhihu_rlhf.train.scoring import RewardFn, TokenScorer, WeightedRewards, loa
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 
-SEQUENCE_FLAGS = "--max-prompt-len + --max-new-tokens"  # what bounds a prompt + response for every RL model
-
 
 def load_policy(opts: RLOptions, rt: Runtime, with_reference: bool = True) -> tuple[Any, str, nn.Module, nn.Module | None]:
     """(tokenizer, template, the trained policy, its frozen reference or None without one)."""
     tokenizer, policy = load_for_training(opts.policy, "causal-lm", opts, rt)
-    require_positions(policy, opts.policy, opts.max_prompt_len + opts.max_new_tokens, SEQUENCE_FLAGS)
+    require_rl_positions(policy, opts.policy, opts)
     if not end_token_ids(tokenizer, policy.generation_config):
         raise UserError(f"policy {opts.policy!r}: no eos or end-of-turn token, so responses could never end")
     template = resolve_template(tokenizer, opts.template)
@@ -111,8 +109,13 @@ def load_reward(opts: RLOptions, rt: Runtime, tokenizer: Any, reward_fn: RewardF
     if reward_fn is not None:
         return reward_fn
     reward_model = load_frozen(check_reward_model(opts, tokenizer), "reward", opts, rt, wrap=TokenScorer)[1]
-    require_positions(reward_model.model, opts.reward, opts.max_prompt_len + opts.max_new_tokens, SEQUENCE_FLAGS)
+    require_rl_positions(reward_model.model, opts.reward, opts)
     return reward_model
+
+
+def require_rl_positions(model: nn.Module, name: str, opts: RLOptions) -> None:
+    """Every RL model reads a prompt and its response: refuse a learned position table shorter than the two."""
+    require_positions(model, name, opts.max_prompt_len + opts.max_new_tokens, "--max-prompt-len + --max-new-tokens")
 
 
 # ----------------------------------------------------------------------------------------------------------------
