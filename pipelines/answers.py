@@ -18,7 +18,7 @@ from zhihu_rlhf.cache import StepCache, cached_step, cached_step_undecoded, fold
 from zhihu_rlhf.dedupe import DedupeOptions, dedupe
 from zhihu_rlhf.export import OutputSettings, write_dataset
 from zhihu_rlhf.schema import Kind
-from zhihu_rlhf.sources import CANONICAL_TEXT_COLUMNS, load_answers, resolve_source
+from zhihu_rlhf.sources import CANONICAL_TEXT_COLUMNS, Texts, load_answers, resolve_source
 from zhihu_rlhf.votes import VoteModelOptions, estimate_quality
 
 
@@ -59,9 +59,9 @@ def chained_answers(
     *,
     cache: StepCache | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[pl.DataFrame, pl.LazyFrame, dict, StepChain]:
-    """`prepare_answers` without the texts; where the texts are (a LazyFrame of the canonical table, row for row:
-    from the cache, only the rows a recipe selects are decoded); and the chain a later step's cache entry hangs from."""
+) -> tuple[pl.DataFrame, Texts, dict, StepChain]:
+    """`prepare_answers` without the texts; where the texts are (from the cache, only the rows a recipe selects are
+    decoded); and the chain a later step's cache entry hangs from."""
     vote_options = vote_options or VoteModelOptions()
     resolved = resolve_source(source)
     # The keys chain: a step's key holds the key of the step it reads, so a changed step recomputes what follows it.
@@ -73,22 +73,22 @@ def chained_answers(
     step = partial(cached_step, cache, source=resolved.label, log=log)
 
     answers, stats, texts = cached_step_undecoded(cache, "answers", answers_key, partial(load_answers, resolved),
-                                                  CANONICAL_TEXT_COLUMNS, source=resolved.label, log=log)
+                                                  CANONICAL_TEXT_COLUMNS, "answer_id", source=resolved.label, log=log)
     answers, stats["dedupe"] = step("dedupe", dedupe_key, partial(_dedupe, answers, texts, dedupe_options), base=answers)
     stats["answers_per_question"] = answers_per_question(answers)
     answers, stats["vote_model"] = step("votes", votes_key, partial(estimate_quality, answers, vote_options), base=answers)
     return answers, texts, stats, StepChain(cache, votes_key, resolved.label)
 
 
-def with_texts(answers: pl.DataFrame, texts: pl.LazyFrame) -> pl.DataFrame:
+def with_texts(answers: pl.DataFrame, texts: Texts) -> pl.DataFrame:
     """`answers` with the canonical table's texts back beside it (the same rows in the same order)."""
-    beside = texts.select("answer_id", *CANONICAL_TEXT_COLUMNS).collect()
+    beside = texts.lazy().select("answer_id", *CANONICAL_TEXT_COLUMNS).collect()
     if not beside["answer_id"].equals(answers["answer_id"]):  # hstack would pair rows by position, so check it
         raise RuntimeError("the canonical table's texts are not in the answer table's row order")
     return answers.hstack(beside.drop("answer_id"))
 
 
-def _dedupe(answers: pl.DataFrame, texts: pl.LazyFrame, options: DedupeOptions) -> tuple[pl.DataFrame, dict]:
+def _dedupe(answers: pl.DataFrame, texts: Texts, options: DedupeOptions) -> tuple[pl.DataFrame, dict]:
     """Dedupe reads every text, so only it gets them all; the table it hands on is without them again."""
     deduped, stats = dedupe(with_texts(answers, texts), options)
     return deduped.drop(CANONICAL_TEXT_COLUMNS), stats
@@ -96,7 +96,8 @@ def _dedupe(answers: pl.DataFrame, texts: pl.LazyFrame, options: DedupeOptions) 
 
 def answers_per_question(answers: pl.DataFrame) -> dict[str, int]:
     """{answers in a question group: number of such groups}, for the card's histogram."""
-    sizes = answers.group_by("question_group").len().group_by("len").len(name="questions").sort("len")
+    # Lazy, so that only question_group is read (an eager group_by over the whole table took 2-4x as long).
+    sizes = answers.lazy().group_by("question_group").len().group_by("len").len(name="questions").sort("len").collect()
     return {str(n): q for n, q in zip(sizes["len"], sizes["questions"], strict=True)}
 
 

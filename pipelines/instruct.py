@@ -11,12 +11,13 @@ import polars as pl
 from zhihu_rlhf.export import OutputSettings
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, ranking_summary, select_instruct
 from zhihu_rlhf.pipelines.answers import StepChain, set_stats, write_set
+from zhihu_rlhf.sources import Texts
 from zhihu_rlhf.split import split_by_question
 
 
 def build_instruct_set(
     answers: pl.DataFrame,
-    texts: pl.LazyFrame,
+    texts: Texts,
     source_stats: dict,
     options: InstructOptions,
     lengths: LengthFilter,
@@ -37,7 +38,7 @@ def build_instruct_set(
     return write_set(out, "instruct", train, test, stats, params, output, chain.cache if chain else None, log)
 
 
-def _select(answers: pl.DataFrame, texts: pl.LazyFrame, options: InstructOptions,
+def _select(answers: pl.DataFrame, texts: Texts, options: InstructOptions,
             lengths: LengthFilter) -> tuple[pl.DataFrame, dict]:
     rows, dropped_here = select_instruct(answers, options, lengths, texts)
     return rows, {"rows_dropped": dropped_here}

@@ -12,12 +12,13 @@ from zhihu_rlhf.export import OutputSettings
 from zhihu_rlhf.instruct import LengthFilter
 from zhihu_rlhf.pairs import PairOptions, length_skew, select_pairs
 from zhihu_rlhf.pipelines.answers import set_stats, write_set
+from zhihu_rlhf.sources import Texts
 from zhihu_rlhf.split import split_by_question
 
 
 def build_pairs_set(
     answers: pl.DataFrame,
-    texts: pl.LazyFrame,
+    texts: Texts,
     source_stats: dict,
     options: PairOptions,
     lengths: LengthFilter,

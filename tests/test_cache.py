@@ -17,7 +17,7 @@ import pytest
 
 from zhihu_rlhf import cache as step_cache
 from zhihu_rlhf.build import BuildOptions, build
-from zhihu_rlhf.cache import STEP_VERSIONS, StepCache
+from zhihu_rlhf.cache import STEP_VERSIONS, TEXTS_FILE, StepCache
 from zhihu_rlhf.dedupe import DedupeOptions
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
 from zhihu_rlhf.pairs import PairOptions
@@ -114,14 +114,14 @@ def _entry(cache_dir: Path, step: str) -> Path:
     return folder
 
 
-def _cut(entry: Path) -> None:
-    (entry / "table.parquet").write_bytes((entry / "table.parquet").read_bytes()[:-100])
+def _cut(entry: Path, name: str = "table.parquet") -> None:
+    (entry / name).write_bytes((entry / name).read_bytes()[:-100])
 
 
-def _flip_one_byte(entry: Path) -> None:
-    data = bytearray((entry / "table.parquet").read_bytes())
+def _flip_one_byte(entry: Path, name: str = "table.parquet") -> None:
+    data = bytearray((entry / name).read_bytes())
     data[len(data) // 2] ^= 1
-    (entry / "table.parquet").write_bytes(bytes(data))
+    (entry / name).write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(
@@ -129,12 +129,15 @@ def _flip_one_byte(entry: Path) -> None:
     [
         ("answers", _cut),
         ("answers", _flip_one_byte),
+        ("answers", lambda entry: _cut(entry, TEXTS_FILE)),
+        ("answers", lambda entry: _flip_one_byte(entry, TEXTS_FILE)),
+        ("answers", lambda entry: (entry / TEXTS_FILE).unlink()),
         ("votes", _flip_one_byte),
         ("dedupe", lambda entry: (entry / "manifest.json").write_text("{not json")),
         ("votes", lambda entry: (entry / "manifest.json").unlink()),
         ("instruct", _flip_one_byte),
     ],
-    ids=["truncated", "answers-flipped-byte", "flipped-byte", "bad-manifest", "no-manifest", "instruct-flipped-byte"],
+    ids=["truncated", "answers-flipped-byte", "texts-truncated", "texts-flipped-byte", "texts-missing", "flipped-byte", "bad-manifest", "no-manifest", "instruct-flipped-byte"],
 )
 def test_a_damaged_entry_is_recomputed_with_one_warning(tmp_path: Path, step: str, damage) -> None:
     cache_dir = tmp_path / "cache"
@@ -153,11 +156,12 @@ def test_a_table_read_undecoded_gives_each_asked_row_its_own_texts(tmp_path: Pat
     cache_dir = tmp_path / "cache"
     _build(tmp_path, "first", cache_dir)
     step, key = _entry(cache_dir, "answers").name.split("-", 1)
-    table, stats, lazy = StepCache(cache_dir, 0, warn=print).load(step, key, undecoded=CANONICAL_TEXT_COLUMNS)
+    table, stats, texts = StepCache(cache_dir, 0, warn=print).load(step, key, undecoded=True)
+    shutil.rmtree(_entry(cache_dir, "answers"))  # another build evicts the entry before the texts are read
     answers, source_stats = load_answers("sample")
     assert stats == source_stats and table.equals(answers.drop(CANONICAL_TEXT_COLUMNS))
     asked = answers["answer_id"].sample(50, seed=1)  # in another order than the table's
-    got = texts_of(lazy, asked).sort("answer_id")
+    got = texts_of(texts, asked).sort("answer_id")
     assert got.equals(answers.filter(pl.col("answer_id").is_in(asked.implode())).select("answer_id", *CANONICAL_TEXT_COLUMNS)
                       .sort("answer_id"))
 

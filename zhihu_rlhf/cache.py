@@ -17,11 +17,12 @@ it reads the whole answer table); a changed instruct option reruns the instruct 
 reruns the vote model and what follows it; a changed dedupe option reruns dedupe and what follows it, never the
 reading. Dedupe and the vote model add columns and keep every row, so their entries hold only the columns they add (a
 few bytes per row), and the texts are stored once. The texts are most of the stored table's bytes and only dedupe
-reads them all: a rebuild that takes dedupe from the cache decodes only the texts of the answers its sets select
-(`cached_step_undecoded`).
+reads them all, so the answers entry keeps them in a file of their own: a rebuild that takes dedupe from the cache
+checks that file where it lies, reads it on a background thread and decodes only the texts of the answers its sets
+select (`cached_step_undecoded`).
 
-An entry is a folder `<step>-<key>/` with `table.parquet` and `manifest.json` (step, key, rows, the table's size and
-XXH3-128 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
+An entry is a folder `<step>-<key>/` with `table.parquet`, for the answers step `texts.parquet`, and `manifest.json`
+(step, key, rows, each file's size and XXH3-128 digest, the step's stats). It is written under a temporary name and renamed into place only when complete, so a
 build that is killed leaves a temporary folder that is never read (and is swept later), and two builds writing the same
 entry never see each other's half: the second rename fails and its copy is discarded; nobody waits on a lock. An entry
 whose manifest, size, digest, key or row count does not match is not used: one warning line, the step is recomputed
@@ -40,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import io
 import json
@@ -54,14 +54,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 import xxhash
 
 from zhihu_rlhf.errors import UserError
 
-STEP_VERSIONS = {"answers": "3", "dedupe": "1", "votes": "2", "instruct": "1", "folder": "1"}
-"""Bump a step's version whenever its output (table or stats) changes for the same input and options. (A `folder`
+STEP_VERSIONS = {"answers": "4", "dedupe": "1", "votes": "2", "instruct": "1", "folder": "1"}
+"""Bump a step's version whenever its output (table or stats) changes for the same input and options, or the layout of
+its entry does (answers 4: its texts in a file apart, which older entries lack). (A `folder`
 record's key holds the writing code's digest instead: its version changes only with the record's own layout.)"""
 
 # What a written folder's content depends on besides its inputs: this package's code and card templates, and every
@@ -69,6 +71,7 @@ record's key holds the writing code's digest instead: its version changes only w
 _PACKAGES = ("zhihu_rlhf", "zhihu_rlhf.pipelines", "zhihu_rlhf.data_cards")
 
 ENTRY_FORMAT = 2  # the layout of an entry folder itself (2: XXH3-128 digests)
+TEXTS_FILE = "texts.parquet"  # an entry's columns stored apart (`store(..., apart=...)`)
 _SAMPLE_BLOCK = 1 << 16  # bytes read at each sampled offset of a large source file
 _SAMPLE_BLOCKS = 64
 _STALE_TEMPORARY_SECONDS = 6 * 3600  # a temporary folder this old belongs to a build that died
@@ -148,30 +151,30 @@ class StepCache:
         self.max_bytes = max_bytes
         self.warn = warn
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-reader")
         self._pending: list[Future] = []
 
     def load(self, step: str, key: str, rows: int | None = None, *,
-             undecoded: tuple[str, ...] = ()) -> tuple[pl.DataFrame, dict, pl.LazyFrame | None] | None:
-        """The stored (table, stats, lazy) of `step` under `key`, or None when absent or not trustworthy.
+             undecoded: bool = False) -> tuple[pl.DataFrame, dict, ReadAhead | None] | None:
+        """The stored (table, stats, texts) of `step` under `key`, or None when absent or not trustworthy.
 
-        `undecoded`: columns the caller needs for a few rows only (the texts, most of an answer table's bytes): `table`
-        leaves them out and `lazy` scans the whole stored table, from a copy of its bytes in memory (an entry another
-        build evicts meanwhile stays readable), so that only the rows filtered for are decoded. None when not asked.
+        `undecoded`: the entry was stored with columns apart (`store(..., apart=...)`), which the caller needs for a few
+        rows only (the texts, most of an answer table's bytes). Their file is checked now, where it lies, and read on a
+        background thread from a handle opened now (an entry another build evicts meanwhile stays readable); `texts`
+        scans it, so that only the rows filtered for are decoded. None when not asked.
         """
         folder = self.folder / f"{step}-{key}"
         if not folder.is_dir():
             return None
-        path, lazy = folder / "table.parquet", None
+        texts = None
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
-            data = path.read_bytes() if undecoded else None
-            problem = _manifest_problem(manifest, step, key, path, rows, data)
-            # An entry is never changed once in place, so the file checked is the file read.
-            if problem is None and data is not None:
-                lazy = pl.scan_parquet(io.BytesIO(data))
-                table = lazy.select(pl.exclude(undecoded)).collect()
-            elif problem is None:
-                table = pl.read_parquet(path)
+            data = (folder / "table.parquet").read_bytes()
+            problem = _manifest_problem(manifest, step, key, data, rows)
+            if problem is None and undecoded:
+                problem, texts = self._read_ahead(folder / TEXTS_FILE, manifest.get("parts", {}).get(TEXTS_FILE))
+            if problem is None:  # the bytes checked are the bytes read
+                table = pl.read_parquet(io.BytesIO(data))
         except (OSError, ValueError, pl.exceptions.PolarsError) as err:
             problem = f"unreadable ({type(err).__name__})"
         if problem is None and table.height != manifest["rows"]:
@@ -184,12 +187,30 @@ class StepCache:
             os.utime(folder / "manifest.json")  # last used: what eviction orders by
         except OSError:  # evicted by another build since it was read: what was read is still whole
             pass
-        return table, manifest["stats"], lazy
+        return table, manifest["stats"], texts
 
-    def store(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
-        """Queue an entry for the background writer (stats are serialised now: the caller goes on changing them)."""
+    def _read_ahead(self, path: Path, record: object) -> tuple[str | None, ReadAhead | None]:
+        """(what is wrong with an entry's file apart, or None; the file read ahead). Its content is checked where it
+        lies (mapped, not copied), then read on the background reader from the handle that was checked."""
+        file = path.open("rb")
+        try:
+            size = os.fstat(file.fileno()).st_size
+            problem = _content_problem(record, size, _digest_open(file))
+        except BaseException:
+            file.close()
+            raise
+        if problem:
+            file.close()
+            return problem, None
+        return None, ReadAhead(file, self._reader)
+
+    def store(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str,
+              apart: tuple[str, ...] = (), apart_by: str = "") -> None:
+        """Queue an entry for the background writer (stats are serialised now: the caller goes on changing them).
+        `apart`: columns stored in a file of their own, beside a copy of the column `apart_by` that rows are found by,
+        and read back with `load(..., undecoded=True)`."""
         stats = json.loads(json.dumps(stats))
-        self._pending.append(self._writer.submit(self._write_entry, step, key, table, stats, source))
+        self._pending.append(self._writer.submit(self._write_entry, step, key, table, stats, source, apart, apart_by))
 
     def wait(self) -> None:
         """Block until every queued entry is written (an error in the writer is raised here)."""
@@ -202,17 +223,23 @@ class StepCache:
                 future.cancel()
             raise
 
-    def _write_entry(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str) -> None:
+    def _write_entry(self, step: str, key: str, table: pl.DataFrame, stats: dict, source: str,
+                     apart: tuple[str, ...], apart_by: str) -> None:
         """Write an entry atomically; a concurrent writer of the same entry wins or loses whole. Then evict."""
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f".tmp-{step}-{key}-{uuid.uuid4().hex}"
         temporary.mkdir()
         try:
-            table.write_parquet(temporary / "table.parquet", compression="lz4", statistics=False)
+            table.drop(apart).write_parquet(temporary / "table.parquet", compression="lz4", statistics=False)
+            parts = {}
+            if apart:
+                table.select(apart_by, *apart).write_parquet(temporary / TEXTS_FILE, compression="lz4", statistics=False)
+                parts[TEXTS_FILE] = _file_record(temporary / TEXTS_FILE)
+            table_record = _file_record(temporary / "table.parquet")
             manifest = {
                 "format": ENTRY_FORMAT, "step": step, "key": key, "version": STEP_VERSIONS[step], "source": source,
-                "rows": table.height, "table_bytes": (temporary / "table.parquet").stat().st_size,
-                "table_xxh3_128": _digest(temporary / "table.parquet"), "stats": stats,
+                "rows": table.height, "table_bytes": table_record["bytes"], "table_xxh3_128": table_record["xxh3_128"],
+                "parts": parts, "stats": stats,
             }
             # the manifest last: a folder without one is never read
             _write_file(temporary / "manifest.json", json.dumps(manifest).encode())  # key order kept: stats.json shows it
@@ -319,23 +346,41 @@ def cached_step_undecoded(
     key: str,
     compute: Callable[[], tuple[pl.DataFrame, dict]],
     undecoded: tuple[str, ...],
+    found_by: str,
     *,
     source: str,
     log: Callable[[str], None],
-) -> tuple[pl.DataFrame, dict, pl.LazyFrame]:
-    """`cached_step` of a first step whose `undecoded` columns later steps read for a few rows only: (the table
-    without them, stats, the whole table as a LazyFrame). A stored table's `undecoded` columns are decoded only for
-    the rows a later step filters for (`StepCache.load`)."""
+) -> tuple[pl.DataFrame, dict, pl.LazyFrame | ReadAhead]:
+    """`cached_step` of a first step whose `undecoded` columns later steps read for a few rows only, found by the
+    column `found_by`: (the table without them, stats, the `undecoded` columns beside `found_by`, which `.lazy()`
+    scans). Stored, they are decoded only for the rows a later step filters for (`StepCache.load`)."""
     started = time.perf_counter()
-    stored = cache.load(step, key, undecoded=undecoded) if cache else None
+    stored = cache.load(step, key, undecoded=True) if cache else None
     if stored is not None:
         _log_step(log, step, "from the cache", started)
         return stored
     table, stats = compute()
     if cache:
-        cache.store(step, key, table, stats, source)
+        cache.store(step, key, table, stats, source, apart=undecoded, apart_by=found_by)
     _log_step(log, step, "computed" if cache else "computed (cache off)", started)
-    return table.drop(undecoded), stats, table.lazy()
+    return table.drop(undecoded), stats, table.lazy().select(found_by, *undecoded)
+
+
+class ReadAhead:
+    """A stored file's bytes, read on a background thread from a handle opened (and its content checked) earlier, so
+    that reading it overlaps the work before it is needed; `lazy()` scans them once read."""
+
+    def __init__(self, file: BinaryIO, reader: ThreadPoolExecutor) -> None:
+        self._data = reader.submit(_read_whole, file)
+
+    def lazy(self) -> pl.LazyFrame:
+        return pl.scan_parquet(io.BytesIO(self._data.result()))
+
+
+def _read_whole(file: BinaryIO) -> bytes:
+    with file:
+        file.seek(0)
+        return file.read()
 
 
 def _log_step(log: Callable[[str], None], step: str, how: str, started: float) -> None:
@@ -365,9 +410,16 @@ def _writers_digest() -> str:
     for path in _code_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for distribution in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
+    for distribution in _installed_distributions():
         digest.update(distribution.encode())
     return digest.hexdigest()
+
+
+def _installed_distributions() -> list[str]:
+    """The installed distributions' metadata folder names, which are `{name}-{version}.dist-info` (or .egg-info) by
+    the packaging spec: their names and versions, without parsing each one's METADATA (which took 50-250 ms)."""
+    return sorted({path.name for entry in sys.path if os.path.isdir(entry) for path in Path(entry).iterdir()
+                   if path.suffix in (".dist-info", ".egg-info")})
 
 
 def _code_files() -> list[Path]:
@@ -409,16 +461,16 @@ def check_max_gb(max_gb: float) -> None:
         raise UserError(f"--cache-max-gb must be 0 (no bound) or a positive size in GB, got {max_gb}")
 
 
-def _manifest_problem(manifest: object, step: str, key: str, table: Path, rows: int | None,
-                      data: bytes | None) -> str | None:
-    """What makes an entry untrustworthy, or None. `data`: the table's bytes, where they were read already."""
+def _manifest_problem(manifest: object, step: str, key: str, table: bytes, rows: int | None) -> str | None:
+    """What makes an entry untrustworthy, or None. `table`: the bytes of its table (its files apart are checked when
+    read ahead)."""
     if not isinstance(manifest, dict) or manifest.get("format") != ENTRY_FORMAT:
         return "of an unknown format"
     if manifest.get("step") != step or manifest.get("key") != key or manifest.get("version") != STEP_VERSIONS[step]:
         return "for another step, key or version"
-    size, digest = (table.stat().st_size, _digest(table)) if data is None else (len(data), xxhash.xxh3_128_hexdigest(data))
-    if manifest.get("table_bytes") != size or manifest.get("table_xxh3_128") != digest:
-        return "truncated or corrupt (size or digest differs)"
+    table_record = {"bytes": manifest.get("table_bytes"), "xxh3_128": manifest.get("table_xxh3_128")}
+    if problem := _content_problem(table_record, len(table), xxhash.xxh3_128_hexdigest(table)):
+        return problem
     if rows is not None and manifest.get("rows") != rows:
         return "for a table of another length"
     if not isinstance(manifest.get("stats"), dict):
@@ -426,13 +478,31 @@ def _manifest_problem(manifest: object, step: str, key: str, table: Path, rows: 
     return None
 
 
+def _file_record(path: Path) -> dict:
+    """What the manifest records of a file it checks later."""
+    return {"bytes": path.stat().st_size, "xxh3_128": _digest(path)}
+
+
+def _content_problem(record: object, size: int, digest: str) -> str | None:
+    """Whether a file's size and digest are not those recorded (`_file_record`)."""
+    if not isinstance(record, dict) or record.get("bytes") != size or record.get("xxh3_128") != digest:
+        return "truncated or corrupt (size or digest differs)"
+    return None
+
+
 def _digest(path: Path) -> str:
     """XXH3-128 of a file's bytes. Its job is to catch accidents (a torn write, a flipped bit), not forgeries, and
     a 128-bit XXH3 misses an accidental change no more often than SHA-256 would; it ran at 11 GB/s here where SHA-256
     ran at 0.8 GB/s, most of the check on a 0.6 GB entry (benchmarks/RESULTS.md)."""
-    if path.stat().st_size == 0:  # mmap refuses an empty file
+    with path.open("rb") as file:
+        return _digest_open(file)
+
+
+def _digest_open(file: BinaryIO) -> str:
+    """`_digest` of an open file, read where it lies (mapped, not copied)."""
+    if os.fstat(file.fileno()).st_size == 0:  # mmap refuses an empty file
         return xxhash.xxh3_128_hexdigest(b"")
-    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return xxhash.xxh3_128_hexdigest(data)
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from zhihu_rlhf import schema
-from zhihu_rlhf.sources import texts_of
+from zhihu_rlhf.sources import Texts, texts_of
 from zhihu_rlhf.votes import QUALITY_COLUMNS, log_normal_cdf, quality_lead
 
 
@@ -77,7 +77,7 @@ BEST_FIRST = (["upvotes", "created_at", "answer_id"], [True, False, False])
 
 def select_instruct(
     answers: pl.DataFrame, opts: InstructOptions, lengths: LengthFilter = LengthFilter(),
-    texts: pl.LazyFrame | None = None,
+    texts: Texts | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Returns (instruct rows, surest first, with `p_best_in_question`; rows dropped by reason): every input row is
     either kept or counted. `texts`: where the kept answers' texts are read (None: `answers` holds them)."""

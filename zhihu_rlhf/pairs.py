@@ -79,7 +79,7 @@ import polars as pl
 from zhihu_rlhf import schema
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import LengthFilter, length_drop_reason
-from zhihu_rlhf.sources import texts_of
+from zhihu_rlhf.sources import Texts, texts_of
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
 SECONDS_PER_DAY = 86_400
@@ -218,8 +218,9 @@ def pair_rules(opts: PairOptions) -> list[tuple[str, str, Rule]]:
 
 def _pairs_within(answers: pl.DataFrame, keys: list[str]) -> int:
     """How many two-answer pairs share all of `keys`."""
-    sizes = answers.group_by(keys).len()["len"].cast(pl.Int64)
-    return int((sizes * (sizes - 1) // 2).sum())
+    # Lazy, so that only `keys` are read: an eager group_by over the whole table took twice as long.
+    size = pl.col("len").cast(pl.Int64)
+    return answers.lazy().group_by(keys).len().select((size * (size - 1) // 2).sum()).collect().item()
 
 
 def _left_before_the_band(usable: pl.DataFrame) -> list[int]:
@@ -241,7 +242,9 @@ def time_bands(usable: pl.DataFrame, max_days_apart: float) -> tuple[pl.DataFram
     """
     unbounded = max_days_apart == math.inf  # answers without a time pass too: all of a group is one band
     answers = usable if unbounded else usable.filter(pl.col("created_at").is_not_null())
-    answers = answers.sort("question_group", "created_at", "answer_id", nulls_last=True)
+    # nulls_last only where there are nulls to place: it makes polars' sort several times slower (0.26 s against
+    # 0.08 s at 1M rows).
+    answers = answers.sort("question_group", "created_at", "answer_id", nulls_last=unbounded)
     sizes = answers.group_by("question_group", maintain_order=True).len()["len"].to_numpy().astype(np.int64)
     group = np.repeat(np.arange(len(sizes)), sizes)
     band_end = np.repeat(np.cumsum(sizes), sizes)  # a whole group
@@ -441,7 +444,9 @@ def one_use_greedy(chosen_cluster: np.ndarray, rejected_cluster: np.ndarray, que
     best = np.empty(clusters, dtype=np.int64)
     # Positions in rank order (smaller is better), grouped by question: within a group they stay in rank
     # order, so a pair's place in its group counts the pairs of its question still in play above it.
-    in_play = np.argsort(question, kind="stable")
+    # (a stable sort in polars: 0.04 s for 1.2M pairs where numpy's took 0.11 s)
+    in_play = pl.DataFrame({"question": question}).with_row_index("position").sort("question", maintain_order=True)
+    in_play = in_play["position"].to_numpy().astype(np.int64)
     while len(in_play):
         # The best (smallest) position in play of each response; a pair is dominant when it is the best of both.
         chosen, rejected = chosen_cluster[in_play], rejected_cluster[in_play]
@@ -491,7 +496,7 @@ def _match_within_budgets(
 # ---------------------------------------------------------------------------------------------------------------
 
 def select_pairs(
-    answers: pl.DataFrame, opts: PairOptions, lengths: LengthFilter = LengthFilter(), texts: pl.LazyFrame | None = None
+    answers: pl.DataFrame, opts: PairOptions, lengths: LengthFilter = LengthFilter(), texts: Texts | None = None
 ) -> tuple[pl.DataFrame, dict[str, int], list[dict]]:
     """Returns (pairs, answer rows dropped by reason, funnel of candidate pairs per rule). `texts`: where the paired
     answers' texts are read (None: `answers` holds them)."""
@@ -550,7 +555,7 @@ def select_pairs(
     return pairs, dict(zip(dropped["drop_reason"], dropped["count"], strict=True)), funnel
 
 
-def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame, texts: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def _attach_texts(kept: pl.DataFrame, answers: pl.DataFrame, texts: Texts) -> pl.DataFrame:
     """Join the question and the two answer texts onto the selected pairs (texts travel only now)."""
     in_pairs = texts_of(texts, pl.concat([kept["chosen_answer_id"], kept["rejected_answer_id"]]))
     ids = answers.select("answer_id", "question_id", "author_id").join(in_pairs, on="answer_id", how="inner")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -652,9 +653,17 @@ def load_answers(source: str | Source, warn: Callable[[str], None] = _warn) -> t
     return answers, stats
 
 
-def texts_of(texts: pl.DataFrame | pl.LazyFrame, answer_ids: pl.Series) -> pl.DataFrame:
-    """(answer_id, question, answer) of `answer_ids`, from a table holding CANONICAL_TEXT_COLUMNS by answer_id: the
-    canonical table in memory, or a cached one read lazily, where only the selected answers' texts are decoded."""
+class Texts(Protocol):
+    """Where the canonical table's texts are: anything whose `lazy()` scans answer_id and CANONICAL_TEXT_COLUMNS (a
+    frame in memory, or the cache's texts file, `zhihu_rlhf.cache.ReadAhead`, where only the rows filtered for are
+    decoded)."""
+
+    def lazy(self) -> pl.LazyFrame: ...
+
+
+def texts_of(texts: Texts, answer_ids: pl.Series) -> pl.DataFrame:
+    """(answer_id, question, answer) of `answer_ids`: from the canonical table in memory, or from the cache's texts
+    file, where only the selected answers' texts are decoded."""
     wanted = pl.col("answer_id").is_in(answer_ids.implode())
     return texts.lazy().filter(wanted).select("answer_id", *CANONICAL_TEXT_COLUMNS).collect()
 
