@@ -331,3 +331,21 @@ def test_changed_writing_code_means_the_folder_is_written_again(tmp_path: Path, 
     template.write_text("# {{ pretty_name }}\n\nA new section.\n")
     assert key() != before
     cache_module._writers_digest.cache_clear()  # the next test sees the real files again
+
+
+def test_the_writing_code_key_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    """A source checkout holds `<name>.egg-info`: running the build from it or from anywhere else must give the same
+    folder key, or a rebuild from another folder writes every set again."""
+    checkout = tmp_path / "checkout"
+    (checkout / "zhihu_rlhf.egg-info").mkdir(parents=True)
+    (checkout / "other-1.0.dist-info").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    digests = set()
+    for folder in (checkout, elsewhere):
+        # run as a script, so that sys.path[0] is its folder, as `python -m` puts the working directory there
+        script = folder / "show_digest.py"
+        script.write_text("from zhihu_rlhf.cache import _writers_digest\nprint(_writers_digest())\n")
+        digests.add(subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True,
+                                   check=True).stdout)
+    assert len(digests) == 1

@@ -417,8 +417,12 @@ def _writers_digest() -> str:
 
 def _installed_distributions() -> list[str]:
     """The installed distributions' metadata folder names, which are `{name}-{version}.dist-info` (or .egg-info) by
-    the packaging spec: their names and versions, without parsing each one's METADATA (which took 50-250 ms)."""
-    return sorted({path.name for entry in sys.path if os.path.isdir(entry) for path in Path(entry).iterdir()
+    the packaging spec: their names and versions, without parsing each one's METADATA (which took 50-250 ms).
+
+    Not from sys.path[0], the script's folder or the working directory (unless Python runs with -P): a build run from
+    a source checkout would otherwise count its `*.egg-info` and keep no folder written from anywhere else."""
+    installed = sys.path if sys.flags.safe_path else sys.path[1:]
+    return sorted({path.name for entry in installed if os.path.isdir(entry) for path in Path(entry).iterdir()
                    if path.suffix in (".dist-info", ".egg-info")})
 
 
