@@ -421,7 +421,7 @@ def _installed_distributions() -> list[str]:
 
     Not from sys.path[0], the script's folder or the working directory (unless Python runs with -P): a build run from
     a source checkout would otherwise count its `*.egg-info` and keep no folder written from anywhere else."""
-    installed = sys.path if sys.flags.safe_path else sys.path[1:]
+    installed = sys.path if getattr(sys.flags, "safe_path", False) else sys.path[1:]  # -P: Python 3.11 and later
     return sorted({path.name for entry in installed if os.path.isdir(entry) for path in Path(entry).iterdir()
                    if path.suffix in (".dist-info", ".egg-info")})
 
