@@ -270,8 +270,15 @@ def test_cache_options_are_not_part_of_the_recipe(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # A step's version must change when its output does, or users would get a stale entry.
+#
+# What each step gives on the sample is recorded in tests/step_outputs/: STEP.json holds the version it was recorded at,
+# a digest of every column but the floats, and the stats; STEP.parquet the float columns. Floats are compared within
+# FLOAT_TOLERANCE, not to the last bit: the vote model's fit differs in the fifth digit from one CPU to another
+# (OpenBLAS picks its kernels by CPU; on the sample, its Haswell and Sandybridge kernels differ by up to 2e-5), so a
+# digest of rounded floats changed with the machine the tests ran on, while a change of the code moves them far more.
 
-DIGESTS_FILE = Path(__file__).with_name("step_digests.json")
+RECORDED = Path(__file__).with_name("step_outputs")
+FLOAT_TOLERANCE = 1e-3  # absolute and relative
 
 
 def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
@@ -288,26 +295,93 @@ def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
     }
 
 
-def _digest(table: pl.DataFrame, stats: dict) -> str:
-    # Floats rounded, so that the last bits of a BLAS reduction on another CPU do not count as a change of output.
-    rounded = table.with_columns(pl.col(pl.Float32, pl.Float64).round_sig_figs(6))
-    text = rounded.write_csv() + json.dumps(stats, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+def _exact_and_floats(table: pl.DataFrame) -> tuple[str, pl.DataFrame]:
+    """(digest of the columns that are not floats, the float columns). Rows in the order of the other columns where
+    there are any: an order that near-equal floats decide (the instruct set's, by p_best_in_question) is float noise
+    too."""
+    floats = [name for name, dtype in table.schema.items() if dtype.is_float()]
+    others = [name for name in table.columns if name not in floats]
+    if others:
+        table = table.sort(others, maintain_order=True, nulls_last=True)
+    digest = hashlib.blake2b(table.select(others).write_csv().encode(), digest_size=16).hexdigest()
+    return digest, table.select(floats)
+
+
+def _json(stats: dict) -> dict:
+    return json.loads(json.dumps(stats, sort_keys=True, default=str))
+
+
+def _close(recorded, now) -> bool:
+    """JSON values equal, floats within FLOAT_TOLERANCE."""
+    if isinstance(recorded, float) or isinstance(now, float):
+        return isinstance(now, float | int) and abs(recorded - now) <= FLOAT_TOLERANCE * max(1.0, abs(recorded))
+    if isinstance(recorded, dict):
+        return isinstance(now, dict) and recorded.keys() == now.keys() and all(_close(recorded[k], now[k]) for k in recorded)
+    if isinstance(recorded, list):
+        return isinstance(now, list) and len(recorded) == len(now) and all(map(_close, recorded, now))
+    return recorded == now
+
+
+def _what_changed(recorded: dict, recorded_floats: pl.DataFrame, table: pl.DataFrame, stats: dict) -> list[str]:
+    digest, floats = _exact_and_floats(table)
+    changed = [] if digest == recorded["digest"] else ["the columns that are not floats"]
+    if floats.schema != recorded_floats.schema or floats.height != recorded_floats.height:
+        changed.append("the float columns' names, types or rows")
+    else:
+        for name in floats.columns:
+            gap = (floats[name] - recorded_floats[name]).abs() - FLOAT_TOLERANCE * recorded_floats[name].abs().clip(1.0)
+            if gap.gt(0).any() or not floats[name].is_null().equals(recorded_floats[name].is_null()):
+                changed.append(f"{name}, beyond {FLOAT_TOLERANCE:g}")
+    if not _close(recorded["stats"], _json(stats)):
+        changed.append("the stats")
+    return changed
+
+
+def _recorded(step: str) -> tuple[dict, pl.DataFrame]:
+    if not (RECORDED / f"{step}.json").exists():  # a new step: nothing recorded yet
+        return {"version": None}, pl.DataFrame()
+    return json.loads((RECORDED / f"{step}.json").read_text()), pl.read_parquet(RECORDED / f"{step}.parquet")
+
+
+def record_step_outputs(steps: list[str]) -> None:
+    """Record what `steps` give on the sample now, at their current STEP_VERSIONS."""
+    outputs = _step_outputs()
+    RECORDED.mkdir(exist_ok=True)
+    for step in steps:
+        table, stats = outputs[step]
+        digest, floats = _exact_and_floats(table)
+        record = {"version": STEP_VERSIONS[step], "digest": digest, "stats": _json(stats)}
+        (RECORDED / f"{step}.json").write_text(json.dumps(record, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+        floats.write_parquet(RECORDED / f"{step}.parquet", compression="zstd", compression_level=19, statistics=False)
 
 
 def test_a_step_whose_output_changed_has_a_new_version() -> None:
-    recorded = json.loads(DIGESTS_FILE.read_text())
-    digests = {step: _digest(*output) for step, output in _step_outputs().items()}
-    for step, digest in digests.items():
-        entry = recorded.get(step, {"version": None})  # a new step: nothing recorded yet
-        how = (f'tests/step_digests.json: set "{step}" to {{"version": "{STEP_VERSIONS[step]}", '
-               f'"digest": "{digest}"}}')
-        if entry["version"] == STEP_VERSIONS[step]:
-            assert entry["digest"] == digest, (
-                f"the {step} step's output on the sample changed but STEP_VERSIONS[{step!r}] did not: cached entries "
-                f"of the old output would be reused. Bump it in zhihu_rlhf/cache.py, then {how}")
-        else:
-            pytest.fail(f"STEP_VERSIONS[{step!r}] changed: record the new output's digest. {how}")
+    for step, (table, stats) in _step_outputs().items():
+        recorded, recorded_floats = _recorded(step)
+        record_it = f"python tests/test_cache.py record {step}"
+        if recorded["version"] != STEP_VERSIONS[step]:
+            pytest.fail(f"STEP_VERSIONS[{step!r}] changed: record the new output with {record_it}")
+        changed = _what_changed(recorded, recorded_floats, table, stats)
+        assert not changed, (
+            f"the {step} step's output on the sample changed ({'; '.join(changed)}) but STEP_VERSIONS[{step!r}] did "
+            f"not: cached entries of the old output would be reused. Bump it in zhihu_rlhf/cache.py, then {record_it}")
+
+
+def test_float_noise_is_not_a_change_of_output_and_a_real_change_is() -> None:
+    recorded, floats = _recorded("votes")
+    table, stats = floats, recorded["stats"]
+    assert _what_changed(recorded, floats, table, stats) == []
+    noisy = table.with_columns(pl.col("estimated_quality") * (1 + 2e-5) + 2e-5)  # more than two CPUs differ by
+    assert _what_changed(recorded, floats, noisy, {**stats, "quality_sd": stats["quality_sd"] + 1e-4}) == []
+    moved = table.with_columns(pl.col("estimated_quality").shift(-1, fill_value=0.0).alias("estimated_quality"))
+    assert _what_changed(recorded, floats, moved, stats) == ["estimated_quality, beyond 0.001"]
+    one_row = table.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.col("quality_sd") * 1.01)
+                                 .otherwise(pl.col("quality_sd")).alias("quality_sd"))
+    assert _what_changed(recorded, floats, one_row, stats) == ["quality_sd, beyond 0.001"]
+    assert _what_changed(recorded, floats, table, {**stats, "iterations": stats["iterations"] + 1}) == ["the stats"]
+    instruct, instruct_floats = _recorded("instruct")
+    assert _what_changed(instruct, instruct_floats, table, recorded["stats"]) == [
+        "the columns that are not floats", "the float columns' names, types or rows", "the stats"]
 
 
 def test_changed_writing_code_means_the_folder_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,3 +423,9 @@ def test_the_writing_code_key_does_not_depend_on_the_working_directory(tmp_path:
         digests.add(subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True, text=True,
                                    check=True).stdout)
     assert len(digests) == 1
+
+
+if __name__ == "__main__":  # python tests/test_cache.py record STEP...: what the failing version test asks for
+    if sys.argv[1:2] != ["record"] or not set(sys.argv[2:]) <= set(STEPS):
+        raise SystemExit(f"usage: python tests/test_cache.py record STEP... (steps: {', '.join(STEPS)})")
+    record_step_outputs(sys.argv[2:] or list(STEPS))
