@@ -8,9 +8,10 @@ fp32) and NCCL.
 Tolerance. The sharded run (2 ranks x 1 micro-batch) and the one-process run (1 rank x 2 accumulated micro-batches)
 see the same global batch in fp32. They differ only in how the two micro-batches' gradients are summed (a
 reduce-scatter average against local accumulation, then the contract's rescaling), i.e. float rounding: about
-1e-7 relative per step (measured: losses equal to 8 digits, grad norms to 7 over 4 steps). rel=1e-5 leaves room
-for that to compound and still fails on any real mistake (a gradient scaled by the world size moves the grad
-norm by 2x, a wrong shard or a dropped micro-batch moves the loss in the 3rd digit).
+1e-7 relative per step (measured: losses equal to 8 digits, grad norms to 7 over 4 steps), compounding with the
+learning rate: the LoRA reward model at lr 1e-2 differed by 1.2e-5 relative at its 5th step on an AMD EPYC (AVX2)
+machine. SAME_RUN = 1e-4 leaves room for that and still fails on any real mistake (a gradient scaled by the world
+size moves the grad norm by 2x, a wrong shard or a dropped micro-batch moves the loss in the 3rd digit).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.train import report, rm, sft
+
+SAME_RUN = 1e-4  # relative: the same run sharded or not (see the module docstring)
 
 from test_train_rm import planted_pairs, write_pairs
 from test_train_sft import doubling_rows, write_instruct
@@ -78,9 +81,9 @@ def test_sharded_sft_matches_one_process_with_the_same_global_batch(sharded_sft,
     sft.train(one)
     # 16 examples of ~90 tokens packed 2 per row -> 8 micro-batches -> 4 steps of 2 micro-batches in both runs.
     assert len(train_records(sharded_sft)) == 4
-    assert_same_curve(train_records(one.out), train_records(sharded_sft), ("loss", "grad_norm"), rel=1e-5)
+    assert_same_curve(train_records(one.out), train_records(sharded_sft), ("loss", "grad_norm"), rel=SAME_RUN)
     evals = [[r["loss"] for r in report.read_metrics(out) if r["split"] == "eval"] for out in (one.out, sharded_sft)]
-    assert evals[1] == pytest.approx(evals[0], rel=1e-5)
+    assert evals[1] == pytest.approx(evals[0], rel=SAME_RUN)
 
     # The sharded weights were gathered into one Hugging Face folder, in bf16, equal to the one-process save.
     assert json.loads((sharded_sft / "config.json").read_text())["dtype"] == "bfloat16"
@@ -124,9 +127,9 @@ def test_sharded_lora_rm_with_grad_ckpt_matches_one_process(tmp_path):
     torchrun("rm", args)
 
     two = tmp_path / "two"
-    assert_same_curve(train_records(one.out), train_records(two), ("loss", "accuracy", "grad_norm"), rel=1e-5)
+    assert_same_curve(train_records(one.out), train_records(two), ("loss", "accuracy", "grad_norm"), rel=SAME_RUN)
     evals = [[r for r in report.read_metrics(out) if r["split"] == "eval"] for out in (one.out, two)]
-    assert_same_curve(evals[0], evals[1], ("loss", "accuracy", "margin"), rel=1e-5)
+    assert_same_curve(evals[0], evals[1], ("loss", "accuracy", "margin"), rel=SAME_RUN)
     assert evals[1][-1]["accuracy"] >= 0.8
     sharded, single = load_file(two / "adapter_model.safetensors"), load_file(one.out / "adapter_model.safetensors")
     assert sharded.keys() == single.keys() and any("score" in name for name in sharded)
