@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -291,18 +292,15 @@ def _step_outputs() -> dict[str, tuple[pl.DataFrame, dict]]:
         "answers": (answers.select(canonical), stats),
         "dedupe": (answers.select(deduped), dedupe_stats),
         "votes": (answers.drop(canonical, *deduped), vote_stats),
-        "instruct": (instruct_rows, {"rows_dropped": instruct_dropped}),
+        # Its order (by p_best_in_question) is decided by near-equal floats, float noise too: compared by answer.
+        "instruct": (instruct_rows.sort("answer_id"), {"rows_dropped": instruct_dropped}),
     }
 
 
 def _exact_and_floats(table: pl.DataFrame) -> tuple[str, pl.DataFrame]:
-    """(digest of the columns that are not floats, the float columns). Rows in the order of the other columns where
-    there are any: an order that near-equal floats decide (the instruct set's, by p_best_in_question) is float noise
-    too."""
+    """(digest of the columns that are not floats, in row order; the float columns)."""
     floats = [name for name, dtype in table.schema.items() if dtype.is_float()]
     others = [name for name in table.columns if name not in floats]
-    if others:
-        table = table.sort(others, maintain_order=True, nulls_last=True)
     digest = hashlib.blake2b(table.select(others).write_csv().encode(), digest_size=16).hexdigest()
     return digest, table.select(floats)
 
@@ -312,9 +310,13 @@ def _json(stats: dict) -> dict:
 
 
 def _close(recorded, now) -> bool:
-    """JSON values equal, floats within FLOAT_TOLERANCE."""
+    """JSON values equal, floats within FLOAT_TOLERANCE (NaN equal to NaN)."""
     if isinstance(recorded, float) or isinstance(now, float):
-        return isinstance(now, float | int) and abs(recorded - now) <= FLOAT_TOLERANCE * max(1.0, abs(recorded))
+        if not (isinstance(recorded, float | int) and isinstance(now, float | int)):
+            return False
+        if math.isnan(recorded) or math.isnan(now):
+            return math.isnan(recorded) and math.isnan(now)
+        return abs(recorded - now) <= FLOAT_TOLERANCE * max(1.0, abs(recorded))
     if isinstance(recorded, dict):
         return isinstance(now, dict) and recorded.keys() == now.keys() and all(_close(recorded[k], now[k]) for k in recorded)
     if isinstance(recorded, list):
@@ -329,8 +331,9 @@ def _what_changed(recorded: dict, recorded_floats: pl.DataFrame, table: pl.DataF
         changed.append("the float columns' names, types or rows")
     else:
         for name in floats.columns:
-            gap = (floats[name] - recorded_floats[name]).abs() - FLOAT_TOLERANCE * recorded_floats[name].abs().clip(1.0)
-            if gap.gt(0).any() or not floats[name].is_null().equals(recorded_floats[name].is_null()):
+            now, then = floats[name], recorded_floats[name]
+            close = ((now - then).abs() <= FLOAT_TOLERANCE * then.abs().clip(1.0)) | (now.is_nan() & then.is_nan())
+            if not now.is_null().equals(then.is_null()) or not close.drop_nulls().all():
                 changed.append(f"{name}, beyond {FLOAT_TOLERANCE:g}")
     if not _close(recorded["stats"], _json(stats)):
         changed.append("the stats")
@@ -379,6 +382,12 @@ def test_float_noise_is_not_a_change_of_output_and_a_real_change_is() -> None:
                                  .otherwise(pl.col("quality_sd")).alias("quality_sd"))
     assert _what_changed(recorded, floats, one_row, stats) == ["quality_sd, beyond 0.001"]
     assert _what_changed(recorded, floats, table, {**stats, "iterations": stats["iterations"] + 1}) == ["the stats"]
+    assert _close({"sd": math.nan}, {"sd": math.nan}) and not _close({"sd": math.nan}, {"sd": 1.0})
+    assert not _close({"sd": None}, {"sd": 1.0}) and not _close({"sd": 1.0}, {"sd": "1.0"})
+    nan_row = pl.when(pl.int_range(pl.len()) == 3).then(float("nan")).otherwise(pl.col("author_effect"))
+    with_nan = table.with_columns(nan_row.alias("author_effect"))
+    assert _what_changed(recorded, with_nan, with_nan, stats) == []
+    assert _what_changed(recorded, floats, with_nan, stats) == ["author_effect, beyond 0.001"]
     instruct, instruct_floats = _recorded("instruct")
     assert _what_changed(instruct, instruct_floats, table, recorded["stats"]) == [
         "the columns that are not floats", "the float columns' names, types or rows", "the stats"]

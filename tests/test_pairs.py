@@ -419,7 +419,13 @@ def test_an_unbounded_window_pairs_answers_without_times_too() -> None:
     assert bounded.height == 0 and dropped == {"no_creation_time": 1, "not_in_a_selected_pair": 1}
 
 
-@pytest.mark.parametrize("days", [0.0, 1e-9, 0.1, 1 / 3, 14.0, 29.999999, 30.0, 365.25, 1e6, 1.0675e8, 1.0676e8, 1e10, math.inf])
+LONGEST_GAP_US = np.iinfo(np.int64).max
+
+
+# 1.0675e8 days: the bound is just under the longest int64 gap; LONGEST_GAP_US // 10**6 / 86_400 days: it would be
+# past it (and is cut to it); 1.0676e8: no bound.
+@pytest.mark.parametrize("days", [0.0, 1e-9, 0.1, 1 / 3, 14.0, 29.999999, 30.0, 365.25, 1e6, 1.0675e8,
+                                  LONGEST_GAP_US // 10**6 / 86_400, 1.0676e8, 1e10, math.inf])
 def test_the_time_rule_as_a_bound_on_the_gap_passes_what_the_rule_in_days_passes(days: float) -> None:
     # The rule as stats.json has always counted it: whole seconds apart (truncated), over 86,400, at most `days`.
     def in_days(gap_us: np.ndarray) -> np.ndarray:
@@ -429,11 +435,14 @@ def test_the_time_rule_as_a_bound_on_the_gap_passes_what_the_rule_in_days_passes
     rng = np.random.default_rng(0)
     gaps = rng.integers(0, 2**62, 100_000)
     if bound is None:  # every gap passes, the longest microseconds can hold included
-        assert in_days(np.r_[gaps, np.iinfo(np.int64).max]).all()
+        assert in_days(np.r_[gaps, LONGEST_GAP_US]).all()
         return
-    edge = np.arange(max(bound - 3_000_000, 0), bound + 3_000_000)  # whole seconds around the bound, each microsecond
-    gaps = np.r_[gaps, edge, rng.integers(0, bound + 2, 100_000)]
-    assert in_days(np.array([bound])).all() and not in_days(np.array([bound + 1])).any()
+    # whole seconds around the bound, each microsecond
+    edge = np.arange(max(bound - 3_000_000, 0), min(bound + 3_000_000, LONGEST_GAP_US))
+    gaps = np.r_[gaps, edge, rng.integers(0, min(bound + 2, LONGEST_GAP_US), 100_000), LONGEST_GAP_US]
+    assert in_days(np.array([bound])).all()
+    if bound < LONGEST_GAP_US:
+        assert not in_days(np.array([bound + 1])).any()
     np.testing.assert_array_equal(gaps <= bound, in_days(gaps))
 
 

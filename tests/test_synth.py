@@ -351,8 +351,9 @@ def test_default_world_still_makes_the_shipped_sample(tmp_path: Path) -> None:
 
 # Digests of every text cell (and every truth cell but log_length_effect) of the presets that existed before the
 # length knobs, as the code before them wrote them (300 rows, seed 3, 120 chars): knobs a world leaves off draw nothing.
-# The truth digests were taken again with floats to 8 figures from the same generator (its exact digests held on the
-# machine that recorded them; on an AVX2 machine author_log_reach and log_exposure differ in the last bit).
+# The truth digests were taken again with floats to 8 figures, from the generator before the length knobs (25b68cb),
+# on an AVX2 machine where author_log_reach and log_exposure differ in the last bit from the machine that first
+# recorded them.
 _DIGESTS_BEFORE_LENGTH = {
     "default": ("8e7d38947a8183f6", "92d666651f1085df"), "hot": ("a8869e56c342196d", "d91593ad1233c29a"),
     "kol": ("f4b4b555a112cf76", "056243d1886ac55b"), "popularity": ("b092a6529289627b", "7412df202053b8e6"),

@@ -30,10 +30,10 @@ from transformers import AutoModelForCausalLM
 
 from zhihu_rlhf.train import report, rm, sft
 
-SAME_RUN = 1e-4  # relative: the same run sharded or not (see the module docstring)
-
 from test_train_rm import planted_pairs, write_pairs
 from test_train_sft import doubling_rows, write_instruct
+
+SAME_RUN = 1e-4  # relative: the same run sharded or not (see the module docstring)
 
 SFT_ARGS = ["--model", "tiny", "--lr", "3e-3", "--epochs", "1", "--batch-tokens", "200", "--max-len", "128",
             "--device", "cpu", "--warmup-ratio", "0"]

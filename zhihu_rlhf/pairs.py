@@ -71,8 +71,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 import polars as pl
@@ -146,6 +145,29 @@ class BandedAnswers(NamedTuple):
     band_end: np.ndarray  # the position after the last later answer of the same group close enough in time
 
 
+class _GatheredOnFirstRead:
+    """A batch's column, computed when first read and then stored on the batch. functools.cached_property does the
+    same, but before Python 3.12 it holds one lock for every instance: the worker threads' batches would wait on each
+    other."""
+
+    def __init__(self, compute: Callable[[PairBatch], np.ndarray]) -> None:
+        self.compute = compute
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, batch: None, owner: type) -> _GatheredOnFirstRead: ...
+    @overload
+    def __get__(self, batch: PairBatch, owner: type | None = None) -> np.ndarray: ...
+    def __get__(self, batch: PairBatch | None, owner: type | None = None) -> np.ndarray | _GatheredOnFirstRead:
+        if batch is None:  # read on the class
+            return self
+        value = self.compute(batch)
+        batch.__dict__[self.name] = value  # found before this descriptor from now on (it defines no __set__)
+        return value
+
+
 class PairBatch:
     """Pairs of answers of one group, each answer at `answers` with the `partners` answers after it: the earlier and
     the later in band order (by time, answers without a time last), and the chosen one, the one with more upvotes (of
@@ -162,52 +184,52 @@ class PairBatch:
     def _of_earlier(self, column: np.ndarray) -> np.ndarray:
         return np.repeat(column[self._answers], self._partners)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def earlier_upvotes(self) -> np.ndarray:
         return self._of_earlier(self._banded.upvotes)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def later_upvotes(self) -> np.ndarray:
         return self._banded.upvotes[self.later]
 
-    @cached_property
+    @_GatheredOnFirstRead
     def chosen_is_later(self) -> np.ndarray:
         return self.later_upvotes > self.earlier_upvotes
 
-    @cached_property
+    @_GatheredOnFirstRead
     def chosen_upvotes(self) -> np.ndarray:
         return np.maximum(self.earlier_upvotes, self.later_upvotes)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def rejected_upvotes(self) -> np.ndarray:
         return np.minimum(self.earlier_upvotes, self.later_upvotes)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def earlier_cluster(self) -> np.ndarray:
         return self._of_earlier(self._banded.cluster)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def later_cluster(self) -> np.ndarray:
         return self._banded.cluster[self.later]
 
-    @cached_property
+    @_GatheredOnFirstRead
     def earlier_created_us(self) -> np.ndarray:
         return self._of_earlier(self._banded.created_us)
 
-    @cached_property
+    @_GatheredOnFirstRead
     def later_created_us(self) -> np.ndarray:
         return self._banded.created_us[self.later]
 
-    @cached_property
+    @_GatheredOnFirstRead
     def both_timed(self) -> np.ndarray:
         return self._of_earlier(self._banded.timed) & self._banded.timed[self.later]
 
-    @cached_property
+    @_GatheredOnFirstRead
     def chosen_chars(self) -> np.ndarray:
         chars = self._banded.chars
         return np.where(self.chosen_is_later, chars[self.later], self._of_earlier(chars))
 
-    @cached_property
+    @_GatheredOnFirstRead
     def rejected_chars(self) -> np.ndarray:
         chars = self._banded.chars
         return np.where(self.chosen_is_later, self._of_earlier(chars), chars[self.later])
