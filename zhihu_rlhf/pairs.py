@@ -83,6 +83,7 @@ from zhihu_rlhf.sources import Texts, texts_of
 from zhihu_rlhf.votes import QUALITY_COLUMNS, normal_cdf, quality_lead
 
 SECONDS_PER_DAY = 86_400
+LONGEST_GAP_US = int(np.iinfo(np.int64).max)  # creation times are int64 microseconds
 # Pairs made and filtered at a time: each column of a batch (2 MB) stays in the CPU's cache between the
 # numpy passes over it, and the per-batch overhead is still small against the work.
 PAIRS_PER_BATCH = 1 << 18
@@ -168,6 +169,16 @@ class _GatheredOnFirstRead:
         return value
 
 
+def _of_earlier(column: str) -> _GatheredOnFirstRead:
+    """BandedAnswers.`column` of each pair's earlier answer: one value per answer, repeated for its partners."""
+    return _GatheredOnFirstRead(lambda batch: np.repeat(getattr(batch.banded, column)[batch.answers], batch.partners))
+
+
+def _of_later(column: str) -> _GatheredOnFirstRead:
+    """BandedAnswers.`column` of each pair's later answer."""
+    return _GatheredOnFirstRead(lambda batch: getattr(batch.banded, column)[batch.later])
+
+
 class PairBatch:
     """Pairs of answers of one group, each answer at `answers` with the `partners` answers after it: the earlier and
     the later in band order (by time, answers without a time last), and the chosen one, the one with more upvotes (of
@@ -177,20 +188,16 @@ class PairBatch:
     bands hold 84M pairs, and gathering every column for each of them took twice as long as the rules themselves."""
 
     def __init__(self, banded: BandedAnswers, answers: np.ndarray, partners: np.ndarray) -> None:
-        self._banded, self._answers, self._partners = banded, answers, partners
+        self.banded, self.answers, self.partners = banded, answers, partners
         self.earlier = np.repeat(answers, partners)  # (pairs,) positions in band order
         self.later = self.earlier + 1 + np.arange(len(self.earlier)) - np.repeat(np.cumsum(partners) - partners, partners)
 
-    def _of_earlier(self, column: np.ndarray) -> np.ndarray:
-        return np.repeat(column[self._answers], self._partners)
-
-    @_GatheredOnFirstRead
-    def earlier_upvotes(self) -> np.ndarray:
-        return self._of_earlier(self._banded.upvotes)
-
-    @_GatheredOnFirstRead
-    def later_upvotes(self) -> np.ndarray:
-        return self._banded.upvotes[self.later]
+    # Each answer's columns for the earlier and the later answer of every pair (numpy arrays of BandedAnswers).
+    earlier_upvotes, later_upvotes = _of_earlier("upvotes"), _of_later("upvotes")
+    earlier_cluster, later_cluster = _of_earlier("cluster"), _of_later("cluster")
+    earlier_created_us, later_created_us = _of_earlier("created_us"), _of_later("created_us")
+    earlier_timed, later_timed = _of_earlier("timed"), _of_later("timed")
+    earlier_chars, later_chars = _of_earlier("chars"), _of_later("chars")
 
     @_GatheredOnFirstRead
     def chosen_is_later(self) -> np.ndarray:
@@ -205,40 +212,22 @@ class PairBatch:
         return np.minimum(self.earlier_upvotes, self.later_upvotes)
 
     @_GatheredOnFirstRead
-    def earlier_cluster(self) -> np.ndarray:
-        return self._of_earlier(self._banded.cluster)
-
-    @_GatheredOnFirstRead
-    def later_cluster(self) -> np.ndarray:
-        return self._banded.cluster[self.later]
-
-    @_GatheredOnFirstRead
-    def earlier_created_us(self) -> np.ndarray:
-        return self._of_earlier(self._banded.created_us)
-
-    @_GatheredOnFirstRead
-    def later_created_us(self) -> np.ndarray:
-        return self._banded.created_us[self.later]
-
-    @_GatheredOnFirstRead
     def both_timed(self) -> np.ndarray:
-        return self._of_earlier(self._banded.timed) & self._banded.timed[self.later]
+        return self.earlier_timed & self.later_timed
 
     @_GatheredOnFirstRead
     def chosen_chars(self) -> np.ndarray:
-        chars = self._banded.chars
-        return np.where(self.chosen_is_later, chars[self.later], self._of_earlier(chars))
+        return np.where(self.chosen_is_later, self.later_chars, self.earlier_chars)
 
     @_GatheredOnFirstRead
     def rejected_chars(self) -> np.ndarray:
-        chars = self._banded.chars
-        return np.where(self.chosen_is_later, self._of_earlier(chars), chars[self.later])
+        return np.where(self.chosen_is_later, self.earlier_chars, self.later_chars)
 
     def chosen_and_rejected(self, passes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions of the chosen and the rejected answer of the pairs where `passes`."""
         at = np.flatnonzero(passes)  # few pass: indexing by their positions beats a boolean mask, once per column
         earlier, later = self.earlier[at], self.later[at]
-        chosen_is_later = self._banded.upvotes[later] > self._banded.upvotes[earlier]
+        chosen_is_later = self.banded.upvotes[later] > self.banded.upvotes[earlier]
         return np.where(chosen_is_later, later, earlier), np.where(chosen_is_later, earlier, later)
 
 
@@ -300,8 +289,7 @@ def _longest_gap_us(max_days_apart: float) -> int | None:
     The rule as the funnel has always counted it is `whole seconds apart (sub-second parts truncated) / 86400 <=
     max_days_apart`, in floats; its left side grows with the gap, so it passes exactly the gaps up to one bound, found
     here once instead of dividing for each of millions of pairs."""
-    longest_int64_seconds = np.iinfo(np.int64).max // 1_000_000
-    if max_days_apart * SECONDS_PER_DAY > longest_int64_seconds:  # beyond any gap int64 microseconds can hold
+    if max_days_apart * SECONDS_PER_DAY > LONGEST_GAP_US // 1_000_000:  # beyond any gap int64 microseconds can hold
         return None
     seconds = math.floor(max_days_apart * SECONDS_PER_DAY)
     while (seconds + 1) / SECONDS_PER_DAY <= max_days_apart:  # the product may round either way
@@ -309,7 +297,7 @@ def _longest_gap_us(max_days_apart: float) -> int | None:
     while seconds >= 0 and seconds / SECONDS_PER_DAY > max_days_apart:
         seconds -= 1
     # every gap that truncates to `seconds` or fewer whole seconds (kept within int64, where every gap is)
-    return min((seconds + 1) * 1_000_000 - 1, int(np.iinfo(np.int64).max))
+    return min((seconds + 1) * 1_000_000 - 1, LONGEST_GAP_US)
 
 
 # ---------------------------------------------------------------------------------------------------------------
