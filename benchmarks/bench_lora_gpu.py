@@ -14,6 +14,8 @@ rows of --batch-tokens, one optimizer step per row. Peak memory = torch.cuda.max
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import shutil
 import sys
 import tempfile
@@ -95,7 +97,10 @@ def main() -> int:
         results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "params": n_params,
                    "batch_tokens": args.batch_tokens, "max_len": args.max_len}
         results["lora"] = run(args, model_dir, data_dir, work / "lora", four_bit=False)
-        if args.device == "cuda":
+        print("lora", json.dumps(results["lora"]), flush=True)
+        if args.device == "cuda" and importlib.util.find_spec("bitsandbytes") is None:
+            print("bitsandbytes not installed: QLoRA skipped (pip install -e '.[qlora]')", file=sys.stderr)
+        elif args.device == "cuda":
             results["qlora"] = run(args, model_dir, data_dir, work / "qlora", four_bit=True)
         print_results(results, args.json)
     finally:

@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from bench_rlhf_gpu import synthetic_sets
@@ -101,7 +102,11 @@ def main() -> int:
             argv += ["--beta", "0.04"] if stage == "grpo" else []
             argv += ["--lora", "--lr", "1e-5"] if lora else []
             key = f"{stage} {size}{' LoRA' if lora else ''}"
-            results["runs"][key] = run_stage(stage, argv, device)
+            try:
+                results["runs"][key] = run_stage(stage, argv, device)
+            except Exception as err:  # noqa: BLE001 - one stage's failure is reported; the others still run
+                traceback.print_exc()
+                results["runs"][key] = {"error": f"{type(err).__name__}: {err}"}
             print(key, json.dumps(results["runs"][key]), flush=True)
     print(json.dumps(results, indent=2))
     if args.json:

@@ -210,6 +210,7 @@ def main() -> int:
         results = {"device": device_name, "params": n_params, "examples": args.examples, "dataset_tokens": sum(lengths),
                    "batch_tokens": args.batch_tokens, "attn_impl": trl_attn_impl(args)}
         runs = {"zhihu_rlhf": run_ours(args, model_dir, data_dir, work)}
+        print("zhihu_rlhf", json.dumps(runs["zhihu_rlhf"]), flush=True)  # kept even if the peer's run then fails
         if args.peer:
             try:
                 import trl  # noqa: F401
