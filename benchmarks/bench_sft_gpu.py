@@ -131,7 +131,10 @@ def run_trl(args, model_dir: Path, tokenizer, train_rows: list[dict], work: Path
             CountingTrainer.step_tokens.append(int(inputs["input_ids"].numel()))
             return super().training_step(model, inputs, *rest, **kw)
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=trl_attn_impl(args))
+    # use_kernels=False as our loader does: both trainers run the model's own torch layers, no Hub kernels.
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=trl_attn_impl(args), use_kernels=False
+    )
     config = SFTConfig(
         output_dir=str(work / "trl"), num_train_epochs=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
         max_length=args.batch_tokens, packing=True, packing_strategy="bfd", completion_only_loss=True,

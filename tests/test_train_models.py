@@ -94,3 +94,12 @@ def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(UserError, match="does not exist"):
         models.load_tokenizer("runs/sft_typo")
+
+
+@pytest.mark.parametrize("kind", ["causal-lm", "reward"])
+def test_a_saved_model_loads_without_hub_kernels(fixture_model_dir, kind):
+    """transformers' default swaps layers for kernels fetched from the Hub once a model is on a GPU: on an H200 with
+    HF_HUB_OFFLINE=1 every trainer's model load failed ("kernels-community/rotary ... offline mode"). The trainer
+    loads the model's own torch code, as on this CPU, wherever it runs."""
+    _, model = models.load_tokenizer_and_model(str(fixture_model_dir("qwen2.5", kind)), kind)
+    assert model.use_kernels is False
