@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import shutil
 import sys
 import tempfile
@@ -97,7 +96,7 @@ def main() -> int:
         results = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "params": n_params,
                    "batch_tokens": args.batch_tokens, "max_len": args.max_len}
         results["lora"] = run(args, model_dir, data_dir, work / "lora", four_bit=False)
-        print("lora", json.dumps(results["lora"]), flush=True)
+        print_results(results, args.json)  # written now, so that a failed QLoRA run keeps the LoRA figures
         if args.device == "cuda" and importlib.util.find_spec("bitsandbytes") is None:
             print("bitsandbytes not installed: QLoRA skipped (pip install -e '.[qlora]')", file=sys.stderr)
         elif args.device == "cuda":

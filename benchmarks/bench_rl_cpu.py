@@ -84,7 +84,7 @@ def run_trl(model_dir: Path, prompts: list[str], work: Path, args) -> dict:
         max_completion_length=args.max_new_tokens, max_steps=args.iterations, learning_rate=1e-5,
         bf16=False, gradient_checkpointing=False,
     )
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_kernels=False)
     dataset = datasets.Dataset.from_dict({"prompt": prompts})
     trainer = Counting(model=model, reward_funcs=[letter_share], args=config, train_dataset=dataset,
                        processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Timer()])

@@ -108,6 +108,8 @@ def main() -> int:
                 traceback.print_exc()
                 results["runs"][key] = {"error": f"{type(err).__name__}: {err}"}
             print(key, json.dumps(results["runs"][key]), flush=True)
+            if args.json:  # after every stage, so that a run cut off later keeps what it measured
+                args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

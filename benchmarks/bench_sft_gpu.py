@@ -210,25 +210,28 @@ def main() -> int:
 
         device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), 0.0)
+        flops_per_token = 6.0 * n_params + 6.0 * config.num_hidden_layers * config.hidden_size * avg_sq
         results = {"device": device_name, "params": n_params, "examples": args.examples, "dataset_tokens": sum(lengths),
-                   "batch_tokens": args.batch_tokens, "attn_impl": trl_attn_impl(args)}
-        runs = {"zhihu_rlhf": run_ours(args, model_dir, data_dir, work)}
-        print("zhihu_rlhf", json.dumps(runs["zhihu_rlhf"]), flush=True)  # kept even if the peer's run then fails
+                   "batch_tokens": args.batch_tokens, "attn_impl": trl_attn_impl(args),
+                   "flops_per_token": flops_per_token, "peak_tflops": peak, "runs": {}}
+
+        def record(name: str, run: dict) -> None:
+            """Add a finished run with its throughput and MFU, and write the figures so far (a later failure keeps them)."""
+            run["tokens_per_s"] = run["tokens"] / run["seconds"]
+            run["mfu"] = run["tokens_per_s"] * flops_per_token / (peak * 1e12) if peak else None
+            results["runs"][name] = run
+            print_results(results, args.json)
+
+        record("zhihu_rlhf", run_ours(args, model_dir, data_dir, work))
         if args.peer:
             try:
                 import trl  # noqa: F401
             except ImportError:
                 print("trl not installed: peer skipped (pip install trl)", file=sys.stderr)
             else:
-                runs["trl_sfttrainer"] = run_trl(args, model_dir, tokenizer, rows[: args.examples], work)
-        for run in runs.values():
-            tok_s = run["tokens"] / run["seconds"]
-            flops_per_token = 6.0 * n_params + 6.0 * config.num_hidden_layers * config.hidden_size * avg_sq
-            run["tokens_per_s"] = tok_s
-            run["mfu"] = tok_s * flops_per_token / (peak * 1e12) if peak else None
-        results["runs"] = runs
-        if "trl_sfttrainer" in runs:
-            results["speedup_vs_trl"] = runs["zhihu_rlhf"]["tokens_per_s"] / runs["trl_sfttrainer"]["tokens_per_s"]
+                record("trl_sfttrainer", run_trl(args, model_dir, tokenizer, rows[: args.examples], work))
+                runs = results["runs"]
+                results["speedup_vs_trl"] = runs["zhihu_rlhf"]["tokens_per_s"] / runs["trl_sfttrainer"]["tokens_per_s"]
         print_results(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)

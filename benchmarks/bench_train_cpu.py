@@ -162,14 +162,14 @@ def run_trl(task: str, model_dir: Path, tokenizer, dataset, work: Path, args, pr
         use_cpu=True, logging_steps=10, save_strategy="no", report_to="none", seed=42, max_length=args.max_len,
     )
     if task == "sft":
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_kernels=False)
         config, trainer_cls = SFTConfig(learning_rate=2e-5, **common), SFTTrainer
     elif task == "rm":
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, num_labels=1, use_kernels=False)
         model.config.pad_token_id = tokenizer.pad_token_id
         config, trainer_cls = RewardConfig(learning_rate=1e-5, **common), RewardTrainer
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_kernels=False)
         config, trainer_cls = DPOConfig(learning_rate=1e-6, **common), DPOTrainer
     trainer = counting(trainer_cls)(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[Timer()])
     t0 = time.perf_counter()

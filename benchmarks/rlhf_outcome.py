@@ -379,7 +379,7 @@ def rm_scores(rm_folder: Path, prompts: list[str], responses: list[str], device:
     from zhihu_rlhf.train.rm import score
 
     tokenizer = load_tokenizer(str(rm_folder))
-    model = AutoModelForSequenceClassification.from_pretrained(rm_folder).to(device).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(rm_folder, use_kernels=False).to(device).eval()
     window = min(WHOLE_TEXT, position_limit(model.config) or WHOLE_TEXT)
     return score(model, tokenizer, prompts, responses, max_len=window, batch_size=32).numpy()
 
@@ -465,7 +465,7 @@ def checkpoint_policies(run: Path, work: Path):
     for ckpt in sorted((run / "checkpoints").glob("step-*")):
         dcp_to_torch_save(ckpt, work / "checkpoint.pt")
         weights = torch.load(work / "checkpoint.pt", weights_only=False)["model"]
-        policy = AutoModelForCausalLM.from_pretrained(run)
+        policy = AutoModelForCausalLM.from_pretrained(run, use_kernels=False)
         # RLOO and GRPO checkpoints hold the policy alone; PPO's {"policy": ..., "value": ...}; DPO's its wrapper's "model".
         names = set(policy.state_dict())
         prefix = next((p for p in ("", "policy.", "model.") if any(k.startswith(p) and k[len(p):] in names for k in weights)), None)
@@ -489,7 +489,7 @@ def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[
 
     rt = setup_runtime(device, "fp32")
     if rm is not None:
-        reward = TokenScorer(AutoModelForSequenceClassification.from_pretrained(rm).to(rt.device).eval())
+        reward = TokenScorer(AutoModelForSequenceClassification.from_pretrained(rm, use_kernels=False).to(rt.device).eval())
     else:
         reward = lambda _prompts, responses: [0.0] * len(responses)  # noqa: E731 - no RM: proxy is null
     policy, reference = policy.to(rt.device).eval(), reference.to(rt.device).eval()
@@ -510,7 +510,7 @@ def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[
 def load_causal_lm(folder: Path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder)
+    return AutoModelForCausalLM.from_pretrained(folder, use_kernels=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
