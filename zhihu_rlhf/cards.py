@@ -20,6 +20,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.splits import SplitDict, SplitInfo
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
+import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -165,7 +166,11 @@ def _p_chosen_better_plot(folder: Path, frame: pl.DataFrame) -> Plot | None:
     ordered = np.sort(p)[::-1]
     kept = np.arange(1, ordered.size + 1)
     right = fig.add_subplot(1, 2, 2)
-    right.plot(ordered, np.cumsum(ordered) / kept, color="tab:purple")
+    share = np.cumsum(ordered) / kept
+    right.plot(ordered, share, color="tab:purple")
+    # From a coin flip (or lower) to all right: where every p is ~1 the autoscaled axis would span 1e-12 around 1,
+    # labelled with an offset that says nothing.
+    right.set_ylim(min(0.5, float(share.min())) - 0.02, 1.02)
     right.set_xlabel("threshold t on p_chosen_better")
     right.set_ylabel("expected share right of pairs with p >= t", color="tab:purple")
     right.set_xlim(1, max(0.0, float(ordered[-1]) - 0.02))
@@ -226,12 +231,15 @@ def write_plots(folder: Path, kind: str, splits: dict[str, pl.DataFrame], stats:
     frame = pl.concat(list(splits.values()))
     if frame.height == 0:
         return []
-    plots: list[Plot | None] = [_length_plot(folder, kind, frame)]
-    if kind == "pairs":
-        plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame), _p_chosen_better_plot(folder, frame),
-                  _pair_lengths_plot(folder, frame, stats.get("length") or {})]
-    if stats.get("answers_per_question"):
-        plots.append(_answers_per_question_plot(folder, stats["answers_per_question"]))
+    # Titles at a fixed height: placing them automatically measures every tick label (a fifth of the plot time), and
+    # these plots have no tick labels above the axes for a title to clear.
+    with matplotlib.rc_context({"axes.titley": 1.0}):
+        plots: list[Plot | None] = [_length_plot(folder, kind, frame)]
+        if kind == "pairs":
+            plots += [_ratio_plot(folder, frame), _time_gap_plot(folder, frame), _p_chosen_better_plot(folder, frame),
+                      _pair_lengths_plot(folder, frame, stats.get("length") or {})]
+        if stats.get("answers_per_question"):
+            plots.append(_answers_per_question_plot(folder, stats["answers_per_question"]))
     return [plot for plot in plots if plot is not None]
 
 
