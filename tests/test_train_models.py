@@ -8,6 +8,8 @@ import torch
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.train import models
 
+from model_fixtures import ARCH_FAMILIES
+
 
 @pytest.mark.parametrize("kind", ["causal-lm", "reward"])
 def test_tiny_models_have_matching_vocab_and_pad(kind):
@@ -96,10 +98,11 @@ def test_a_missing_local_model_path_fails_at_once(tmp_path, monkeypatch):
         models.load_tokenizer("runs/sft_typo")
 
 
+@pytest.mark.parametrize("family", ARCH_FAMILIES)
 @pytest.mark.parametrize("kind", ["causal-lm", "reward"])
-def test_a_saved_model_loads_without_hub_kernels(fixture_model_dir, kind):
+def test_a_saved_model_loads_without_hub_kernels(fixture_model_dir, family, kind):
     """transformers' default swaps layers for kernels fetched from the Hub once a model is on a GPU: on an H200 with
     HF_HUB_OFFLINE=1 every trainer's model load failed ("kernels-community/rotary ... offline mode"). The trainer
-    loads the model's own torch code, as on this CPU, wherever it runs."""
-    _, model = models.load_tokenizer_and_model(str(fixture_model_dir("qwen2.5", kind)), kind)
+    loads the model's own torch code, as on this CPU, wherever it runs, for every architecture."""
+    _, model = models.load_tokenizer_and_model(str(fixture_model_dir(family, kind)), kind, attn_impl="auto")
     assert model.use_kernels is False

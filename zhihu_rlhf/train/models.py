@@ -139,9 +139,9 @@ def load_tokenizer_and_model(
         if load_in_4bit:
             extra["quantization_config"] = _nf4_config()
         try:
-            # use_kernels=False: transformers >= 5.2x otherwise swaps layers (rotary, ...) for kernels fetched from
-            # the Hub when the model lands on a GPU, which fails offline (seen on an H200 with HF_HUB_OFFLINE=1) and
-            # runs code the user never chose; the attention kernel is --attn-impl's to pick.
+            # use_kernels=False: transformers (5.25, the version seen) otherwise swaps layers (rotary, ...) for
+            # kernels fetched from the Hub when the model lands on a GPU, which fails offline (seen on an H200 with
+            # HF_HUB_OFFLINE=1) and runs code the user never chose; the attention kernel is --attn-impl's to pick.
             with quiet_hub():
                 model = auto_cls.from_pretrained(
                     name, dtype=dtype, device_map=str(device), attn_implementation=load_attn, use_kernels=False, **extra
