@@ -110,9 +110,7 @@ def main() -> int:
             print(key, json.dumps(results["runs"][key]), flush=True)
             if args.json:  # after every stage, so that a run cut off later keeps what it measured
                 args.json.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))  # the JSON file was written after the last stage
     return 0
 
 
