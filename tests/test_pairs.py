@@ -16,7 +16,7 @@ from zhihu_rlhf import pairs as pairs_module
 from zhihu_rlhf.build import BuildOptions, build
 from zhihu_rlhf.errors import UserError
 from zhihu_rlhf.instruct import InstructOptions, LengthFilter, select_instruct
-from zhihu_rlhf.pairs import PairOptions, length_skew, one_use_greedy, select_pairs
+from zhihu_rlhf.pairs import LONGEST_GAP_US, PairOptions, length_skew, one_use_greedy, select_pairs
 from zhihu_rlhf.sources import ANSWER_CHARS
 from zhihu_rlhf.split import split_by_question, unit_hash
 from zhihu_rlhf.votes import QUALITY_COLUMNS, quality_lead
@@ -417,9 +417,6 @@ def test_an_unbounded_window_pairs_answers_without_times_too() -> None:
     assert pair_ids(unbounded) == {(1, 2)} and dropped == {}
     bounded, dropped, _ = select_pairs(rows, PairOptions(max_days_apart=1e6, **NO_EXTRA_RULES))
     assert bounded.height == 0 and dropped == {"no_creation_time": 1, "not_in_a_selected_pair": 1}
-
-
-LONGEST_GAP_US = np.iinfo(np.int64).max
 
 
 # 1.0675e8 days: the bound is just under the longest int64 gap; LONGEST_GAP_US // 10**6 / 86_400 days: it would be
