@@ -373,13 +373,11 @@ WHOLE_TEXT = 1 << 20
 def rm_scores(rm_folder: Path, prompts: list[str], responses: list[str], device: str) -> np.ndarray:
     """RM scores of whole prompt + response texts, read where training and PPO read them (the end token). A model
     with a learned position table (GPT-2, OPT) reads at most that many tokens of each."""
-    from transformers import AutoModelForSequenceClassification
-
     from zhihu_rlhf.train.models import load_tokenizer, position_limit
     from zhihu_rlhf.train.rm import score
 
     tokenizer = load_tokenizer(str(rm_folder))
-    model = AutoModelForSequenceClassification.from_pretrained(rm_folder, use_kernels=False).to(device).eval()
+    model = load_reward_model(rm_folder).to(device).eval()
     window = min(WHOLE_TEXT, position_limit(model.config) or WHOLE_TEXT)
     return score(model, tokenizer, prompts, responses, max_len=window, batch_size=32).numpy()
 
@@ -460,12 +458,11 @@ def checkpoint_policies(run: Path, work: Path):
     """(step, policy) of every checkpoint a DPO or RL run kept, the policy weights read back into the final model."""
     import torch
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    from transformers import AutoModelForCausalLM
 
     for ckpt in sorted((run / "checkpoints").glob("step-*")):
         dcp_to_torch_save(ckpt, work / "checkpoint.pt")
         weights = torch.load(work / "checkpoint.pt", weights_only=False)["model"]
-        policy = AutoModelForCausalLM.from_pretrained(run, use_kernels=False)
+        policy = load_causal_lm(run)
         # RLOO and GRPO checkpoints hold the policy alone; PPO's {"policy": ..., "value": ...}; DPO's its wrapper's "model".
         names = set(policy.state_dict())
         prefix = next((p for p in ("", "policy.", "model.") if any(k.startswith(p) and k[len(p):] in names for k in weights)), None)
@@ -480,7 +477,6 @@ def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[
     """gold, proxy, kl, length of one policy's responses to `prompts`: one sample each, temperature 1, seed 0 (the
     same prompts and random stream for every policy). Generated and scored by the trainer's own rollout."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from zhihu_rlhf.train.prompts import resolve_template
     from zhihu_rlhf.train.rollout import Sampling, encode_prompts, generate_rollout
@@ -489,7 +485,7 @@ def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[
 
     rt = setup_runtime(device, "fp32")
     if rm is not None:
-        reward = TokenScorer(AutoModelForSequenceClassification.from_pretrained(rm, use_kernels=False).to(rt.device).eval())
+        reward = TokenScorer(load_reward_model(rm).to(rt.device).eval())
     else:
         reward = lambda _prompts, responses: [0.0] * len(responses)  # noqa: E731 - no RM: proxy is null
     policy, reference = policy.to(rt.device).eval(), reference.to(rt.device).eval()
@@ -510,7 +506,13 @@ def measure_policy(policy, reference, tokenizer, rm: Path | None, prompts: list[
 def load_causal_lm(folder: Path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, use_kernels=False)
+    return AutoModelForCausalLM.from_pretrained(folder, use_kernels=False)  # no Hub kernels, as the trainer loads
+
+
+def load_reward_model(folder: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder, use_kernels=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
