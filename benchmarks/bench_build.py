@@ -279,6 +279,7 @@ def rebuild_parts(path: Path, repeat: int) -> None:
     from zhihu_rlhf.build import BuildOptions, _params
     from zhihu_rlhf.cache import StepCache
     from zhihu_rlhf.cards import write_plots
+    from zhihu_rlhf.export import canonical_path
     from zhihu_rlhf.pairs import PairOptions, select_pairs
     from zhihu_rlhf.pipelines.answers import chained_answers
     from zhihu_rlhf.pipelines.instruct import build_instruct_set
@@ -317,14 +318,13 @@ def rebuild_parts(path: Path, repeat: int) -> None:
             select_pairs(answers, options.pairs, options.lengths, texts)
             selection = time.perf_counter() - started
             runs.setdefault("the pair selection", []).append(selection)
+            written = Path(work) / f"pairs{round_}"
             started = time.perf_counter()
-            build_pairs_set(answers, texts, stats, options.pairs, options.lengths, out=Path(work) / f"pairs{round_}",
+            build_pairs_set(answers, texts, stats, options.pairs, options.lengths, out=written,
                             params=_params(options, "pairs"), output=options.output())
             runs.setdefault("writing the pairs folder (card, parquet, plots)", []).append(
                 time.perf_counter() - started - selection)  # it selects again first
-            written = Path(work) / f"pairs{round_}"
-            splits = {split: pl.read_parquet(written / "data" / f"{split}-00000-of-00001.parquet")
-                      for split in ("train", "test")}
+            splits = {split: pl.read_parquet(written / canonical_path(split)) for split in ("train", "test")}
             started = time.perf_counter()
             write_plots(Path(work), "pairs", splits, json.loads((written / "stats.json").read_text()))
             runs.setdefault("the plots alone, on the written pairs", []).append(time.perf_counter() - started)
